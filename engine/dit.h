@@ -52,6 +52,11 @@ enum dit_sampler_kind { DIT_SAMPLER_EULER = 0, DIT_SAMPLER_DDPM = 1, DIT_SAMPLER
  * forward_with_cfg does for DDPM/DDIM. ALL: on every predicted channel.
  * Rectified flow (euler) always guides every velocity channel, as upstream. */
 enum dit_cfg_mode { DIT_CFG_UPSTREAM = 0, DIT_CFG_ALL = 1 };
+/* "euler" (alias "rf"), "ddpm", "ddim" -> enum dit_sampler_kind, or -1. */
+int dit_sampler_parse(const char *name);
+/* enum dit_sampler_kind -> "euler", "ddpm", "ddim" ("?" otherwise). */
+const char *dit_sampler_name(int kind);
+
 /* DEFAULT: a fast counter-based generator, one stream per image, so an
  * image does not depend on what it was batched with. TORCH: draws exactly
  * what torch.manual_seed(seed); torch.randn(...) draws on the CPU, in the

@@ -1,0 +1,293 @@
+/* ops.c: the DiT-MoE operators (see ops.h for the contracts).
+ *
+ * Elementwise ops are plain loops the compiler vectorises; matmuls and the
+ * two products of attention are cblas_sgemm calls. Matmuls over many rows
+ * are split into row blocks over the context's pool, each block one
+ * single-threaded sgemm, which on few cores matches BLAS's own threading
+ * and lets the same pool also run attention heads and experts in parallel.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "ops.h"
+
+float op_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: renormalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) {
+                man <<= 1;
+                exp--;
+            }
+            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+float op_bf16_to_f32(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static void widen(float *dst, const dit_mat *w)
+{
+    size_t n = (size_t)w->rows * (size_t)w->cols;
+    const uint16_t *src = w->data;
+    if (w->dtype == ST_F16)
+        for (size_t i = 0; i < n; i++)
+            dst[i] = op_f16_to_f32(src[i]);
+    else
+        for (size_t i = 0; i < n; i++)
+            dst[i] = op_bf16_to_f32(src[i]);
+}
+
+static const float *mat_f32(dit_ctx *c, int th, const dit_mat *w)
+{
+    if (w->dtype == ST_F32)
+        return w->data;
+    float *dst = c->wide + (size_t)th * (size_t)c->m->max_mat_elems;
+    widen(dst, w);
+    return dst;
+}
+
+const float *dit_mat_f32(dit_ctx *c, const dit_mat *w)
+{
+    return mat_f32(c, 0, w);
+}
+
+static void gemm_nt(float *out, const float *in, const float *w, const float *b,
+                    int M, int R, int K)
+{
+    if (M <= 0)
+        return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, R, K, 1.0f, in, K,
+                w, K, 0.0f, out, R);
+    if (b)
+        for (int i = 0; i < M; i++) {
+            float *o = out + (size_t)i * R;
+            for (int j = 0; j < R; j++)
+                o[j] += b[j];
+        }
+}
+
+void op_matmul_task(dit_ctx *c, int th, float *out, const float *in,
+                    const dit_mat *w, int M)
+{
+    gemm_nt(out, in, mat_f32(c, th, w), NULL, M, w->rows, w->cols);
+}
+
+typedef struct linear_job {
+    float *out;
+    const float *in, *w, *b;
+    int M, R, K, block;
+} linear_job;
+
+static void linear_task(void *arg, int task, int thread)
+{
+    (void)thread;
+    linear_job *j = arg;
+    int r0 = task * j->block;
+    int rows = j->M - r0 < j->block ? j->M - r0 : j->block;
+    gemm_nt(j->out + (size_t)r0 * j->R, j->in + (size_t)r0 * j->K, j->w, j->b,
+            rows, j->R, j->K);
+}
+
+void op_linear_forward(dit_ctx *c, float *out, const float *in,
+                       const dit_linear *l, int M)
+{
+    linear_job j = { out, in, mat_f32(c, 0, &l->w), l->b, M, l->w.rows,
+                     l->w.cols, M };
+    int nt = op_pool_threads(c->pool);
+    /* split only when each block still makes a reasonably sized GEMM */
+    if (nt > 1 && M >= 16 * nt) {
+        j.block = (M + nt - 1) / nt;
+        op_pool_run(c->pool, (M + j.block - 1) / j.block, linear_task, &j);
+    } else {
+        linear_task(&j, 0, 0);
+    }
+}
+
+void op_layernorm_forward(float *out, const float *in, int M, int D)
+{
+    for (int i = 0; i < M; i++) {
+        const float *x = in + (size_t)i * D;
+        float *o = out + (size_t)i * D;
+        double mean = 0, var = 0;
+        for (int d = 0; d < D; d++)
+            mean += x[d];
+        mean /= D;
+        for (int d = 0; d < D; d++) {
+            double v = x[d] - mean;
+            var += v * v;
+        }
+        var /= D;
+        float rstd = (float)(1.0 / sqrt(var + 1e-6));
+        float mu = (float)mean;
+        for (int d = 0; d < D; d++)
+            o[d] = (x[d] - mu) * rstd;
+    }
+}
+
+void op_modulate_forward(float *x, const float *shift, const float *scale,
+                         int stride, int N, int T, int D)
+{
+    for (int n = 0; n < N; n++) {
+        const float *sh = shift + (size_t)n * stride;
+        const float *sc = scale + (size_t)n * stride;
+        for (int t = 0; t < T; t++) {
+            float *r = x + ((size_t)n * T + t) * D;
+            for (int d = 0; d < D; d++)
+                r[d] = r[d] * (1.0f + sc[d]) + sh[d];
+        }
+    }
+}
+
+void op_gate_residual_forward(float *x, const float *sub, const float *gate,
+                              int stride, int N, int T, int D)
+{
+    for (int n = 0; n < N; n++) {
+        const float *g = gate + (size_t)n * stride;
+        for (int t = 0; t < T; t++) {
+            size_t o = ((size_t)n * T + t) * D;
+            for (int d = 0; d < D; d++)
+                x[o + d] += g[d] * sub[o + d];
+        }
+    }
+}
+
+static inline float silu(float v)
+{
+    return v / (1.0f + expf(-v));
+}
+
+void op_silu_forward(float *out, const float *in, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = silu(in[i]);
+}
+
+void op_swiglu_forward(float *g, const float *u, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        g[i] = silu(g[i]) * u[i];
+}
+
+void op_timestep_embedding_forward(float *out, const float *t, int N, int dim)
+{
+    int half = dim / 2;
+    /* float32 arithmetic in upstream's order, so arguments round alike */
+    const float neg_log = (float)-log(10000.0);
+    for (int n = 0; n < N; n++) {
+        float *o = out + (size_t)n * dim;
+        for (int i = 0; i < half; i++) {
+            float f = expf(neg_log * (float)i / (float)half);
+            float a = t[n] * f;
+            o[i] = (float)cos((double)a);
+            o[half + i] = (float)sin((double)a);
+        }
+        if (dim % 2)
+            o[dim - 1] = 0.0f;
+    }
+}
+
+void op_embedding_forward(float *out, const float *table, const int32_t *y,
+                          int N, int D)
+{
+    for (int n = 0; n < N; n++)
+        memcpy(out + (size_t)n * D, table + (size_t)y[n] * D, sizeof(float) * (size_t)D);
+}
+
+void op_patchify_forward(float *out, const float *x, int N, int C, int H, int P)
+{
+    int g = H / P, K = C * P * P;
+    for (int n = 0; n < N; n++)
+        for (int gy = 0; gy < g; gy++)
+            for (int gx = 0; gx < g; gx++) {
+                float *o = out + (((size_t)n * g + gy) * g + gx) * K;
+                for (int ch = 0; ch < C; ch++)
+                    for (int p = 0; p < P; p++) {
+                        const float *row = x + (((size_t)n * C + ch) * H + gy * P + p) * H + gx * P;
+                        memcpy(o + (ch * P + p) * P, row, sizeof(float) * (size_t)P);
+                    }
+            }
+}
+
+void op_unpatchify_forward(float *out, const float *tok, int N, int Co, int H, int P)
+{
+    int g = H / P;
+    for (int n = 0; n < N; n++)
+        for (int gy = 0; gy < g; gy++)
+            for (int gx = 0; gx < g; gx++) {
+                const float *t = tok + (((size_t)n * g + gy) * g + gx) * P * P * Co;
+                for (int p = 0; p < P; p++)
+                    for (int q = 0; q < P; q++)
+                        for (int ch = 0; ch < Co; ch++)
+                            out[(((size_t)n * Co + ch) * H + gy * P + p) * H + gx * P + q] =
+                                t[(p * P + q) * Co + ch];
+            }
+}
+
+void op_softmax_forward(float *x, int M, int E)
+{
+    for (int i = 0; i < M; i++) {
+        float *r = x + (size_t)i * E;
+        float mx = r[0], sum = 0;
+        for (int e = 1; e < E; e++)
+            mx = r[e] > mx ? r[e] : mx;
+        for (int e = 0; e < E; e++) {
+            r[e] = expf(r[e] - mx);
+            sum += r[e];
+        }
+        float inv = 1.0f / sum;
+        for (int e = 0; e < E; e++)
+            r[e] *= inv;
+    }
+}
+
+typedef struct attn_job {
+    dit_ctx *c;
+    float *att;
+    const float *qkv;
+    int T, D, heads;
+} attn_job;
+
+/* One (row, head): S = Q K^T * scale, softmax, O = S V, all strided views
+ * into qkv (N, T, 3, heads, hd) and att (N, T, heads, hd). */
+static void attn_task(void *arg, int task, int thread)
+{
+    attn_job *j = arg;
+    int n = task / j->heads, h = task % j->heads, T = j->T, D = j->D;
+    int hd = D / j->heads;
+    const float *q = j->qkv + (size_t)n * T * 3 * D + (size_t)h * hd;
+    const float *k = q + D, *v = q + 2 * D;
+    float *s = j->c->scores + (size_t)thread * T * T;
+    float *o = j->att + (size_t)n * T * D + (size_t)h * hd;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd,
+                1.0f / sqrtf((float)hd), q, 3 * D, k, 3 * D, 0.0f, s, T);
+    op_softmax_forward(s, T, T);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, s, T,
+                v, 3 * D, 0.0f, o, D);
+}
+
+void op_attention_forward(dit_ctx *c, float *att, const float *qkv, int N,
+                          int T, int D, int heads)
+{
+    attn_job j = { c, att, qkv, T, D, heads };
+    op_pool_run(c->pool, N * heads, attn_task, &j);
+}

@@ -1,0 +1,77 @@
+/* ops.h: the DiT-MoE operators, one function per op (engine-internal).
+ *
+ * llm.c style: op_NAME_forward(out, in, weights, dims). Shapes use the
+ * letters of dit.h: N rows, T tokens, D hidden, M = N*T token rows.
+ * Matmuls go through cblas_sgemm; when the context has a worker pool the
+ * rows of a matmul and the (row, head) pairs of attention are split over
+ * its threads (BLAS then runs single-threaded inside each task).
+ */
+#ifndef DIT_OPS_H
+#define DIT_OPS_H
+
+#include "model.h"
+
+/* out (M, w.rows) = in (M, w.cols) W^T + b. Widens non-F32 weights. */
+void op_linear_forward(dit_ctx *c, float *out, const float *in,
+                       const dit_linear *l, int M);
+/* Same without bias on a plain matrix, single-threaded, on thread `th`'s
+ * widen scratch: used inside pool tasks (the experts). */
+void op_matmul_task(dit_ctx *c, int th, float *out, const float *in,
+                    const dit_mat *w, int M);
+
+/* out (M, D) = LayerNorm(in) with eps 1e-6, no affine. out may equal in. */
+void op_layernorm_forward(float *out, const float *in, int M, int D);
+
+/* x (N, T, D) = x * (1 + scale[n]) + shift[n]; shift/scale rows of
+ * `stride` floats (they live inside the (N, 6D) modulation). */
+void op_modulate_forward(float *x, const float *shift, const float *scale,
+                         int stride, int N, int T, int D);
+
+/* x (N, T, D) += gate[n] * sub (N, T, D); gate rows of `stride` floats. */
+void op_gate_residual_forward(float *x, const float *sub, const float *gate,
+                              int stride, int N, int T, int D);
+
+/* out (n) = silu(in); out may equal in. */
+void op_silu_forward(float *out, const float *in, size_t n);
+
+/* g (M, H) = silu(g) * u (M, H). */
+void op_swiglu_forward(float *g, const float *u, size_t n);
+
+/* out (N, 256): [cos(t f), sin(t f)], f_i = 10000^(-i/128), as upstream. */
+void op_timestep_embedding_forward(float *out, const float *t, int N, int dim);
+
+/* out (N, D) = table[y[n]] (rows already validated). */
+void op_embedding_forward(float *out, const float *table, const int32_t *y,
+                          int N, int D);
+
+/* out (N, T, C*P*P): each token's P x P patch of every channel, in the
+ * conv kernel's (C, P, P) order; x (N, C, H, W). */
+void op_patchify_forward(float *out, const float *x, int N, int C, int H, int P);
+
+/* out (N, Co, H, W) from tok (N, T, P*P*Co) laid out (p, q, c) per token. */
+void op_unpatchify_forward(float *out, const float *tok, int N, int Co, int H, int P);
+
+/* att (N, T, D) = softmax(Q K^T / sqrt(hd)) V per row and head, Q, K, V
+ * read in place from qkv (N, T, 3D). Uses the context's score scratch. */
+void op_attention_forward(dit_ctx *c, float *att, const float *qkv, int N,
+                          int T, int D, int heads);
+
+/* Row-wise softmax of x (M, E) in place. */
+void op_softmax_forward(float *x, int M, int E);
+
+/* ---- worker pool ------------------------------------------------------ */
+typedef void (*op_task_fn)(void *arg, int task, int thread);
+struct op_pool;
+/* Starts n - 1 worker threads (the caller is the n-th). NULL on failure. */
+struct op_pool *op_pool_new(int n);
+void op_pool_free(struct op_pool *p);
+/* Runs fn(arg, i, thread) for i in [0, ntasks) over the pool (or inline when
+ * p is NULL) and returns when all are done. */
+void op_pool_run(struct op_pool *p, int ntasks, op_task_fn fn, void *arg);
+int op_pool_threads(const struct op_pool *p);
+
+/* half and bfloat16 to float */
+float op_f16_to_f32(uint16_t h);
+float op_bf16_to_f32(uint16_t h);
+
+#endif
