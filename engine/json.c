@@ -116,6 +116,9 @@ static void describe(const parser *ps, char *buf, size_t n)
 }
 
 /* Sets the error (the first one wins) and returns -1. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
 static int fail(parser *ps, const char *fmt, ...)
 {
     if (ps->err && ps->errlen && !ps->err[0]) {

@@ -263,6 +263,9 @@ typedef struct reader {
 } reader;
 
 /* Writes "path: [tensor 'name': ]message" and returns code. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 4, 5)))
+#endif
 static int rfail(const reader *r, int code, const char *tensor, const char *fmt, ...)
 {
     if (!r->err || !r->errlen)
@@ -473,12 +476,13 @@ static void unmap(void *p, size_t n)
 /* Maps path read-only: *map is NULL for an empty file. */
 static int map_file(const reader *r, void **map, size_t *size)
 {
+    *map = NULL;
+    *size = 0;
     int fd = open(r->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return rfail(r, DIT_E_IO, NULL, "cannot open: %s", strerror(errno));
     struct stat st;
     int rc = DIT_OK;
-    *map = NULL;
     if (fstat(fd, &st))
         rc = rfail(r, DIT_E_IO, NULL, "cannot stat: %s", strerror(errno));
     else if (!S_ISREG(st.st_mode))
