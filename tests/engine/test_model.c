@@ -1,0 +1,209 @@
+/* test_model.c: config parsing, weight binding and the forward pass's
+ * contracts on a tiny model built in memory (no files): argument checks at
+ * the API boundary, routing counts, batch invariance, binding errors that
+ * name the tensor. Numerical parity with PyTorch is tests/parity's job. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "rng.h"
+
+static int failures;
+
+#define CHECK(cond, ...)                                        \
+    do {                                                        \
+        if (!(cond)) {                                          \
+            failures++;                                         \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);         \
+            printf(__VA_ARGS__);                                \
+            printf("\n");                                       \
+        }                                                       \
+    } while (0)
+
+static const char *CONFIG =
+    "{\"input_size\": 8, \"patch_size\": 2, \"in_channels\": 2, \"hidden_size\": 24,"
+    " \"depth\": 2, \"num_heads\": 3, \"mlp_ratio\": 2, \"num_classes\": 5,"
+    " \"num_experts\": 4, \"num_experts_per_tok\": 2, \"learn_sigma\": true,"
+    " \"class_dropout_prob\": 0.1, \"prediction\": \"epsilon\","
+    " \"class_names\": [\"ant\", \"bee\", \"cat, kitty\", \"dog\", \"eel\"]}";
+
+typedef struct arena { float *mem; size_t used, cap; rng_default rng; } arena;
+
+static void add(st_table *t, arena *a, const char *name, int ndim, int64_t d0,
+                int64_t d1, int64_t d2, int64_t d3)
+{
+    int64_t shape[4] = { d0, d1, d2, d3 };
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= (size_t)shape[i];
+    float *p = a->mem + a->used;
+    a->used += n;
+    rng_default_randn(&a->rng, p, n);
+    for (size_t i = 0; i < n; i++)
+        p[i] *= 0.3f;
+    st_table_add(t, name, ST_F32, ndim, shape, p);
+}
+
+/* Every tensor of the tiny model, leaving out `skip` and adding `extra`. */
+static st_table *tiny_weights(arena *a, const char *skip, const char *extra)
+{
+    st_table *t = st_table_new("tiny.safetensors", NULL, 0, NULL);
+    char n[128];
+    int D = 24, E = 4, He = 48, Hs = 48;
+#define ADD(name, nd, a0, a1, a2, a3) \
+    if (!skip || strcmp(skip, name)) add(t, a, name, nd, a0, a1, a2, a3)
+    ADD("x_embedder.proj.weight", 4, D, 2, 2, 2);
+    ADD("x_embedder.proj.bias", 1, D, 0, 0, 0);
+    ADD("pos_embed", 3, 1, 16, D, 0);
+    ADD("t_embedder.mlp.0.weight", 2, D, 256, 0, 0);
+    ADD("t_embedder.mlp.0.bias", 1, D, 0, 0, 0);
+    ADD("t_embedder.mlp.2.weight", 2, D, D, 0, 0);
+    ADD("t_embedder.mlp.2.bias", 1, D, 0, 0, 0);
+    ADD("y_embedder.embedding_table.weight", 2, 6, D, 0, 0);
+    for (int l = 0; l < 2; l++) {
+        struct { const char *fmt; int nd; int64_t a0, a1; } ts[] = {
+            { "blocks.%d.adaLN_modulation.1.weight", 2, 6 * D, D },
+            { "blocks.%d.adaLN_modulation.1.bias", 1, 6 * D, 0 },
+            { "blocks.%d.attn.qkv.weight", 2, 3 * D, D }, { "blocks.%d.attn.qkv.bias", 1, 3 * D, 0 },
+            { "blocks.%d.attn.proj.weight", 2, D, D }, { "blocks.%d.attn.proj.bias", 1, D, 0 },
+            { "blocks.%d.moe.gate.weight", 2, E, D },
+            { "blocks.%d.moe.shared_experts.gate_proj.weight", 2, Hs, D },
+            { "blocks.%d.moe.shared_experts.up_proj.weight", 2, Hs, D },
+            { "blocks.%d.moe.shared_experts.down_proj.weight", 2, D, Hs },
+        };
+        for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
+            snprintf(n, sizeof n, ts[i].fmt, l);
+            ADD(n, ts[i].nd, ts[i].a0, ts[i].a1, 0, 0);
+        }
+        for (int e = 0; e < E; e++) {
+            snprintf(n, sizeof n, "blocks.%d.moe.experts.%d.gate_proj.weight", l, e);
+            ADD(n, 2, He, D, 0, 0);
+            snprintf(n, sizeof n, "blocks.%d.moe.experts.%d.up_proj.weight", l, e);
+            ADD(n, 2, He, D, 0, 0);
+            snprintf(n, sizeof n, "blocks.%d.moe.experts.%d.down_proj.weight", l, e);
+            ADD(n, 2, D, He, 0, 0);
+        }
+    }
+    ADD("final_layer.adaLN_modulation.1.weight", 2, 2 * D, D, 0, 0);
+    ADD("final_layer.adaLN_modulation.1.bias", 1, 2 * D, 0, 0, 0);
+    ADD("final_layer.linear.weight", 2, 16, D, 0, 0);
+    ADD("final_layer.linear.bias", 1, 16, 0, 0, 0);
+#undef ADD
+    if (extra)
+        add(t, a, extra, 1, 4, 0, 0, 0);
+    return t;
+}
+
+static dit_model *tiny_model(arena *a, const char *skip, const char *extra, char *err,
+                             size_t errlen, int *rc)
+{
+    dit_model *m = calloc(1, sizeof *m);
+    *rc = dit_config_parse(m, CONFIG, strlen(CONFIG), "tiny/config.json", err, errlen);
+    if (*rc == DIT_OK) {
+        m->weights = tiny_weights(a, skip, extra);
+        *rc = dit_model_bind(m, err, errlen);
+    }
+    if (*rc != DIT_OK) {
+        dit_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+static void test_bind_errors(arena *a)
+{
+    char err[512];
+    int rc;
+    a->used = 0;
+    CHECK(!tiny_model(a, "blocks.1.moe.experts.3.up_proj.weight", NULL, err, sizeof err, &rc) &&
+              rc == DIT_E_FORMAT && strstr(err, "blocks.1.moe.experts.3.up_proj.weight") &&
+              strstr(err, "missing"),
+          "missing tensor named: %s", err);
+    a->used = 0;
+    CHECK(!tiny_model(a, NULL, "blocks.2.attn.qkv.bias", err, sizeof err, &rc) &&
+              strstr(err, "blocks.2.attn.qkv.bias") && strstr(err, "disagree"),
+          "extra tensor named: %s", err);
+    dit_model *m = calloc(1, sizeof *m);
+    const char *bad = "{\"input_size\": 8, \"patch_size\": 3}";
+    rc = dit_config_parse(m, bad, strlen(bad), "c.json", err, sizeof err);
+    CHECK(rc == DIT_E_FORMAT && strstr(err, "c.json") && strstr(err, "in_channels"),
+          "missing config key named: %s", err);
+    const char *typo = "{\"input_size\": 8, \"patch_sise\": 2}";
+    rc = dit_config_parse(m, typo, strlen(typo), "c.json", err, sizeof err);
+    CHECK(rc == DIT_E_FORMAT && strstr(err, "patch_sise"), "unknown key named: %s", err);
+    dit_model_free(m);
+    dit_model_free(NULL);
+}
+
+static void test_forward(arena *a)
+{
+    char err[512] = "";
+    int rc;
+    a->used = 0;
+    dit_model *m = tiny_model(a, NULL, NULL, err, sizeof err, &rc);
+    CHECK(m != NULL, "tiny model binds: %s", err);
+    if (!m)
+        return;
+    CHECK(dit_model_find_class(m, "KITTY") == 2 && dit_model_find_class(m, "eel") == 4 &&
+              dit_model_find_class(m, "cow") == -1, "class names and aliases");
+    dit_model_info info;
+    dit_model_get_info(m, &info);
+    CHECK(info.params_active < info.params_total, "active < total params");
+    CHECK(info.params_total - info.params_active == 2ull * 2 * 3 * 24 * 48,
+          "inactive = (E-k) experts per layer");
+
+    dit_ctx_settings s;
+    dit_ctx_settings_default(&s);
+    s.max_rows = 4;
+    s.max_rows = 0;
+    dit_ctx *c = NULL;
+    CHECK(dit_ctx_new(&c, m, &s) == DIT_E_INVAL && !c, "max_rows 0 refused");
+    s.max_rows = 4;
+    CHECK(dit_ctx_new(&c, m, &s) == DIT_OK, "ctx");
+    enum { N = 4, X = 2 * 64, O = 4 * 64 };
+    float x[N * X], t[N] = { 0, 10, 500.5f, 999 }, out[N * O], one[O];
+    int32_t y[N] = { 0, 3, 5, 1 }; /* 5 = the null class */
+    rng_default r;
+    rng_default_init(&r, 7, 0);
+    rng_default_randn(&r, x, N * X);
+    CHECK(dit_forward(c, N + 1, x, t, y, out) == DIT_E_INVAL, "n > max_rows refused");
+    int32_t bad[N] = { 0, 6, 0, 0 };
+    CHECK(dit_forward(c, N, x, t, bad, out) == DIT_E_INVAL, "label beyond null refused");
+    CHECK(dit_forward(c, N, x, t, y, out) == DIT_OK, "forward");
+    const uint32_t *rt = dit_ctx_routing(c);
+    for (int l = 0; l < 2; l++) {
+        uint32_t sum = 0;
+        for (int n = 0; n < N; n++)
+            for (int e = 0; e < 4; e++)
+                sum += rt[(n * 2 + l) * 4 + e];
+        CHECK(sum == N * 16 * 2, "layer %d routes T*k tokens per row: %u", l, sum);
+    }
+    int finite = 1;
+    for (int i = 0; i < N * O; i++)
+        finite &= isfinite(out[i]);
+    CHECK(finite, "finite output");
+    /* batch invariance: row 2 alone equals row 2 in the batch */
+    CHECK(dit_forward(c, 1, x + 2 * X, t + 2, y + 2, one) == DIT_OK, "single row");
+    float md = 0;
+    for (int i = 0; i < O; i++)
+        md = fmaxf(md, fabsf(one[i] - out[2 * O + i]));
+    CHECK(md < 1e-4f, "row alone equals row in batch (max diff %g)", md);
+    dit_ctx_free(c);
+    dit_ctx_free(NULL);
+    dit_model_free(m);
+}
+
+int main(void)
+{
+    arena a = { 0 };
+    a.cap = 1 << 20;
+    a.mem = malloc(a.cap * sizeof(float));
+    rng_default_init(&a.rng, 1, 0);
+    test_bind_errors(&a);
+    test_forward(&a);
+    free(a.mem);
+    printf("%s\n", failures ? "FAILED" : "all model tests passed");
+    return failures != 0;
+}
