@@ -1,0 +1,59 @@
+/* cmd_inspect.c: `ditmoe inspect`: what a model is, how big, how it samples.
+ */
+#include <stdio.h>
+
+#include "cli.h"
+
+static const char inspect_usage[] =
+    "usage: ditmoe inspect [--model DIR]\n"
+    "  --model DIR   model directory or weight file (default: the embedded model)\n";
+
+static void inspect_print(const char *name, const dit_model *m)
+{
+    const dit_config *c = dit_model_config(m);
+    dit_model_info info;
+    int named = 0, w, h, ch;
+    dit_model_get_info(m, &info);
+    dit_model_image_size(m, &w, &h, &ch);
+    for (int i = 0; i < c->num_classes; i++)
+        named += dit_model_class_name(m, i) != NULL;
+    printf("model           %s%s%s\n", name, c->preset ? "  preset " : "",
+           c->preset ? c->preset : "");
+    printf("input           %d x %d x %d (C x H x W), patch %d, %d tokens\n",
+           c->in_channels, c->input_size, c->input_size, c->patch_size, c->num_tokens);
+    printf("output          %d channels%s\n", c->out_channels,
+           c->learn_sigma ? " (prediction + learned variance)" : "");
+    printf("prediction      %s\n", c->prediction == DIT_PRED_VELOCITY
+                                       ? "velocity (rectified flow)" : "epsilon");
+    printf("transformer     depth %d, hidden %d, heads %d\n", c->depth, c->hidden_size,
+           c->num_heads);
+    printf("experts         %d routed (top-%d, width %d), shared width %d\n",
+           c->num_experts, c->num_experts_per_tok, c->expert_hidden, c->shared_hidden);
+    printf("classes         %d (%d named), null class %s (class_dropout_prob %g)\n",
+           c->num_classes, named, c->class_dropout_prob > 0 ? "yes" : "no",
+           c->class_dropout_prob);
+    printf("parameters      %llu total, %llu active per token\n",
+           (unsigned long long)info.params_total, (unsigned long long)info.params_active);
+    printf("weights         %.1f MiB %s\n", (double)info.weight_bytes / (1024.0 * 1024.0),
+           info.weight_dtype ? info.weight_dtype : "?");
+    if (c->vae_dir)
+        printf("latents         decoded by %s (latents / %g)\n", c->vae_dir, c->latent_scale);
+    printf("image           %d x %d, %d channel%s\n", w, h, ch, ch == 1 ? "" : "s");
+    printf("sampling        %s, %d steps, cfg scale %g\n", dit_sampler_name(c->default_sampler),
+           c->default_steps, c->default_cfg_scale);
+}
+
+int cmd_inspect(int argc, char **argv)
+{
+    const char *path = NULL, *name = NULL;
+    const cli_opt opts[] = { { "model", &path, NULL } };
+    dit_model *m = NULL;
+    int rc = cli_parse(argc, argv, opts, 1, inspect_usage);
+    if (rc)
+        return rc < 0 ? 0 : rc;
+    if ((rc = cli_load_model(path, &m, &name)))
+        return rc;
+    inspect_print(name, m);
+    dit_model_free(m);
+    return 0;
+}
