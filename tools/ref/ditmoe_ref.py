@@ -345,14 +345,11 @@ def _from_bf16_bits(b):
 def write_safetensors(path, tensors, metadata=None):
     """tensors: {name: (dtype_name, np.ndarray already in that dtype's
     storage type)}. Header padded with spaces so data starts 8-byte aligned;
-    each tensor's span is also 8-byte aligned. Written atomically."""
+    tensors follow each other without gaps, as the format requires (readers
+    refuse holes in the data region). Written atomically."""
     header, offset, blobs = {}, 0, []
     for name, (dt, arr) in tensors.items():
         raw = np.ascontiguousarray(arr).tobytes()
-        pad = (-offset) % 8
-        if pad:
-            blobs.append(b"\0" * pad)
-            offset += pad
         header[name] = {"dtype": dt, "shape": list(arr.shape),
                         "data_offsets": [offset, offset + len(raw)]}
         blobs.append(raw)
