@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """test_generate.py: `ditmoe generate` against the PyTorch reference loops.
 
-Usage: test_generate.py DITMOE CASE
+Usage: test_generate.py DITMOE CASE [TEST_BATCH]
 
 Small random-weight models (tools/ref/ditmoe_ref.py) are written to a
 scratch directory; the engine's final samples (--out-npy) are compared
@@ -187,13 +187,61 @@ def case_refusals(ditmoe, tmp):
     expect_error(ditmoe, tmp, "a missing model", os.path.join(tmp, "nope"), [], "nope")
 
 
-CASES = {"euler": case_euler, "ddpm_sigma": case_ddpm_sigma, "ddpm_fixed": case_ddpm_fixed,
+def run_forward(ditmoe, tmp, model, x, t, y):
+    paths = [os.path.join(tmp, f"{k}.npy") for k in ("fx", "ft", "fy", "fout")]
+    for path, arr in zip(paths, (x, t, y)):
+        np.save(path, arr)
+    if os.path.exists(paths[3]):
+        os.remove(paths[3])
+    cmd = [ditmoe, "forward", "--model", model, "--x", paths[0], "--t", paths[1],
+           "--y", paths[2], "--out", paths[3]]
+    return subprocess.run(cmd, capture_output=True, text=True), paths[3]
+
+
+def case_forward(ditmoe, tmp):
+    """`ditmoe forward` on .npy inputs against the reference model, and its
+    shape checks."""
+    model = make_model(tmp, "eps_sigma")
+    ref, _ = ditmoe_ref.load_model_dir(model)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 8, 8)).astype(np.float32)
+    t = np.array([0, 500, 999], dtype=np.float32)
+    for ydt in (np.int64, np.int32):
+        y = np.array([0, 4, 5], dtype=ydt)
+        r, out = run_forward(ditmoe, tmp, model, x, t, y)
+        if r.returncode != 0:
+            failures.append(f"forward y {ydt.__name__}: {r.stderr}")
+            continue
+        with torch.no_grad():
+            want = ref(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y).long())
+        compare(f"forward y {ydt.__name__}", np.load(out), want.numpy())
+    bad = [("x of 3 channels", x[:, :3], t, np.zeros(3, np.int64), "x must be"),
+           ("t of the wrong length", x, t[:2], np.zeros(3, np.int64), "t must be"),
+           ("float labels", x, t, np.zeros(3, np.float32), ""),
+           ("label 6", x, t, np.array([0, 6, 1]), "y[1] = 6")]
+    for what, bx, bt, by, needle in bad:
+        r, _ = run_forward(ditmoe, tmp, model, bx, bt, by)
+        ok = r.returncode != 0 and r.stderr.startswith("ditmoe: ") and needle in r.stderr
+        print(f"{'ok  ' if ok else 'FAIL'} forward refuses {what}: {r.stderr.strip()}")
+        if not ok:
+            failures.append(f"forward refuses {what}")
+
+
+def case_batch(ditmoe, tmp):
+    """Runs the C test of dit_generate batching (test_batch.c) on a model."""
+    r = subprocess.run([sys.argv[3], make_model(tmp, "flow")], capture_output=True, text=True)
+    print(r.stdout + r.stderr, end="")
+    if r.returncode != 0:
+        failures.append("test_batch")
+
+
+CASES = {"forward": case_forward, "batch": case_batch, "euler": case_euler, "ddpm_sigma": case_ddpm_sigma, "ddpm_fixed": case_ddpm_fixed,
          "ddim": case_ddim, "torch": case_torch, "refusals": case_refusals}
 
 
 def main():
-    if len(sys.argv) != 3 or sys.argv[2] not in CASES:
-        print(f"usage: {sys.argv[0]} DITMOE {'|'.join(CASES)}", file=sys.stderr)
+    if len(sys.argv) not in (3, 4) or sys.argv[2] not in CASES:
+        print(f"usage: {sys.argv[0]} DITMOE {'|'.join(CASES)} [TEST_BATCH]", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

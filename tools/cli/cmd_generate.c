@@ -127,6 +127,15 @@ static int gen_progress(void *user, int step, int num_steps)
     return 0;
 }
 
+/* Refuses a PNG of a latent model that has no decoder; returns CLI_EFAIL. */
+static int gen_no_decoder(const dit_model *m, const char *model_name, const char *path)
+{
+    const dit_config *c = dit_model_config(m);
+    return cli_fail("%s: a latent model (%d-channel samples) whose VAE decoder is not "
+                    "available (vae: %s); cannot write %s, use --out-npy for the latents",
+                    model_name, c->in_channels, c->vae_dir ? c->vae_dir : "none", path);
+}
+
 /* Decodes the samples and writes the PNG (grid for several images). */
 static int gen_png(dit_ctx *ctx, const dit_model *m, const dit_sampler *s, const char *path,
                    const char *model_name)
@@ -135,8 +144,8 @@ static int gen_png(dit_ctx *ctx, const dit_model *m, const dit_sampler *s, const
     uint8_t *pix = NULL, *grid = NULL;
     char err[512] = "";
     dit_model_image_size(m, &w, &h, &ch);
-    if (w < 1 || h < 1 || (ch != 1 && ch != 3) || io_grid_size(n, w, h, 0, 2, &gw, &gh))
-        return cli_fail("%s: the model has no decodable image size", model_name);
+    if (io_grid_size(n, w, h, 0, 2, &gw, &gh))
+        return cli_fail("%s: cannot lay out %d images of %d x %d", model_name, n, w, h);
     pix = malloc((size_t)n * w * h * ch);
     grid = n > 1 ? malloc((size_t)gw * gh * ch) : NULL;
     if (!pix || (n > 1 && !grid)) {
@@ -145,10 +154,7 @@ static int gen_png(dit_ctx *ctx, const dit_model *m, const dit_sampler *s, const
     }
     rc = dit_decode(ctx, n, dit_sampler_result(s), pix);
     if (rc == DIT_E_UNSUPPORTED) {
-        rc = cli_fail("%s: a latent model whose VAE decoder is not available (vae: %s); "
-                      "cannot write %s (use --out-npy for the latents)", model_name,
-                      dit_model_config(m)->vae_dir ? dit_model_config(m)->vae_dir : "none",
-                      path);
+        rc = gen_no_decoder(m, model_name, path);
         goto done;
     }
     if (rc != DIT_OK) {
@@ -175,7 +181,11 @@ static int gen_run(const dit_model *m, const dit_sample_params *p, const gen_arg
     dit_ctx *ctx = NULL;
     dit_ctx_settings set;
     char err[512] = "";
-    int rc = dit_sampler_new(&s, m, p, err, sizeof err);
+    int w, h, ch, rc;
+    dit_model_image_size(m, &w, &h, &ch);
+    if (a->out && (w < 1 || h < 1 || (ch != 1 && ch != 3))) /* refuse before sampling */
+        return gen_no_decoder(m, model_name, a->out);
+    rc = dit_sampler_new(&s, m, p, err, sizeof err);
     if (rc != DIT_OK)
         return cli_fail("%s", err[0] ? err : dit_strerror(rc));
     dit_ctx_settings_default(&set);
