@@ -171,29 +171,6 @@ void op_gate_residual_forward(float *x, const float *sub, const float *gate,
     }
 }
 
-/* exp(x) for float, branch-free so loops over it vectorise: x = n ln2 + r
- * with |r| <= ln2/2, a degree-6 polynomial for e^r (relative error about
- * 2e-7, below float rounding of the callers' sums), 2^n put in the
- * exponent bits. Inputs are clamped to [-87, 88], where expf is finite. */
-static inline float op_exp(float x)
-{
-    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
-    /* round to nearest by the 1.5 * 2^23 trick (no libm call, vectorises) */
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
-    float p = 1.0f / 720;
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
 static inline float silu(float v)
 {
     return v / (1.0f + op_exp(-v));

@@ -9,6 +9,8 @@
 #ifndef DIT_OPS_H
 #define DIT_OPS_H
 
+#include <string.h>
+
 #include "model.h"
 
 /* out (M, w.rows) = in (M, w.cols) W^T + b. Widens non-F32 weights. */
@@ -30,6 +32,29 @@ void op_modulate_forward(float *x, const float *shift, const float *scale,
 /* x (N, T, D) += gate[n] * sub (N, T, D); gate rows of `stride` floats. */
 void op_gate_residual_forward(float *x, const float *sub, const float *gate,
                               int stride, int N, int T, int D);
+
+/* exp(x) for float, branch-free so loops over it vectorise: x = n ln2 + r
+ * with |r| <= ln2/2, a degree-6 polynomial for e^r (relative error about
+ * 2e-7, below float rounding of the callers' sums), 2^n put in the
+ * exponent bits. Inputs are clamped to [-87, 88], where expf is finite. */
+static inline float op_exp(float x)
+{
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    /* round to nearest by the 1.5 * 2^23 trick (no libm call, vectorises) */
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
+    float p = 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
 
 /* out (n) = silu(in); out may equal in. */
 void op_silu_forward(float *out, const float *in, size_t n);

@@ -4,8 +4,8 @@
  * work, so they are single large GEMMs (M = cout, K = 9 cin, N = a band of
  * output rows) over an im2col band small enough to stay in cache. Building
  * the band costs one pass over the input per band: each input row is read
- * once, put through the GroupNorm affine and SiLU once (with an exp of our
- * own that the compiler vectorises), widened for upsampling, and then only
+ * once, put through the GroupNorm affine and SiLU once (op_exp, which the
+ * compiler vectorises), widened for upsampling, and then only
  * copied nine times. The bias (or the bias plus the residual) is written
  * into the output first and the GEMMs accumulate into it.
  *
@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "ops.h"
 #include "vae_ops.h"
 
 /* Floats of im2col band per convolution (16 MiB): bands of a few rows. */
@@ -25,30 +26,6 @@
 
 /* ---- elementwise ------------------------------------------------------- */
 
-/* exp(x) for x in about [-87, 88] (clamped outside), within 2 ulp: Cody-Waite
- * reduction to r in [-ln2/2, ln2/2] and the Cephes polynomial. Plain float
- * arithmetic, so loops calling it vectorise (expf's errno rules block that). */
-static inline float vexp(float x)
-{
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    /* round to nearest by the 1.5 * 2^23 trick (floorf would not vectorise) */
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return p * two_n;
-}
-
 /* out (n) = silu(in * s + t) or in * s + t */
 static void affine_row(float *out, const float *in, float s, float t, int n,
                        int silu)
@@ -56,7 +33,7 @@ static void affine_row(float *out, const float *in, float s, float t, int n,
     if (silu) {
         for (int i = 0; i < n; i++) {
             float v = in[i] * s + t;
-            out[i] = v / (1.0f + vexp(-v));
+            out[i] = v / (1.0f + op_exp(-v));
         }
     } else {
         for (int i = 0; i < n; i++)
@@ -136,13 +113,13 @@ void vae_softmax_forward(float *x, float alpha, int M, int N)
         j = 0;
         for (; j + 16 <= N; j += 16)
             for (int l = 0; l < 16; l++) {
-                float e = vexp((r[j + l] - mx) * alpha);
+                float e = op_exp((r[j + l] - mx) * alpha);
                 r[j + l] = e;
                 lane[l] += e;
             }
         double sum = 0.0;
         for (; j < N; j++) {
-            r[j] = vexp((r[j] - mx) * alpha);
+            r[j] = op_exp((r[j] - mx) * alpha);
             sum += r[j];
         }
         for (int l = 0; l < 16; l++)
