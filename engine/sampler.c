@@ -274,6 +274,30 @@ static void samp_initial_noise(dit_sampler *s, uint64_t seed, const float *noise
         memcpy(s->x, noise, nx * sizeof(float));
 }
 
+/* The sampler's fixed fields from the model and (checked) parameters. */
+static void samp_init(dit_sampler *s, const dit_model *m, const dit_sample_params *p)
+{
+    const dit_config *cfg = dit_model_config(m);
+    s->m = m;
+    s->n = p->num_images;
+    s->guided = p->cfg_scale != 1.0;
+    s->rows = s->guided ? 2 * s->n : s->n;
+    s->g = (float)p->cfg_scale;
+    s->c = cfg->in_channels;
+    s->cout = cfg->out_channels;
+    s->hw = cfg->input_size * cfg->input_size;
+    s->chw = (size_t)s->c * s->hw;
+    s->kind = p->sampler;
+    s->rng_kind = p->rng;
+    s->learn_sigma = cfg->learn_sigma;
+    s->label = p->class_label;
+    s->null_label = cfg->num_classes;
+    if (s->kind == DIT_SAMPLER_EULER || p->cfg_mode == DIT_CFG_ALL)
+        s->gch = s->c;
+    else
+        s->gch = s->cout < 3 ? s->cout : 3;
+}
+
 int dit_sampler_new(dit_sampler **out, const dit_model *m, const dit_sample_params *p,
                     char *err, size_t errlen)
 {
@@ -294,24 +318,7 @@ int dit_sampler_new(dit_sampler **out, const dit_model *m, const dit_sample_para
     s = calloc(1, sizeof *s);
     if (!s)
         goto nomem;
-    s->m = m;
-    s->n = p->num_images;
-    s->guided = p->cfg_scale != 1.0;
-    s->rows = s->guided ? 2 * s->n : s->n;
-    s->g = (float)p->cfg_scale;
-    s->c = cfg->in_channels;
-    s->cout = cfg->out_channels;
-    s->hw = cfg->input_size * cfg->input_size;
-    s->chw = (size_t)s->c * s->hw;
-    s->kind = p->sampler;
-    s->rng_kind = p->rng;
-    s->learn_sigma = cfg->learn_sigma;
-    s->label = p->class_label;
-    s->null_label = cfg->num_classes;
-    if (s->kind == DIT_SAMPLER_EULER || p->cfg_mode == DIT_CFG_ALL)
-        s->gch = s->c;
-    else
-        s->gch = s->cout < 3 ? s->cout : 3;
+    samp_init(s, m, p);
     s->steps = p->steps;
     if (s->kind != DIT_SAMPLER_EULER) {
         s->sched = malloc((size_t)p->steps * sizeof *s->sched);
@@ -484,6 +491,33 @@ void dit_sampler_update(dit_sampler *s, const float *out)
 
 /* ---- batching --------------------------------------------------------- */
 
+/* One forward over the rows of every unfinished sampler, packed in order
+ * into x/t/y, and the outputs handed back to the same samplers. */
+static int samp_generate_step(dit_ctx *c, dit_sampler **s, int n, size_t chw, size_t couthw,
+                              float *x, float *t, int32_t *y, float *out)
+{
+    int r = 0, rc;
+    for (int i = 0; i < n; i++) {
+        if (dit_sampler_done(s[i]))
+            continue;
+        dit_sampler_inputs(s[i], x + r * chw, t + r, y + r);
+        r += s[i]->rows;
+    }
+    rc = dit_forward(c, r, x, t, y, out);
+    if (rc != DIT_OK)
+        return rc;
+    r = 0;
+    for (int i = 0; i < n; i++) { /* done-ness is unchanged since packing */
+        if (dit_sampler_done(s[i]))
+            continue;
+        dit_sampler_update(s[i], out + r * couthw);
+        r += s[i]->rows;
+    }
+    return DIT_OK;
+}
+
+/* The packed buffers are allocated once per call, for the rows of the
+ * samplers still running, and none per step. */
 int dit_generate(dit_ctx *c, dit_sampler **s, int n, dit_progress_fn progress, void *user)
 {
     const dit_config *cfg;
@@ -518,23 +552,9 @@ int dit_generate(dit_ctx *c, dit_sampler **s, int n, dit_progress_fn progress, v
         goto done;
     }
     for (int it = 0; it < iters; it++) {
-        int r = 0;
-        for (int i = 0; i < n; i++) {
-            if (dit_sampler_done(s[i]))
-                continue;
-            dit_sampler_inputs(s[i], x + r * chw, t + r, y + r);
-            r += s[i]->rows;
-        }
-        rc = dit_forward(c, r, x, t, y, out);
+        rc = samp_generate_step(c, s, n, chw, couthw, x, t, y, out);
         if (rc != DIT_OK)
             goto done;
-        r = 0;
-        for (int i = 0; i < n; i++) { /* the same samplers as packed */
-            if (dit_sampler_done(s[i]))
-                continue;
-            dit_sampler_update(s[i], out + r * couthw);
-            r += s[i]->rows;
-        }
         if (progress && progress(user, it + 1, iters)) {
             rc = DIT_E_CANCELLED;
             goto done;
