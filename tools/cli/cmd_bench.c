@@ -142,7 +142,8 @@ static int bench_run(const dit_model *m, const char *name, const bench_opts *o)
            iters);
     printf("forward     %.3f ms mean, %.3f ms best\n", 1e3 * total / iters, 1e3 * best);
     printf("tokens/s    %.0f\n", (double)batch * c->num_tokens * iters / total);
-    printf("work        %.3f GFLOP per forward (routed tokens per layer %.0f of %d x %d)\n",
+    printf("work        %.5g GFLOP per forward (%.0f token-expert pairs routed per layer: "
+           "%d tokens x top-%d)\n",
            flops * 1e-9, routed / iters / c->depth, batch * c->num_tokens,
            c->num_experts_per_tok);
     printf("achieved    %.2f GFLOP/s\n", flops / (total / iters) * 1e-9);
