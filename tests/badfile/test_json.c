@@ -111,12 +111,13 @@ static void test_numbers(void)
 static void test_big_and_deep(void)
 {
     /* 300 members: served by the hash index */
-    char *t = malloc(300 * 32 + 16), *p = t;
-    p += sprintf(p, "{");
+    static char t[300 * 32 + 16];
+    size_t k = (size_t)snprintf(t, sizeof t, "{");
     for (int i = 0; i < 300; i++)
-        p += sprintf(p, "%s\"key%d\": %d", i ? "," : "", i, i * 3);
-    p += sprintf(p, "}");
-    js_doc *d = parse_ok(t, (size_t)(p - t), 0);
+        k += (size_t)snprintf(t + k, sizeof t - k, "%s\"key%d\": %d", i ? "," : "",
+                              i, i * 3);
+    k += (size_t)snprintf(t + k, sizeof t - k, "}");
+    js_doc *d = parse_ok(t, k, 0);
     for (int i = 0; d && i < 300; i++) {
         char k[16];
         int64_t v = -1;
@@ -128,14 +129,13 @@ static void test_big_and_deep(void)
     CHECK(!d || js_get(js_root(d), "key300") == NULL, "absent key found");
     js_free(d);
     /* duplicates in a large object are found too, and allowed by the flag */
-    strcpy(p - 1, ",\"key7\": 1}");
+    snprintf(t + k - 1, sizeof t - k + 1, ",\"key7\": 1}");
     parse_bad(t, strlen(t), "duplicate key \"key7\"");
     d = parse_ok(t, strlen(t), JS_ALLOW_DUPLICATES);
     int64_t v = -1;
     CHECK(d && js_int(js_get(js_root(d), "key7"), &v) && v == 21, "first key7 %lld",
           (long long)v);
     js_free(d);
-    free(t);
 
     char deep[2 * JS_MAX_DEPTH + 8];
     memset(deep, '[', JS_MAX_DEPTH);
