@@ -360,57 +360,17 @@ static void exact_int(js_value *v, int neg, const unsigned char *digits,
                   : (int64_t)m;
 }
 
-static int parse_number(parser *ps, js_value *v)
+/* The end of the run of digits at p (p itself when there is none). */
+static const unsigned char *skip_digits(const unsigned char *p, const unsigned char *e)
 {
-    const unsigned char *s = ps->p, *p = s, *e = ps->end;
-    int neg = 0;
-    if (p < e && *p == '-') {
-        neg = 1;
+    while (p < e && *p >= '0' && *p <= '9')
         p++;
-    }
-    const unsigned char *digits = p;
-    if (p < e && *p == '0')
-        p++;
-    else if (p < e && *p >= '1' && *p <= '9')
-        while (p < e && *p >= '0' && *p <= '9')
-            p++;
-    else {
-        ps->p = p;
-        return fail_expected(ps, "a digit");
-    }
-    long frac = 0;
-    if (p < e && *p == '.') {
-        p++;
-        const unsigned char *f = p;
-        while (p < e && *p >= '0' && *p <= '9')
-            p++;
-        if (p == f) {
-            ps->p = p;
-            return fail_expected(ps, "a digit after '.'");
-        }
-        frac = (long)(p - f);
-    }
-    const unsigned char *dend = p;
-    long ex = 0;
-    if (p < e && (*p == 'e' || *p == 'E')) {
-        p++;
-        int eneg = 0;
-        if (p < e && (*p == '+' || *p == '-'))
-            eneg = *p++ == '-';
-        const unsigned char *f = p;
-        while (p < e && *p >= '0' && *p <= '9') {
-            if (ex < 1000000)
-                ex = ex * 10 + (*p - '0');
-            p++;
-        }
-        if (p == f) {
-            ps->p = p;
-            return fail_expected(ps, "a digit in the exponent");
-        }
-        if (eneg)
-            ex = -ex;
-    }
-    size_t n = (size_t)(p - s);
+    return p;
+}
+
+/* strtod on a NUL-terminated copy of s[0..n) (the buffer has no NUL). */
+static int to_double(parser *ps, const unsigned char *s, size_t n, double *out)
+{
     if (n + 1 > ps->num_cap) {
         char *b = realloc(ps->num, n + 64);
         if (!b)
@@ -420,8 +380,50 @@ static int parse_number(parser *ps, js_value *v)
     }
     memcpy(ps->num, s, n);
     ps->num[n] = 0;
+    *out = strtod(ps->num, NULL); /* overflow gives +-HUGE_VAL: kept */
+    return 0;
+}
+
+static int parse_number(parser *ps, js_value *v)
+{
+    const unsigned char *s = ps->p, *e = ps->end;
+    int neg = s < e && *s == '-';
+    const unsigned char *digits = s + neg, *p = digits, *f;
+    if (p < e && *p == '0')
+        p++;
+    else if (p < e && *p >= '1' && *p <= '9')
+        p = skip_digits(p, e);
+    else {
+        ps->p = p;
+        return fail_expected(ps, "a digit");
+    }
+    long frac = 0, ex = 0;
+    if (p < e && *p == '.') {
+        f = ++p;
+        p = skip_digits(p, e);
+        if (p == f) {
+            ps->p = p;
+            return fail_expected(ps, "a digit after '.'");
+        }
+        frac = (long)(p - f);
+    }
+    const unsigned char *dend = p;
+    if (p < e && (*p == 'e' || *p == 'E')) {
+        int eneg = 0;
+        if (++p < e && (*p == '+' || *p == '-'))
+            eneg = *p++ == '-';
+        for (f = p; p < e && *p >= '0' && *p <= '9'; p++)
+            if (ex < 1000000) /* saturate: the value is 0 or infinite anyway */
+                ex = ex * 10 + (*p - '0');
+        if (p == f) {
+            ps->p = p;
+            return fail_expected(ps, "a digit in the exponent");
+        }
+        ex = eneg ? -ex : ex;
+    }
     v->type = JS_NUMBER;
-    v->num = strtod(ps->num, NULL); /* overflow gives +-HUGE_VAL: kept */
+    if (to_double(ps, s, (size_t)(p - s), &v->num))
+        return -1;
     exact_int(v, neg, digits, dend, ex - frac);
     ps->p = p;
     return 0;
