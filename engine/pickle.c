@@ -134,6 +134,24 @@ static int grow_ptrs(vm *m, pt_val ***a, size_t *cap, size_t n, size_t need)
     return 0;
 }
 
+/* Grows heap array *a of elem-byte items to hold `need`, zeroing the new
+ * part (the stack, the marks and the memo). */
+static int grow_heap(void **a, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap)
+        return 0;
+    size_t nc = *cap ? *cap : 64;
+    while (nc < need)
+        nc *= 2;
+    unsigned char *na = realloc(*a, nc * elem);
+    if (!na)
+        return -1;
+    memset(na + *cap * elem, 0, (nc - *cap) * elem);
+    *a = na;
+    *cap = nc;
+    return 0;
+}
+
 static int oom(vm *m)
 {
     return fail(m, DIT_E_NOMEM, "out of memory (or the pickle needs more than %zu MiB)",
@@ -143,8 +161,8 @@ static int oom(vm *m)
 const char *pt_kind_name(int kind)
 {
     static const char *const names[] = {
-        "None", "bool", "int", "float", "str", "bytes", "tuple", "list", "dict",
-        "global", "storage", "tensor", "object",
+        "None", "a bool", "an int", "a float", "a str", "bytes", "a tuple", "a list",
+        "a dict", "a global", "a storage", "a tensor", "an object",
     };
     return kind >= 0 && kind <= PT_OBJECT ? names[kind] : "?";
 }
@@ -189,14 +207,10 @@ static int push(vm *m, pt_val *v)
 {
     if (!v)
         return oom(m);
-    if (m->sp == m->stack_cap) {
-        size_t nc = m->stack_cap ? m->stack_cap * 2 : 64;
-        pt_val **ns = realloc(m->stack, nc * sizeof *ns);
-        if (!ns)
-            return oom(m);
-        m->stack = ns;
-        m->stack_cap = nc;
-    }
+    void *a = m->stack;
+    if (grow_heap(&a, &m->stack_cap, m->sp + 1, sizeof *m->stack))
+        return oom(m);
+    m->stack = a;
     m->stack[m->sp++] = v;
     return 0;
 }
@@ -248,7 +262,7 @@ static int make_seq(vm *m, int kind, pt_val **items, size_t n)
 static int seq_append(vm *m, pt_val *list, pt_val **items, size_t n)
 {
     if (list->kind != PT_LIST)
-        return fail(m, DIT_E_FORMAT, "appends to a %s, not a list", pt_kind_name(list->kind));
+        return fail(m, DIT_E_FORMAT, "appends to %s, not a list", pt_kind_name(list->kind));
     if (grow_ptrs(m, &list->u.seq.v, &list->u.seq.cap, list->u.seq.n, list->u.seq.n + n))
         return oom(m);
     memcpy(list->u.seq.v + list->u.seq.n, items, n * sizeof *items);
@@ -260,7 +274,7 @@ static int seq_append(vm *m, pt_val *list, pt_val **items, size_t n)
 static int dict_set(vm *m, pt_val *d, pt_val **items, size_t n)
 {
     if (d->kind != PT_DICT)
-        return fail(m, DIT_E_FORMAT, "sets an item of a %s, not a dict", pt_kind_name(d->kind));
+        return fail(m, DIT_E_FORMAT, "sets an item of %s, not a dict", pt_kind_name(d->kind));
     size_t have = d->u.dict.n * 2;
     if (grow_ptrs(m, &d->u.dict.kv, &d->u.dict.cap, have, have + 2 * n))
         return oom(m);
@@ -281,17 +295,10 @@ static int memo_put(vm *m, uint64_t idx)
     if (idx > m->len + 1024)
         return fail(m, DIT_E_FORMAT, "memo index %llu is out of range for a %zu-byte pickle",
                     (unsigned long long)idx, m->len);
-    if (idx >= m->memo_cap) {
-        size_t nc = m->memo_cap ? m->memo_cap : 64;
-        while (nc <= idx)
-            nc *= 2;
-        pt_val **nm = realloc(m->memo, nc * sizeof *nm);
-        if (!nm)
-            return oom(m);
-        memset(nm + m->memo_cap, 0, (nc - m->memo_cap) * sizeof *nm);
-        m->memo = nm;
-        m->memo_cap = nc;
-    }
+    void *a = m->memo;
+    if (grow_heap(&a, &m->memo_cap, (size_t)idx + 1, sizeof *m->memo))
+        return oom(m);
+    m->memo = a;
     m->memo_count += !m->memo[idx];
     m->memo[idx] = v;
     return 0;
@@ -430,7 +437,7 @@ static int rebuild_tensor(vm *m, const pt_val *args)
                     args->u.seq.n);
     pt_val **a = args->u.seq.v;
     if (a[0]->kind != PT_STORAGE)
-        return fail(m, DIT_E_FORMAT, "_rebuild_tensor_v2 of a %s, not a storage",
+        return fail(m, DIT_E_FORMAT, "_rebuild_tensor_v2 of %s, not a storage",
                     pt_kind_name(a[0]->kind));
     pt_val *t = new_val(m, PT_TENSOR);
     if (!t)
@@ -450,10 +457,10 @@ static int rebuild_tensor(vm *m, const pt_val *args)
 static int apply(vm *m, pt_val *f, pt_val *args, const char *how)
 {
     if (args->kind != PT_TUPLE)
-        return fail(m, DIT_E_FORMAT, "%s with %s arguments, not a tuple", how,
+        return fail(m, DIT_E_FORMAT, "%s with %s as arguments, not a tuple", how,
                     pt_kind_name(args->kind));
     if (f->kind != PT_GLOBAL)
-        return fail(m, DIT_E_FORMAT, "%s of a %s: only allowed names may be called", how,
+        return fail(m, DIT_E_FORMAT, "%s of %s: only allowed names may be called", how,
                     pt_kind_name(f->kind));
     size_t n = args->u.seq.n;
     switch (f->u.g.what) {
@@ -524,9 +531,9 @@ static int op_build(vm *m)
     if (!obj)
         return DIT_E_FORMAT;
     if (obj->kind != PT_DICT && obj->kind != PT_OBJECT)
-        return fail(m, DIT_E_FORMAT, "BUILD on a %s is not allowed", pt_kind_name(obj->kind));
+        return fail(m, DIT_E_FORMAT, "BUILD on %s is not allowed", pt_kind_name(obj->kind));
     if (state->kind != PT_DICT && state->kind != PT_TUPLE && state->kind != PT_NONE)
-        return fail(m, DIT_E_FORMAT, "BUILD with a %s state", pt_kind_name(state->kind));
+        return fail(m, DIT_E_FORMAT, "BUILD with %s as state", pt_kind_name(state->kind));
     return 0;
 }
 
@@ -542,7 +549,7 @@ static int op_persid(vm *m)
         return fail(m, DIT_E_FORMAT, "persistent id is not ('storage', type, key, "
                     "location, numel)");
     if (a[1]->kind != PT_GLOBAL || a[1]->u.g.what != PT_G_STORAGE_TYPE)
-        return fail(m, DIT_E_FORMAT, "persistent id names a %s%s%s, not a torch storage type",
+        return fail(m, DIT_E_FORMAT, "persistent id names %s%s%s, not a torch storage type",
                     pt_kind_name(a[1]->kind), a[1]->kind == PT_GLOBAL ? " " : "",
                     a[1]->kind == PT_GLOBAL ? a[1]->u.g.name : "");
     if (a[2]->kind != PT_STR || !a[2]->u.s.n || a[2]->u.s.n > 64)
@@ -669,14 +676,10 @@ static int op_marked(vm *m, int op)
 
 static int op_mark(vm *m)
 {
-    if (m->nmarks == m->marks_cap) {
-        size_t nc = m->marks_cap ? m->marks_cap * 2 : 16;
-        size_t *nm = realloc(m->marks, nc * sizeof *nm);
-        if (!nm)
-            return oom(m);
-        m->marks = nm;
-        m->marks_cap = nc;
-    }
+    void *a = m->marks;
+    if (grow_heap(&a, &m->marks_cap, m->nmarks + 1, sizeof *m->marks))
+        return oom(m);
+    m->marks = a;
     m->marks[m->nmarks++] = m->sp;
     return 0;
 }

@@ -88,7 +88,7 @@ const pt_val *pt_pickle_root(const pt_pickle *p);
 /* Frees every value; NULL is a no-op. */
 void pt_pickle_free(pt_pickle *p);
 
-/* "int", "tensor", ... for messages. */
+/* "an int", "a tensor", ... for messages. */
 const char *pt_kind_name(int kind);
 
 /* The value stored under string key `key` in a DICT, or NULL. */

@@ -230,7 +230,7 @@ static int add_tensor(const loader *l, const char *name, const pt_val *t)
 static int pick_state_dict(const loader *l, const pt_val *root, const pt_val **sd)
 {
     if (root->kind != PT_DICT)
-        return pfail(l, DIT_E_FORMAT, NULL, "the checkpoint is a %s, not a dict "
+        return pfail(l, DIT_E_FORMAT, NULL, "the checkpoint is %s, not a dict "
                      "(state_dict)", pt_kind_name(root->kind));
     const char *keys[] = { "ema", "model" };
     *sd = root;
@@ -239,7 +239,7 @@ static int pick_state_dict(const loader *l, const pt_val *root, const pt_val **s
         if (!v)
             continue;
         if (v->kind != PT_DICT)
-            return pfail(l, DIT_E_FORMAT, NULL, "checkpoint[\"%s\"] is a %s, not a "
+            return pfail(l, DIT_E_FORMAT, NULL, "checkpoint[\"%s\"] is %s, not a "
                          "state_dict", keys[i], pt_kind_name(v->kind));
         *sd = v;
         break;
@@ -255,7 +255,7 @@ static int add_all(const loader *l, const pt_val *sd)
     for (size_t i = 0; i < sd->u.dict.n; i++) {
         const pt_val *k = sd->u.dict.kv[2 * i], *v = sd->u.dict.kv[2 * i + 1];
         if (k->kind != PT_STR)
-            return pfail(l, DIT_E_FORMAT, NULL, "state_dict key %zu is a %s, not a string",
+            return pfail(l, DIT_E_FORMAT, NULL, "state_dict key %zu is %s, not a string",
                          i, pt_kind_name(k->kind));
         if (!k->u.s.n || k->u.s.n > PT_MAX_NAME || memchr(k->u.s.p, 0, k->u.s.n))
             return pfail(l, DIT_E_FORMAT, NULL, "state_dict key %zu is empty, longer than "
@@ -263,7 +263,7 @@ static int add_all(const loader *l, const pt_val *sd)
         memcpy(name, k->u.s.p, k->u.s.n);
         name[k->u.s.n] = 0;
         if (v->kind != PT_TENSOR)
-            return pfail(l, DIT_E_FORMAT, name, "is a %s, not a tensor%s", pt_kind_name(v->kind),
+            return pfail(l, DIT_E_FORMAT, name, "is %s, not a tensor%s", pt_kind_name(v->kind),
                          v->kind == PT_DICT ? " (a nested checkpoint? only \"ema\" and "
                          "\"model\" are unwrapped)" : "");
         int rc = add_tensor(l, name, v);

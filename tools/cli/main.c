@@ -18,6 +18,7 @@ static const struct cli_command {
     { "forward", cmd_forward, "run one forward pass on .npy inputs" },
     { "generate", cmd_generate, "sample images (PNG) or latents (.npy)" },
     { "bench", cmd_bench, "measure forward latency, throughput and GFLOP/s" },
+    { "convert", cmd_convert, "turn a PyTorch .pt checkpoint into a model directory" },
 };
 
 static void usage(FILE *f)
