@@ -481,7 +481,8 @@ def case_s2(tools, tmp):
     r = run([tools.ditmoe, "inspect", "--model", d])
     out = (r.stdout + r.stderr).decode(errors="replace")
     check(r.returncode == 0 and "s2-8e2a" in out,
-          f"inspect finds preset s2-8e2a for a .pt without config.json: {out.strip()[:200]}")
+          f"inspect finds preset s2-8e2a for a .pt without config.json: {out.strip()[:80]}")
+    check("1000 (1000 named)" in out, "the preset model has the ImageNet class names")
     x, t, y = forward_inputs(dict(S2), n=2)
     y[1] = 1000  # the null class
     got, err = engine_forward(tools, tmp, d, x, t, y)
@@ -497,6 +498,8 @@ def case_s2(tools, tmp):
         bad = [k for k in S2 if cfg.get(k) != S2[k]]
         check(not bad and cfg.get("prediction") == "epsilon",
               f"the preset's config.json (wrong: {bad})")
+        check(len(cfg.get("class_names", [])) == 1000 and cfg["class_names"][207] ==
+              "golden retriever", "convert embeds the ImageNet class names")
         got2, err = engine_forward(tools, tmp, out, x, t, y)
         check(got2 is not None and got is not None and (got2 == got).all(),
               f"converted S/2 runs the same forward {err}")
