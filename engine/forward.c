@@ -8,6 +8,7 @@
  * L blocks of (adaLN, attention, adaLN, sparse MoE), final layer,
  * unpatchify.
  */
+#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -194,4 +195,10 @@ int dit_forward(dit_ctx *c, int n, const float *x, const float *t,
     op_linear_forward(c, c->fout, c->xn, &m->final_lin, M);           // (N, T, P*P*Cout)
     op_unpatchify_forward(out, c->fout, N, g->out_channels, H, P);    // (N, Cout, H, W)
     return DIT_OK;
+}
+
+void dit_set_blas_threads(int n)
+{
+    if (n >= 1)
+        openblas_set_num_threads(n);
 }
