@@ -36,9 +36,11 @@ void op_gate_residual_forward(float *x, const float *sub, const float *gate,
 /* exp(x) for float, branch-free so loops over it vectorise: x = n ln2 + r
  * with |r| <= ln2/2, a degree-6 polynomial for e^r (relative error about
  * 2e-7, below float rounding of the callers' sums), 2^n put in the
- * exponent bits. Inputs are clamped to [-87, 88], where expf is finite. */
+ * exponent bits. Inputs are clamped to [-87, 88]; below -87 the result
+ * flushes to 0 (the true value is under 2^-125).  */
 static inline float op_exp(float x)
 {
+    float under = x < -87.0f ? 0.0f : 1.0f; /* e^x < 2^-125: flush to 0 */
     x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
     /* round to nearest by the 1.5 * 2^23 trick (no libm call, vectorises) */
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
@@ -53,7 +55,7 @@ static inline float op_exp(float x)
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return p * scale * under;
 }
 
 /* out (n) = silu(in); out may equal in. */
