@@ -31,9 +31,14 @@ import os
 import sys
 import time
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+# On a shared, oversubscribed CPU, OpenMP threads that spin at barriers waste
+# the cores they wait for; passive waiting and one thread were measured ~3x
+# faster per step than two spinning threads at load average 10.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tools", "ref"))
@@ -226,7 +231,7 @@ def parse_args():
     ap.add_argument("--eval-per-class", type=int, default=10)
     ap.add_argument("--sample-steps", type=int, default=20)
     ap.add_argument("--cfg-scale", type=float, default=2.0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export-now", action="store_true",
                     help="load the checkpoint, export (if better) and exit")
