@@ -169,8 +169,11 @@ async function checkHeatmap(page, sel, model, what) {
   const L = model.config.depth, E = model.config.num_experts;
   await page.waitForFunction(([s, n]) => {
     const cells = document.querySelectorAll(`${s} td`);
-    return cells.length === n && [...cells].some((c) => Number(c.dataset.count) > 0);
+    return /did not report/.test(document.querySelector(s).textContent)
+      || (cells.length === n && [...cells].some((c) => Number(c.dataset.count) > 0));
   }, [sel, L * E]);
+  check(!/did not report/.test(await page.textContent(sel)),
+    `${what}: the finished job's status (GET /jobs/{id} or its "done" event) has "experts"`);
   const cells = await page.$$eval(`${sel} td`, (els) => els.map((e) => Number(e.dataset.count)));
   const rows = await page.$$eval(`${sel} tbody tr`, (els) => els.length);
   check(rows === L && cells.length === L * E, `${what} heatmap has ${L} layers x ${E} experts`);
