@@ -1,0 +1,125 @@
+/* introspect.c: GET /v1/model, GET /stats and GET /metrics.
+ *
+ * Read-only views of the model and of the server's counters; each builds
+ * its document on request (they are small next to an image).
+ */
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "batcher.h"
+#include "jobs.h"
+#include "metrics.h"
+#include "routes.h"
+#include "stats.h"
+
+static void add_config(cJSON *root, const dit_config *c)
+{
+    cJSON *o = cJSON_AddObjectToObject(root, "config");
+    cJSON_AddNumberToObject(o, "input_size", c->input_size);
+    cJSON_AddNumberToObject(o, "patch_size", c->patch_size);
+    cJSON_AddNumberToObject(o, "in_channels", c->in_channels);
+    cJSON_AddNumberToObject(o, "hidden_size", c->hidden_size);
+    cJSON_AddNumberToObject(o, "depth", c->depth);
+    cJSON_AddNumberToObject(o, "num_heads", c->num_heads);
+    cJSON_AddNumberToObject(o, "mlp_ratio", c->mlp_ratio);
+    cJSON_AddNumberToObject(o, "num_classes", c->num_classes);
+    cJSON_AddNumberToObject(o, "num_experts", c->num_experts);
+    cJSON_AddNumberToObject(o, "num_experts_per_tok", c->num_experts_per_tok);
+    cJSON_AddNumberToObject(o, "n_shared_experts", c->n_shared_experts);
+    cJSON_AddBoolToObject(o, "learn_sigma", c->learn_sigma);
+    cJSON_AddStringToObject(o, "prediction", c->prediction == DIT_PRED_VELOCITY ? "velocity" : "epsilon");
+    cJSON_AddNumberToObject(o, "num_tokens", c->num_tokens);
+    if (c->preset)
+        cJSON_AddStringToObject(o, "preset", c->preset);
+    if (c->vae_dir)
+        cJSON_AddStringToObject(o, "vae", c->vae_dir);
+}
+
+static void add_limits(cJSON *root, const srv *s)
+{
+    const srv_config *c = s->cfg;
+    cJSON *o = cJSON_AddObjectToObject(root, "limits");
+    cJSON_AddNumberToObject(o, "max_steps", c->max_steps);
+    cJSON_AddNumberToObject(o, "max_images", c->max_images);
+    cJSON_AddNumberToObject(o, "max_rows_per_step", c->max_rows);
+    cJSON_AddNumberToObject(o, "cfg_scale_min", 1.0);
+    cJSON_AddNumberToObject(o, "cfg_scale_max", c->max_cfg_scale);
+    cJSON_AddNumberToObject(o, "queue_capacity", c->queue_capacity);
+    cJSON_AddNumberToObject(o, "max_body_bytes", c->max_body_bytes);
+    cJSON_AddNumberToObject(o, "request_timeout_s", c->request_timeout_s);
+    cJSON_AddNumberToObject(o, "job_retention_s", c->job_retention_s);
+    cJSON_AddNumberToObject(o, "job_retention_count", c->job_retention_count);
+    cJSON *srvj = cJSON_AddObjectToObject(root, "server");
+    cJSON_AddBoolToObject(srvj, "batching", c->batching);
+    cJSON_AddNumberToObject(srvj, "threads", s->n_threads);
+    cJSON_AddNumberToObject(srvj, "blas_threads", s->blas_threads);
+    cJSON_AddNumberToObject(srvj, "ctx_bytes", (double)batcher_ctx_bytes(s->batcher));
+}
+
+int routes_model(srv_req *req, srv_reply *out)
+{
+    srv *s = req->s;
+    const dit_config *c = s->mc;
+    dit_model_info info;
+    dit_model_get_info(s->model, &info);
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "model", s->model_path);
+    add_config(root, c);
+    cJSON *img = cJSON_AddObjectToObject(root, "image");
+    cJSON_AddNumberToObject(img, "width", s->img_w);
+    cJSON_AddNumberToObject(img, "height", s->img_h);
+    cJSON_AddNumberToObject(img, "channels", s->img_ch);
+    cJSON *cls = cJSON_AddArrayToObject(root, "classes");
+    for (int k = 0; k < c->num_classes; k++) {
+        const char *name = dit_model_class_name(s->model, k);
+        cJSON_AddItemToArray(cls, name ? cJSON_CreateString(name) : cJSON_CreateNull());
+    }
+    cJSON *p = cJSON_AddObjectToObject(root, "parameters");
+    cJSON_AddNumberToObject(p, "total", (double)info.params_total);
+    cJSON_AddNumberToObject(p, "active_per_token", (double)info.params_active);
+    cJSON_AddNumberToObject(p, "weight_bytes", (double)info.weight_bytes);
+    cJSON_AddStringToObject(p, "weight_dtype", info.weight_dtype ? info.weight_dtype : "?");
+    cJSON *d = cJSON_AddObjectToObject(root, "sampling_defaults");
+    cJSON_AddStringToObject(d, "sampler", dit_sampler_name(c->default_sampler));
+    cJSON_AddNumberToObject(d, "steps", c->default_steps);
+    cJSON_AddNumberToObject(d, "cfg_scale", c->default_cfg_scale);
+    cJSON_AddNumberToObject(d, "num_images", 1);
+    cJSON_AddStringToObject(d, "cfg_mode", "upstream");
+    cJSON_AddStringToObject(d, "rng", "default");
+    const char *samplers[] = {"euler", "ddpm", "ddim"};
+    cJSON_AddItemToObject(root, "samplers", cJSON_CreateStringArray(samplers, 3));
+    add_limits(root, s);
+    char *text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return srv_reply_text(out, 200, "application/json", text);
+}
+
+int routes_stats(srv_req *req, srv_reply *out)
+{
+    srv *s = req->s;
+    int queued, running;
+    job_counts(s->jobs, &queued, &running);
+    double now = srv_now();
+    char *text = srv_stats_json(s->stats, s->model, queued, running, s->cfg->queue_capacity, now,
+                                now - s->t_start);
+    return srv_reply_text(out, 200, "application/json", text);
+}
+
+int routes_metrics(srv_req *req, srv_reply *out)
+{
+    srv *s = req->s;
+    int queued, running, L = s->mc->depth, E = s->mc->num_experts;
+    job_counts(s->jobs, &queued, &running);
+    uint64_t *tokens = calloc((size_t)L * (size_t)E, sizeof *tokens);
+    size_t len = 0;
+    char *text = NULL;
+    if (tokens) {
+        srv_stats_totals(s->stats, tokens);
+        text = srv_metrics_text(s->metrics, queued, running, s->cfg->queue_capacity, tokens, L, E,
+                                &len);
+        free(tokens);
+    }
+    (void)len;
+    return srv_reply_text(out, 200, "text/plain; version=0.0.4; charset=utf-8", text);
+}

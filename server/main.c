@@ -1,0 +1,202 @@
+/* main.c: ditmoe-server, start and shutdown.
+ *
+ * Start: settings (config.c), then the HTTP front end at once (so /health
+ * answers and /ready says "loading"), then the model with every expert
+ * resident, the job table, the scheduler thread, and readiness. Engine
+ * threads x BLAS threads are kept within the cores.
+ *
+ * Shutdown on SIGTERM or SIGINT (taken with sigwait in this thread; every
+ * other thread has them blocked): stop accepting connections and jobs, let
+ * queued and running jobs finish for up to drain_timeout_s, cancel what is
+ * left (waiting clients get 503), answer in-flight requests, exit 0.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "batcher.h"
+#include "http.h"
+#include "jobs.h"
+#include "metrics.h"
+#include "srv.h"
+#include "stats.h"
+
+#ifndef DITMOE_MODEL_DIRS
+#define DITMOE_MODEL_DIRS "models/fashion-mnist"
+#endif
+
+/* The model to load: the configured one, else the first bundled
+ * models/fashion-mnist that exists (installed data dir, then source tree;
+ * DITMOE_MODEL_DIRS is a ':'-separated list set by meson). */
+static void resolve_model(const srv_config *c, char *out, size_t n)
+{
+    if (c->model[0]) {
+        snprintf(out, n, "%s", c->model);
+        return;
+    }
+    const char *dirs = DITMOE_MODEL_DIRS;
+    snprintf(out, n, "%.*s", (int)strcspn(dirs, ":"), dirs);
+    while (*dirs) {
+        char cand[1024], probe[1100];
+        size_t len = strcspn(dirs, ":");
+        snprintf(cand, sizeof cand, "%.*s", (int)len, dirs);
+        snprintf(probe, sizeof probe, "%s/config.json", cand);
+        if (access(probe, R_OK) == 0) {
+            snprintf(out, n, "%s", cand);
+            return;
+        }
+        dirs += len + (dirs[len] == ':');
+    }
+}
+
+/* Engine threads x BLAS threads <= cores (auto when 0). */
+static void size_threads(srv *s)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores < 1)
+        cores = 1;
+    int nt = s->cfg->threads ? s->cfg->threads : (int)cores;
+    int bt = s->cfg->blas_threads ? s->cfg->blas_threads : (int)(cores / nt > 0 ? cores / nt : 1);
+    if ((long)nt * bt > cores && bt > 1) {
+        int fit = (int)(cores / nt > 0 ? cores / nt : 1);
+        fprintf(stderr, "ditmoe-server: threads %d x blas_threads %d > %ld cores: "
+                "using blas_threads %d\n", nt, bt, cores, fit);
+        bt = fit;
+    }
+    s->n_threads = nt;
+    s->blas_threads = bt;
+    dit_set_blas_threads(bt);
+}
+
+static void on_job_end(void *arg, const job *j)
+{
+    srv *s = arg;
+    srv_metrics_job(s->metrics, job_state_name(j->state), j->t_end - j->t_submit, j->req.num_images);
+}
+
+static int load(srv *s, char *err, size_t errlen)
+{
+    char msg[512];
+    const srv_config *c = s->cfg;
+    double t0 = srv_now();
+    resolve_model(c, s->model_path, sizeof s->model_path);
+    int rc = dit_model_load(&s->model, s->model_path, msg, sizeof msg);
+    if (rc) {
+        snprintf(err, errlen, "model %s: %s", s->model_path, msg[0] ? msg : dit_strerror(rc));
+        return -1;
+    }
+    s->mc = dit_model_config(s->model);
+    dit_model_image_size(s->model, &s->img_w, &s->img_h, &s->img_ch);
+    if (srv_stats_new(&s->stats, s->mc->depth, s->mc->num_experts, s->mc->num_classes, c->max_rows,
+                      c->stats_window_s) ||
+        job_table_new(&s->jobs, c, s->mc->depth, s->mc->num_experts)) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    s->jobs->on_end = on_job_end;
+    s->jobs->on_end_arg = s;
+    if (batcher_new(&s->batcher, s, err, errlen))
+        return -1;
+    if (batcher_start(s->batcher)) {
+        snprintf(err, errlen, "cannot start the scheduler thread");
+        return -1;
+    }
+    dit_model_info info;
+    dit_model_get_info(s->model, &info);
+    fprintf(stderr, "ditmoe-server: model %s: %llu parameters (%llu active per token), %.1f MB "
+            "of weights, loaded in %.2f s; %d threads x %d BLAS threads, %d rows per step, "
+            "batching %s\n", s->model_path, (unsigned long long)info.params_total,
+            (unsigned long long)info.params_active, info.weight_bytes / 1e6, srv_now() - t0,
+            s->n_threads, s->blas_threads, c->max_rows, c->batching ? "on" : "off");
+    return 0;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Drains the job table: finish for up to drain_s, then cancel the rest. */
+static void drain(srv *s, double drain_s)
+{
+    job_table_close(s->jobs);
+    double end = srv_now() + drain_s;
+    while (!job_table_idle(s->jobs) && srv_now() < end)
+        sleep_ms(20);
+    if (!job_table_idle(s->jobs)) {
+        fprintf(stderr, "ditmoe-server: drain time over: cancelling the remaining jobs\n");
+        job_cancel_all(s->jobs);
+    }
+    end = srv_now() + 60; /* a running step must end; bounded all the same */
+    while (!job_table_idle(s->jobs) && srv_now() < end)
+        sleep_ms(20);
+}
+
+static void teardown(srv *s)
+{
+    if (s->jobs) {
+        job_table_quit(s->jobs);
+        batcher_join(s->batcher);
+    }
+    batcher_free(s->batcher);
+    job_table_free(s->jobs);
+    srv_stats_free(s->stats);
+    srv_metrics_free(s->metrics);
+    dit_model_free(s->model);
+}
+
+int main(int argc, char **argv)
+{
+    static srv_config cfg;
+    char err[1600];
+    int rc = srv_config_from_args(&cfg, argc, argv, stdout, err, sizeof err);
+    if (rc) {
+        if (rc < 0)
+            fprintf(stderr, "ditmoe-server: %s\n", err);
+        return rc < 0 ? 2 : 0;
+    }
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* inherited by every thread */
+    signal(SIGPIPE, SIG_IGN);
+
+    static srv s;
+    s.cfg = &cfg;
+    s.t_start = srv_now();
+    http_server *h = NULL;
+    if (srv_metrics_new(&s.metrics) || http_start(&h, &s, err, sizeof err)) {
+        fprintf(stderr, "ditmoe-server: %s\n", s.metrics ? err : "out of memory");
+        srv_metrics_free(s.metrics);
+        return 1;
+    }
+    printf("ditmoe-server: listening on http://%s%s%s:%d\n", strchr(cfg.listen, ':') ? "[" : "",
+           cfg.listen, strchr(cfg.listen, ':') ? "]" : "", http_port(h));
+    fflush(stdout);
+    size_threads(&s);
+    if (load(&s, err, sizeof err)) {
+        fprintf(stderr, "ditmoe-server: %s\n", err);
+        http_stop(h, 0);
+        teardown(&s);
+        return 1;
+    }
+    atomic_store(&s.ready, 1);
+    fprintf(stderr, "ditmoe-server: ready\n");
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    atomic_store(&s.stopping, 1);
+    fprintf(stderr, "ditmoe-server: %s: stopping (drain up to %d s)\n",
+            sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_s);
+    http_quiesce(h);
+    drain(&s, cfg.drain_timeout_s);
+    http_stop(h, 2.0);
+    teardown(&s);
+    fprintf(stderr, "ditmoe-server: stopped\n");
+    return 0;
+}

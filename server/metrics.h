@@ -1,0 +1,28 @@
+/* metrics.h: counters and histograms exported at GET /metrics in the
+ * Prometheus text format (version 0.0.4).
+ */
+#ifndef SRV_METRICS_H
+#define SRV_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct srv_metrics srv_metrics;
+
+int srv_metrics_new(srv_metrics **out);
+void srv_metrics_free(srv_metrics *m);
+
+/* One HTTP request answered with `status` after `seconds`. Thread-safe. */
+void srv_metrics_request(srv_metrics *m, int status, double seconds);
+/* One denoising step of `rows` rows and `jobs` jobs that took `seconds`. */
+void srv_metrics_step(srv_metrics *m, int rows, int jobs, double seconds);
+/* One job ended ("done", "failed", "cancelled") `seconds` after submission
+ * with `images` images. */
+void srv_metrics_job(srv_metrics *m, const char *outcome, double seconds, int images);
+
+/* The exposition text (malloc'd; *len its length), with the gauges and the
+ * tokens per expert (L, E) passed in. NULL when out of memory. */
+char *srv_metrics_text(srv_metrics *m, int queued, int running, int queue_capacity,
+                       const uint64_t *expert_tokens, int layers, int experts, size_t *len);
+
+#endif

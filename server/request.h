@@ -1,0 +1,52 @@
+/* request.h: the body of POST /generate and POST /jobs, parsed and checked.
+ *
+ * Kept apart from HTTP and from the engine (limits and class names come in
+ * through srv_limits) so the libFuzzer target can drive it alone.
+ */
+#ifndef SRV_REQUEST_H
+#define SRV_REQUEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Largest seed accepted: JSON numbers are doubles, exact up to 2^53 - 1. */
+#define SRV_SEED_MAX 9007199254740991.0
+
+typedef struct srv_limits {
+    int num_classes;
+    int max_steps;
+    int max_images;
+    int max_rows;            /* num_images, doubled with guidance, must fit */
+    double max_cfg;
+    int default_steps;
+    int default_sampler;     /* enum dit_sampler_kind */
+    double default_cfg;
+    /* class name -> label or -1 (may be NULL: names are refused) */
+    int (*find_class)(void *user, const char *name);
+    void *user;
+} srv_limits;
+
+typedef struct srv_gen_req {
+    int class_label;
+    uint64_t seed;
+    int seed_given;          /* 0: the caller picks one */
+    int steps;
+    double cfg_scale;
+    int sampler;             /* enum dit_sampler_kind */
+    int num_images;
+    int cfg_mode;            /* enum dit_cfg_mode */
+    int rng;                 /* enum dit_rng_kind */
+} srv_gen_req;
+
+enum { SRV_PARSE_OK = 0, SRV_PARSE_JSON = -1, SRV_PARSE_FIELD = -2 };
+
+/* Parses body[0..len) (not necessarily NUL-terminated): one JSON object
+ * with the fields class_label (required), seed, steps, cfg_scale, sampler,
+ * num_images, cfg_mode, rng. Unknown and repeated fields are refused.
+ * Returns SRV_PARSE_OK and fills *out, or SRV_PARSE_JSON (not a JSON
+ * object) / SRV_PARSE_FIELD (a field is wrong) with err naming the field
+ * and the allowed values. Allocates nothing that outlives the call. */
+int srv_parse_generate(const char *body, size_t len, const srv_limits *lim,
+                       srv_gen_req *out, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,211 @@
+"""srvtest.py: helpers for the ditmoe-server tests (stdlib only).
+
+Server starts ditmoe-server on an ephemeral loopback port (--port 0; the
+port is read from the "listening on" line), waits for /ready and stops it
+with SIGTERM, checking the exit status. Requests go through http.client,
+one connection each unless a test asks otherwise. png_decode reads the
+8-bit gray/RGB PNGs the server writes, so images can be compared pixel for
+pixel.
+"""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FAILURES = []
+
+
+def check(cond, what):
+    """Records a failed assertion (the test goes on, and fails at the end)."""
+    if not cond:
+        FAILURES.append(what)
+        print("FAIL:", what, flush=True)
+    return cond
+
+
+def finish(name):
+    if FAILURES:
+        print(f"{name}: {len(FAILURES)} failure(s)")
+        sys.exit(1)
+    print(f"{name}: ok")
+
+
+def wait_for(pred, timeout, what, step=0.02):
+    """Polls pred() until true; records a failure after timeout seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    check(False, f"timed out after {timeout}s waiting for {what}")
+    return None
+
+
+def make_model(cache, slow=False):
+    """A random-weight test model (make_model.py), made once per build dir."""
+    path = os.path.join(cache, "server-test-model" + ("-slow" if slow else ""))
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    tmp = tempfile.mkdtemp(dir=cache, prefix="model-tmp-")
+    subprocess.run(["/usr/bin/python3", os.path.join(HERE, "make_model.py"), tmp] +
+                   (["--slow"] if slow else []), check=True)
+    try:
+        os.rename(tmp, path)  # atomic: a parallel test may have won
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+class Response:
+    def __init__(self, r, body):
+        self.status = r.status
+        self.headers = {k.lower(): v for k, v in r.getheaders()}
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+    def header(self, name):
+        return self.headers.get(name.lower())
+
+
+class Server:
+    def __init__(self, exe, model, *args, env=None, threads=1):
+        self.log_file = tempfile.NamedTemporaryFile(prefix="ditmoe-server-", suffix=".log",
+                                                    delete=False)
+        cmd = [exe, "--listen", "127.0.0.1", "--port", "0", "--threads", str(threads),
+               "--blas-threads", "1"]
+        if model:
+            cmd += ["--model", model]
+        cmd += [str(a) for a in args]
+        e = dict(os.environ, **(env or {}))
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log_file, env=e,
+                                     text=True)
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.proc.wait(10)
+            raise RuntimeError(f"server did not start: {line!r}\n{self.log()}")
+        self.port = int(line.rsplit(":", 1)[1])
+        wait_for(lambda: self.try_get("/ready") == 200, 60, "/ready")
+
+    def log(self):
+        with open(self.log_file.name, errors="replace") as f:
+            return f.read()
+
+    def try_get(self, path):
+        try:
+            return self.request("GET", path).status
+        except OSError:
+            return None
+
+    def conn(self, timeout=120):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None, timeout=120):
+        c = self.conn(timeout)
+        try:
+            if isinstance(body, (dict, list)):
+                body = json.dumps(body)
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            return Response(r, r.read())
+        finally:
+            c.close()
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, body, **kw):
+        return self.request("POST", path, body=body, **kw)
+
+    def stats(self):
+        return self.get("/stats").json()
+
+    def metric(self, name):
+        """Value of one exact sample line of /metrics (0 when absent)."""
+        for line in self.get("/metrics").body.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def raw(self, data, timeout=10):
+        """A raw socket that has sent data (bytes)."""
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        if data:
+            s.sendall(data)
+        return s
+
+    def stop(self, sig=signal.SIGTERM, timeout=90):
+        """Signals the server; returns its exit status (None if it hung)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+    def close(self):
+        rc = self.stop()
+        check(rc == 0, f"server exited with {rc} on SIGTERM (log: {self.log_file.name})")
+        sanitizer = [l for l in self.log().splitlines()
+                     if "Sanitizer" in l or "runtime error" in l]
+        check(not sanitizer, "sanitizer reports: " + "; ".join(sanitizer[:5]))
+        if not FAILURES:
+            os.unlink(self.log_file.name)
+
+
+def png_decode(data):
+    """(width, height, channels, pixels as bytes) of an 8-bit gray or RGB PNG."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat = 8, b""
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunk = data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            w, h, depth, ctype = struct.unpack(">IIBB", chunk[:10])
+            assert depth == 8 and ctype in (0, 2), "only 8-bit gray/RGB"
+            ch = 1 if ctype == 0 else 3
+        elif kind == b"IDAT":
+            idat += chunk
+        pos += 12 + n
+    raw, stride, out, prev = zlib.decompress(idat), w * ch, bytearray(), bytearray(w * ch)
+    for y in range(h):
+        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - ch] if i >= ch else 0
+            b = prev[i]
+            c = prev[i - ch] if i >= ch else 0
+            if f == 1:
+                line[i] = (line[i] + a) & 255
+            elif f == 2:
+                line[i] = (line[i] + b) & 255
+            elif f == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        out += line
+        prev = line
+    return w, h, ch, bytes(out)
+
+
+def max_pixel_diff(a, b):
+    """Largest absolute difference of two PNGs' pixels (None if shapes differ)."""
+    wa, ha, ca, pa = png_decode(a)
+    wb, hb, cb, pb = png_decode(b)
+    if (wa, ha, ca) != (wb, hb, cb):
+        return None
+    return max(abs(x - y) for x, y in zip(pa, pb))

@@ -1,0 +1,660 @@
+#!/usr/bin/python3
+"""test_server.py GROUP --server EXE --cache DIR: ditmoe-server end to end.
+
+Each group starts its own server(s) on an ephemeral loopback port with a
+small random-weight model (make_model.py) and checks one area:
+
+  api        every endpoint's happy path and document shapes
+  batching   8 concurrent requests share steps and equal their solo runs
+  queue      queue-full 429, cancel frees a place, client disconnect cancels
+  errors     bad input: each a 4xx JSON error naming the field, no 5xx
+  static     the web root: content types, path traversal refused
+  auth       API key, trusted proxy header, job retention
+  shutdown   SIGTERM drains (finishes or cancels within the bound), exit 0
+  limits     idle/slow connection timeout, per-IP connection limit
+  config     settings file, environment and command-line errors
+"""
+import argparse
+import base64
+import json
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+
+from srvtest import (Server, check, finish, make_model, max_pixel_diff, png_decode,
+                     wait_for)
+
+ARGS = None
+
+
+def start(*args, slow=False, **kw):
+    return Server(ARGS.server, ARGS.slow_model if slow else ARGS.model, *args, **kw)
+
+
+def is_error(r, status, field=None):
+    """r is a JSON error of this status whose message names field."""
+    try:
+        e = r.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        return check(False, f"expected a JSON error {status}, got {r.status} {r.body[:200]!r}")
+    ok = (r.status == status and e.get("code") == status and isinstance(e.get("type"), str)
+          and isinstance(e.get("message"), str) and (field is None or field in e["message"]))
+    return check(ok, f"expected error {status} naming {field!r}, got {r.status} {e}")
+
+
+# ---- api --------------------------------------------------------------------
+
+def test_api():
+    s = start()
+    try:
+        check(s.get("/health").json() == {"status": "ok"}, "/health")
+        check(s.get("/ready").json() == {"status": "ready"}, "/ready")
+        check(s.request("HEAD", "/health").body == b"", "HEAD /health has no body")
+        m = s.get("/v1/model").json()
+        cfg = m["config"]
+        check(cfg["depth"] == 2 and cfg["num_experts"] == 4 and cfg["num_classes"] == 10,
+              f"/v1/model config {cfg}")
+        check(m["classes"][1] == "Trouser" and len(m["classes"]) == 10, "class names")
+        check(m["parameters"]["total"] > m["parameters"]["active_per_token"] > 0, "param counts")
+        check(m["sampling_defaults"]["sampler"] == "euler" and m["sampling_defaults"]["steps"] == 8,
+              "sampling defaults")
+        check(m["limits"]["max_images"] == 16 and "queue_capacity" in m["limits"], "limits")
+
+        # PNG answer with its headers; the same seed gives the same image
+        r = s.post("/generate", {"class_label": "Trouser", "seed": 7, "steps": 6})
+        check(r.status == 200 and r.header("content-type") == "image/png", f"png {r.status}")
+        check(r.header("x-seed") == "7" and r.header("x-job-id"), f"headers {r.headers}")
+        check(float(r.header("x-queue-ms")) >= 0 and float(r.header("x-compute-ms")) > 0,
+              "timing headers")
+        w, h, ch, _ = png_decode(r.body)
+        check((w, h, ch) == (16, 16, 1), f"image size {w}x{h}x{ch}")
+        r2 = s.post("/generate", {"class_label": 1, "seed": 7, "steps": 6})
+        check(r2.body == r.body, "same request, same PNG")
+        r3 = s.post("/generate", {"class_label": 1, "seed": 8, "steps": 6})
+        check(r3.body != r.body, "another seed, another PNG")
+        # a seed is chosen when absent, and returned
+        r = s.post("/generate", {"class_label": 0, "steps": 2})
+        check(r.status == 200 and r.header("x-seed", ).isdigit(), "seed chosen")
+
+        # several images: one PNG grid (2 x 2 with a 2-pixel gap)
+        r = s.post("/generate", {"class_label": 2, "seed": 3, "steps": 4, "num_images": 4})
+        w, h, ch, _ = png_decode(r.body)
+        check((w, h) == (34, 34), f"grid size {w}x{h}")
+
+        # JSON answer: one PNG per image, seed, timings, this request's routing counts
+        req = {"class_label": 5, "seed": 11, "steps": 5, "num_images": 3, "cfg_scale": 2.0}
+        r = s.post("/generate", req, headers={"Accept": "application/json"})
+        d = r.json()
+        check(r.status == 200 and len(d["data"]) == 3, f"json data {r.status}")
+        for item in d["data"]:
+            check(png_decode(base64.b64decode(item["b64_json"]))[:3] == (16, 16, 1), "b64 png")
+        check(d["seed"] == 11 and d["timings"]["compute_ms"] > 0, "json seed/timings")
+        rows, tokens, k = 3 * 2, cfg["num_tokens"], cfg["num_experts_per_tok"]
+        ex = d["experts"]
+        check(len(ex) == 2 and all(len(l) == 4 for l in ex), "experts shape (L, E)")
+        check(all(sum(l) == 5 * rows * tokens * k for l in ex),
+              f"experts count every routed token: {[sum(l) for l in ex]} vs {5 * rows * tokens * k}")
+        # JSON and PNG answers hold the same images
+        r = s.post("/generate", dict(req, num_images=1), headers={"Accept": "application/json"})
+        png = s.post("/generate", dict(req, num_images=1)).body
+        check(base64.b64decode(r.json()["data"][0]["b64_json"]) == png, "json png == png")
+
+        api_jobs(s)
+        api_stats(s, cfg)
+    finally:
+        s.close()
+
+
+def sse_events(s, path):
+    """The events of a server-sent-events stream, to its end."""
+    c = s.conn()
+    c.request("GET", path)
+    r = c.getresponse()
+    check(r.status == 200 and r.getheader("content-type") == "text/event-stream", "sse headers")
+    events, ev = [], {}
+    for line in r.read().decode().splitlines():
+        if line.startswith("event: "):
+            ev["event"] = line[7:]
+        elif line.startswith("data: "):
+            ev["data"] = json.loads(line[6:])
+        elif not line and ev:
+            events.append(ev)
+            ev = {}
+    c.close()
+    return events
+
+
+def api_jobs(s):
+    r = s.post("/jobs", {"class_label": "Bag", "seed": 5, "steps": 30})
+    d = r.json()
+    check(r.status == 202 and d["status"] in ("queued", "running", "done"), f"202 {d}")
+    check(r.header("location") == "/jobs/" + d["id"], "Location header")
+    jid = d["id"]
+    ev = sse_events(s, f"/jobs/{jid}/events")
+    steps = [e["data"]["step"] for e in ev if e["event"] == "step"]
+    check(steps == list(range(1, 31)), f"one event per step: {steps}")
+    check(all(e["data"]["elapsed_ms"] >= 0 and e["data"]["steps"] == 30
+              for e in ev if e["event"] == "step"), "step events carry elapsed and steps")
+    check(ev and ev[-1]["event"] == "done" and ev[-1]["data"]["image"] == f"/jobs/{jid}/image",
+          f"last event done: {ev[-1] if ev else None}")
+    st = s.get(f"/jobs/{jid}").json()
+    check(st["status"] == "done" and st["step"] == 30 and st["steps"] == 30, f"status {st}")
+    img = s.get(f"/jobs/{jid}/image")
+    check(img.status == 200 and img.header("content-type") == "image/png", "job image")
+    same = s.post("/generate", {"class_label": 8, "seed": 5, "steps": 30}).body
+    check(same == img.body, "async and sync give the same image")
+    # an SSE stream opened on a queued job sees its queue position first
+    long = s.post("/jobs", {"class_label": 1, "steps": 1000, "num_images": 16}).json()["id"]
+    fill = [s.post("/jobs", {"class_label": 1, "steps": 1000, "num_images": 16}).json()["id"]
+            for _ in range(2)]
+    q = fill[-1]
+    got = {}
+
+    def watch():
+        got["ev"] = sse_events(s, f"/jobs/{q}/events")
+    t = threading.Thread(target=watch)
+    t.start()
+    wait_for(lambda: s.get(f"/jobs/{q}").json()["status"] == "queued", 10, "queued job")
+    time.sleep(0.3)
+    for j in [long] + fill:
+        s.request("DELETE", f"/jobs/{j}")
+    t.join(60)
+    kinds = [e["event"] for e in got.get("ev", [])]
+    check(kinds[:1] == ["queued"] and kinds[-1:] == ["cancelled"],
+          f"queued job's events: {kinds}")
+    check(got["ev"][0]["data"]["queue_position"] >= 1, "queue_position in the queued event")
+    # 404 for unknown jobs, 409 for the image of an unfinished one
+    is_error(s.get("/jobs/0123456789abcdef"), 404, "0123456789abcdef")
+    is_error(s.get(f"/jobs/{q}/image"), 409)
+    is_error(s.request("DELETE", f"/jobs/{jid}"), 409)
+
+
+def api_stats(s, cfg):
+    st = s.stats()
+    check(st["steps"] > 0 and st["rows"] >= st["steps"], "stats steps/rows")
+    check(len(st["layers"]) == 2, "stats layers")
+    for layer in st["layers"]:
+        ex = layer["experts"]
+        check(len(ex) == 4 and abs(sum(e["share"] for e in ex) - 1) < 1e-6, "shares sum to 1")
+        check(all(e["tokens_window"] <= e["tokens"] for e in ex), "window <= total")
+        b = layer["balance"]
+        check(b["max_over_mean"] >= 1 and b["cv"] >= 0 and b["unused_count"] == len(b["unused"]),
+              f"balance {b}")
+    check(len(st["by_noise_level"]) == 10, "noise-level buckets")
+    classes = {c["class"] for c in st["by_class"]}
+    check({1, 2, 5, 8}.issubset(classes) and 10 in classes, f"classes seen {classes}")
+    check("depth" in st["queue"] and "capacity" in st["queue"], "queue depth")
+    h = st["batch_size_histogram"]
+    check(sum(h["rows"]) == st["steps"] and sum(h["jobs"]) == st["steps"], "histograms")
+    text = s.get("/metrics")
+    check(text.header("content-type").startswith("text/plain"), "metrics type")
+    body = text.body.decode()
+    for name in ['ditmoe_http_requests_total{code="200"}', "ditmoe_queue_depth ",
+                 'ditmoe_batch_rows_bucket{le="1"}', "ditmoe_step_duration_seconds_count",
+                 "ditmoe_request_duration_seconds_count", 'ditmoe_jobs_total{outcome="done"}',
+                 'ditmoe_expert_tokens_total{layer="1",expert="3"}',
+                 "ditmoe_http_request_duration_seconds_bucket"]:
+        check(name in body, f"/metrics has {name}")
+    total = sum(e["tokens"] for e in st["layers"][0]["experts"])
+    per = sum(float(l.split()[-1]) for l in body.splitlines()
+              if l.startswith('ditmoe_expert_tokens_total{layer="0"'))
+    check(per >= total, "metrics tokens agree with /stats")
+    check(" 200 " in s.log() and "access 127.0.0.1 GET /health 200" in s.log(), "access log")
+
+
+# ---- batching ----------------------------------------------------------------
+
+REQS = [
+    {"class_label": 0, "seed": 100, "steps": 150},
+    {"class_label": 1, "seed": 101, "steps": 200, "cfg_scale": 3.0},
+    {"class_label": 2, "seed": 102, "steps": 120, "num_images": 2},
+    {"class_label": 3, "seed": 103, "steps": 180, "cfg_scale": 1.0, "num_images": 3},
+    {"class_label": 4, "seed": 104, "steps": 160, "rng": "torch"},
+    {"class_label": 5, "seed": 105, "steps": 140, "cfg_scale": 4.0, "cfg_mode": "all"},
+    {"class_label": 6, "seed": 106, "steps": 220, "num_images": 2, "cfg_scale": 2.0},
+    {"class_label": 7, "seed": 107, "steps": 130},
+]
+
+
+def test_batching():
+    s = start()
+    try:
+        # a long job keeps the batch busy, so the 8 requests surely share steps
+        anchor = s.post("/jobs", {"class_label": 9, "steps": 1000, "num_images": 16,
+                                  "cfg_scale": 1}).json()["id"]
+        wait_for(lambda: s.get(f"/jobs/{anchor}").json()["status"] == "running", 30, "anchor")
+        batched = [None] * len(REQS)
+
+        def run(i):
+            batched[i] = s.post("/generate", REQS[i])
+        ts = [threading.Thread(target=run, args=(i,)) for i in range(len(REQS))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(300)
+        s.request("DELETE", f"/jobs/{anchor}")
+        wait_for(lambda: s.get(f"/jobs/{anchor}").json()["status"] == "cancelled", 30,
+                 "anchor cancelled")
+        jobs_hist = s.stats()["batch_size_histogram"]["jobs"]
+        most = max(i for i, n in enumerate(jobs_hist) if n)
+        check(sum(jobs_hist[2:]) > 0, f"steps with more than one job: {jobs_hist}")
+        print(f"batching: up to {most} jobs shared a step", flush=True)
+        for i, req in enumerate(REQS):
+            solo = s.post("/generate", req)
+            b = batched[i]
+            check(b is not None and b.status == 200 and solo.status == 200, f"request {i} ok")
+            if b is None or b.status != 200:
+                continue
+            d = max_pixel_diff(b.body, solo.body)
+            check(d is not None and d <= 1, f"request {i}: batched vs solo differ by {d} levels")
+        # with batching off, one job runs at a time
+        s2 = start("--batching", "false")
+        try:
+            ts = [threading.Thread(target=lambda i=i: s2.post("/generate", REQS[i]))
+                  for i in range(4)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(300)
+            h = s2.stats()["batch_size_histogram"]["jobs"]
+            check(sum(h[2:]) == 0 and h[1] > 0, f"batching off: one job per step {h}")
+        finally:
+            s2.close()
+    finally:
+        s.close()
+
+
+# ---- queue -------------------------------------------------------------------
+
+# on the slow model: 32 rows x 1000 steps, minutes; the tests cancel it
+LONG = {"class_label": 1, "steps": 1000, "num_images": 16}
+
+
+def status(s, jid):
+    return s.get(f"/jobs/{jid}").json()["status"]
+
+
+def test_queue():
+    s = start("--batching", "false", "--queue-capacity", 2, slow=True)
+    try:
+        a = s.post("/jobs", LONG).json()["id"]
+        wait_for(lambda: status(s, a) == "running", 30, "A running")
+        b = s.post("/jobs", LONG).json()
+        c = s.post("/jobs", LONG).json()
+        check(b["status"] == "queued" and b["queue_position"] == 1, f"B queued first {b}")
+        check(c["queue_position"] == 2, f"C second {c}")
+        full = s.post("/jobs", LONG)
+        is_error(full, 429)
+        check(full.header("retry-after", ).isdigit(), "Retry-After on 429")
+        check(s.post("/generate", LONG).status == 429, "sync generate also 429 when full")
+        # cancelling a queued job frees its place at once
+        r = s.request("DELETE", f"/jobs/{b['id']}")
+        check(r.status == 200 and r.json()["status"] == "cancelled", f"cancel queued {r.json()}")
+        check(s.get(f"/jobs/{c['id']}").json()["queue_position"] == 1, "C moved up")
+        d = s.post("/jobs", LONG)
+        check(d.status == 202, f"the freed place takes a new job: {d.status}")
+        check(s.stats()["queue"]["depth"] == 2, "queue depth 2")
+        # cancelling the running job: it stops at the next step, C starts
+        r = s.request("DELETE", f"/jobs/{a}")
+        check(r.status == 200 and r.json().get("cancel_requested"), "cancel running")
+        wait_for(lambda: status(s, a) == "cancelled", 30, "A cancelled")
+        wait_for(lambda: status(s, c["id"]) == "running", 30, "C running after A")
+        is_error(s.get(f"/jobs/{a}/image"), 409)
+        for j in (c["id"], d.json()["id"]):
+            s.request("DELETE", f"/jobs/{j}")
+        wait_for(lambda: s.stats()["queue"]["running"] == 0, 30, "idle")
+
+        # a client that leaves while its /generate is queued: its job goes
+        cancelled0 = s.metric('ditmoe_jobs_total{outcome="cancelled"}')
+        a = s.post("/jobs", LONG).json()["id"]
+        wait_for(lambda: status(s, a) == "running", 30, "A running")
+        body = json.dumps(LONG).encode()
+        sock = s.raw(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        wait_for(lambda: s.stats()["queue"]["depth"] == 1, 30, "queued /generate")
+        sock.close()
+        wait_for(lambda: s.stats()["queue"]["depth"] == 0, 30, "disconnect frees the queue place")
+        check(s.metric('ditmoe_jobs_total{outcome="cancelled"}') == cancelled0 + 1,
+              "the left client's job is counted cancelled")
+        # ... and while it runs
+        s.request("DELETE", f"/jobs/{a}")
+        wait_for(lambda: s.stats()["queue"]["running"] == 0, 30, "A gone")
+        sock = s.raw(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        wait_for(lambda: s.stats()["queue"]["running"] == 1, 30, "running /generate")
+        sock.close()
+        wait_for(lambda: s.stats()["queue"]["running"] == 0, 30, "disconnect stops the job")
+        check(s.metric('ditmoe_jobs_total{outcome="cancelled"}') == cancelled0 + 3,
+              "cancelled count")
+        wait_for(lambda: " 499 " in s.log(), 10, "499 in the access log")
+    finally:
+        s.close()
+
+
+# ---- errors ------------------------------------------------------------------
+
+BAD = [
+    ("{", 400, "JSON"),
+    ("", 400, "JSON"),
+    ("[1]", 400, "object"),
+    ('{"class_label": 1} x', 400, "byte"),
+    ("{}", 400, "class_label"),
+    ('{"class_label": 10}', 400, "class_label"),
+    ('{"class_label": -1}', 400, "class_label"),
+    ('{"class_label": 1.5}', 400, "class_label"),
+    ('{"class_label": "Hat"}', 400, "class_label"),
+    ('{"class_label": true}', 400, "class_label"),
+    ('{"class_label": null}', 400, "class_label"),
+    ('{"class_label": 1, "seed": -1}', 400, "seed"),
+    ('{"class_label": 1, "seed": 1e300}', 400, "seed"),
+    ('{"class_label": 1, "seed": "7"}', 400, "seed"),
+    ('{"class_label": 1, "steps": 0}', 400, "steps"),
+    ('{"class_label": 1, "steps": 1001}', 400, "steps"),
+    ('{"class_label": 1, "steps": "10"}', 400, "steps"),
+    ('{"class_label": 1, "cfg_scale": 0.5}', 400, "cfg_scale"),
+    ('{"class_label": 1, "cfg_scale": 21}', 400, "cfg_scale"),
+    ('{"class_label": 1, "cfg_scale": [1]}', 400, "cfg_scale"),
+    ('{"class_label": 1, "sampler": "heun"}', 400, "sampler"),
+    ('{"class_label": 1, "sampler": 1}', 400, "sampler"),
+    ('{"class_label": 1, "sampler": "ddpm"}', 400, "ddpm"),
+    ('{"class_label": 1, "num_images": 0}', 400, "num_images"),
+    ('{"class_label": 1, "num_images": 17}', 400, "num_images"),
+    ('{"class_label": 1, "num_images": 16, "cfg_scale": 2}', 400, "num_images"),
+    ('{"class_label": 1, "cfg_mode": "half"}', 400, "cfg_mode"),
+    ('{"class_label": 1, "rng": "mt"}', 400, "rng"),
+    ('{"class_label": 1, "step": 5}', 400, "step"),
+    ('{"class_label": 1, "class_label": 2}', 400, "class_label"),
+    ('{"class_label": 1, "nested": {"a": [1, 2, {"b": null}]}}', 400, "nested"),
+    ('"class_label"', 400, "object"),
+    ('{"class_label": 1}\x00', 400, None),
+    ("\xff\xfe{", 400, None),
+    ("[" * 5000, 400, None),
+]
+
+
+def test_errors():
+    s = start("--max-rows", 24)
+    try:
+        for body, st, field in BAD:
+            for path in ("/generate", "/jobs"):
+                r = s.post(path, body.encode("latin-1"))
+                is_error(r, st, field)
+        # body over the cap: by Content-Length, and chunked without one
+        is_error(s.post("/generate", '{"class_label": 1, "x": "' + "a" * 10000 + '"}'), 413)
+        c = s.conn()
+        c.request("POST", "/generate", body=iter([b'{"class_label": 1, "x": "', b"a" * 9000,
+                                                   b'"}']), encode_chunked=True)
+        r = c.getresponse()
+        check(r.status == 413, f"chunked over the cap: {r.status}")
+        c.close()
+        # unknown paths and wrong methods
+        is_error(s.get("/nope"), 404, "/nope")
+        is_error(s.post("/nope", "{}"), 404)
+        is_error(s.get("/jobs/"), 404)
+        is_error(s.get("/jobs/x/y/z"), 404)
+        for method, path, allow in [("GET", "/generate", "POST"), ("PUT", "/health", "GET, HEAD"),
+                                    ("POST", "/stats", "GET, HEAD"),
+                                    ("DELETE", "/generate", "POST"),
+                                    ("POST", "/jobs/abc", "GET, HEAD, DELETE"),
+                                    ("DELETE", "/jobs/abc/image", "GET, HEAD")]:
+            r = s.request(method, path, body="{}" if method in ("POST", "PUT") else None)
+            is_error(r, 405)
+            check(r.header("allow") == allow, f"{method} {path}: Allow {r.header('allow')}")
+        # nothing above was a 5xx, and the server still works
+        body = s.get("/metrics").body.decode()
+        check('code="5' not in body, "no 5xx answered to bad input")
+        check(s.post("/generate", {"class_label": 1, "steps": 2}).status == 200, "still serving")
+    finally:
+        s.close()
+
+
+# ---- static ------------------------------------------------------------------
+
+SECRET = "top-secret-content-42"
+
+
+def test_static():
+    root = tempfile.mkdtemp(prefix="ditmoe-web-")
+    web = os.path.join(root, "web")
+    os.makedirs(os.path.join(web, "sub"))
+    files = {"index.html": "<!doctype html><title>x</title>", "app.js": "let a = 1;",
+             "style.css": "body{}", "sub/pic.png": "\x89PNG", ".hidden": "no"}
+    for name, text in files.items():
+        with open(os.path.join(web, name), "w") as f:
+            f.write(text)
+    with open(os.path.join(root, "secret.txt"), "w") as f:
+        f.write(SECRET)
+    os.symlink(os.path.join(root, "secret.txt"), os.path.join(web, "link.txt"))
+    s = start("--web-root", web)
+    try:
+        for path, ctype, text in [("/", "text/html", files["index.html"]),
+                                  ("/index.html", "text/html", files["index.html"]),
+                                  ("/app.js", "text/javascript", files["app.js"]),
+                                  ("/style.css", "text/css", files["style.css"]),
+                                  ("/sub/pic.png", "image/png", None)]:
+            r = s.get(path)
+            check(r.status == 200 and r.header("content-type").startswith(ctype),
+                  f"GET {path}: {r.status} {r.header('content-type')}")
+            check(text is None or r.body.decode() == text, f"GET {path} body")
+        for path in ["/../secret.txt", "/%2e%2e/secret.txt", "/sub/../../secret.txt",
+                     "/sub/%2E%2E/%2E%2E/secret.txt", "/link.txt", "/.hidden", "/sub/",
+                     "/sub", "//etc/passwd", "/..%2fsecret.txt", "/sub\\..\\..\\secret.txt"]:
+            r = s.get(path)
+            is_error(r, 404)
+            check(SECRET.encode() not in r.body, f"{path} leaked the file")
+        # raw request lines, which a client library would normalise
+        for line in [b"GET /../secret.txt HTTP/1.1", b"GET ../secret.txt HTTP/1.1",
+                     b"GET /sub/../../secret.txt HTTP/1.0"]:
+            sock = s.raw(line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            sock.close()
+            check(SECRET.encode() not in data and not data.startswith(b"HTTP/1.1 200"),
+                  f"raw {line!r}: {data[:60]!r}")
+        r = s.post("/index.html", "x")
+        is_error(r, 405)
+        check(r.header("allow") == "GET, HEAD", "static Allow")
+    finally:
+        s.close()
+
+
+# ---- auth --------------------------------------------------------------------
+
+def test_auth():
+    web = tempfile.mkdtemp(prefix="ditmoe-web-")
+    with open(os.path.join(web, "index.html"), "w") as f:
+        f.write("page")
+    key = "s3cret-key"
+    s = start("--web-root", web, "--client-ip-header", "X-Forwarded-For",
+              "--trusted-proxies", "10.0.0.0/8, 127.0.0.1/32", "--job-retention-count", 1,
+              env={"DITMOE_API_KEY": key})
+    try:
+        for path in ["/health", "/ready", "/"]:
+            check(s.get(path).status == 200, f"{path} open without a key")
+        for method, path in [("GET", "/v1/model"), ("GET", "/stats"), ("GET", "/metrics"),
+                             ("POST", "/generate"), ("POST", "/jobs"), ("GET", "/jobs/abc"),
+                             ("DELETE", "/jobs/abc")]:
+            r = s.request(method, path, body="{}" if method == "POST" else None)
+            is_error(r, 401)
+            check(r.header("www-authenticate") == "Bearer", "WWW-Authenticate")
+            for hdr in [{"Authorization": "Bearer wrong"}, {"X-Api-Key": key + "x"},
+                        {"X-Api-Key": key[:-1]}, {"Authorization": key}]:
+                is_error(s.request(method, path, headers=hdr,
+                                   body="{}" if method == "POST" else None), 401)
+        check(s.get("/v1/model", headers={"Authorization": "Bearer " + key}).status == 200,
+              "Bearer key")
+        check(s.get("/v1/model", headers={"X-Api-Key": key}).status == 200, "X-Api-Key")
+        ok = {"X-Api-Key": key}
+        # retention: only the newest finished job is kept
+        a = s.post("/generate", {"class_label": 1, "steps": 2}, headers=ok).header("x-job-id")
+        b = s.post("/generate", {"class_label": 1, "steps": 2}, headers=ok).header("x-job-id")
+        check(s.get(f"/jobs/{b}", headers=ok).status == 200, "newest job kept")
+        is_error(s.get(f"/jobs/{a}", headers=ok), 404, a)
+        # the forwarded client address is believed from a trusted proxy (we are one)
+        s.get("/health", headers={"X-Forwarded-For": "203.0.113.9, 10.1.2.3"})
+        s.get("/health", headers={"X-Forwarded-For": "bogus"})
+        log = s.log()
+        check("access 203.0.113.9 GET /health 200" in log, "client from X-Forwarded-For")
+        check("access 127.0.0.1 GET /health 200" in log, "bad header: the peer address")
+    finally:
+        s.close()
+    # without trust, the header is ignored
+    s = start()
+    try:
+        s.get("/health", headers={"X-Forwarded-For": "203.0.113.9"})
+        check("203.0.113.9" not in s.log(), "untrusted X-Forwarded-For ignored")
+    finally:
+        s.close()
+
+
+# ---- shutdown ----------------------------------------------------------------
+
+def test_shutdown():
+    # a running job finishes within the drain time: its client gets the image
+    s = start("--drain-timeout-s", 60, slow=True)
+    got = {}
+
+    def gen(key, req):
+        try:
+            got[key] = s.post("/generate", req)
+        except OSError as e:
+            got[key] = e
+    t = threading.Thread(target=gen, args=("a", {"class_label": 1, "steps": 30}))
+    t.start()
+    wait_for(lambda: s.stats()["queue"]["running"] == 1, 30, "running")
+    rc = s.stop(signal.SIGTERM)
+    t.join(60)
+    check(rc == 0, f"exit status after SIGTERM: {rc}")
+    r = got.get("a")
+    check(getattr(r, "status", None) == 200 and r.body[:4] == b"\x89PNG",
+          f"drained job answered: {getattr(r, 'status', r)}")
+    check("stopped" in s.log(), "stopped logged")
+    s.close()
+
+    # a job that cannot finish in time is cancelled: 503, still exit 0
+    s = start("--drain-timeout-s", 0, slow=True)
+    got.clear()
+    t = threading.Thread(target=gen, args=("b", LONG))
+    t.start()
+    wait_for(lambda: s.stats()["queue"]["running"] == 1, 30, "running")
+    t0 = time.monotonic()
+    rc = s.stop(signal.SIGINT)
+    t.join(60)
+    check(rc == 0, f"exit status after SIGINT: {rc}")
+    check(time.monotonic() - t0 < 30, "shutdown within the bound")
+    r = got.get("b")
+    check(getattr(r, "status", None) == 503, f"cancelled by shutdown: {getattr(r, 'status', r)}")
+    if getattr(r, "status", None) == 503:
+        is_error(r, 503)
+    s.close()
+
+
+# ---- limits ------------------------------------------------------------------
+
+def test_limits():
+    s = start("--conn-timeout-s", 1)
+    try:
+        # a slow client (headers never finished) is dropped after the timeout
+        sock = s.raw(b"GET /health HTTP/1.1\r\nHost: x\r\n", timeout=30)
+        t0 = time.monotonic()
+        try:
+            data = sock.recv(100)
+        except OSError:
+            data = b""
+        check(data == b"" and time.monotonic() - t0 < 20, f"slow client dropped: {data!r}")
+        sock.close()
+    finally:
+        s.close()
+    s = start("--max-per-ip", 3)
+    try:
+        # at most 3 connections from one address
+        held = [s.raw(b"") for _ in range(3)]
+        time.sleep(0.2)
+        extra = s.raw(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=10)
+        try:
+            data = extra.recv(100)
+        except OSError:
+            data = b""
+        check(not data.startswith(b"HTTP/1.1 200"), f"4th connection refused: {data[:40]!r}")
+        extra.close()
+        for h in held:
+            h.close()
+        wait_for(lambda: s.try_get("/health") == 200, 10, "serving again")
+    finally:
+        s.close()
+
+
+# ---- config ------------------------------------------------------------------
+
+def run(args, env=None):
+    import subprocess
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([ARGS.server] + args, capture_output=True, text=True, env=e, timeout=60)
+
+
+def test_config():
+    r = run(["--help"])
+    check(r.returncode == 0 and "max_rows" in r.stdout and "DITMOE_PORT" in r.stdout,
+          "--help lists the settings")
+    d = tempfile.mkdtemp(prefix="ditmoe-cfg-")
+    bad = os.path.join(d, "bad.json")
+    for text, word in [('{"max_rowz": 3}', "max_rowz"), ('{"port": "x"}', "port"),
+                       ('{"max_rows": 0}', "max_rows"), ("{", "JSON"),
+                       ('{"batching": 1}', "batching")]:
+        with open(bad, "w") as f:
+            f.write(text)
+        r = run(["--config", bad])
+        check(r.returncode == 2 and word in r.stderr, f"config {text}: {r.returncode} {r.stderr}")
+        r = run([], env={"DITMOE_CONFIG": bad})
+        check(r.returncode == 2 and word in r.stderr, f"DITMOE_CONFIG {text}")
+    for args, word in [(["--bogus", "1"], "bogus"), (["--port", "70000"], "port"),
+                       (["--threads"], "threads"), (["--client-ip-header", "X-Forwarded-For"],
+                                                    "trusted_proxies")]:
+        r = run(args)
+        check(r.returncode == 2 and word in r.stderr, f"{args}: {r.returncode} {r.stderr}")
+    r = run([], env={"DITMOE_PORT": "abc"})
+    check(r.returncode == 2 and "DITMOE_PORT" in r.stderr, f"DITMOE_PORT: {r.stderr}")
+    r = run(["--model", "/nonexistent/model", "--port", "0"])
+    check(r.returncode == 1 and "/nonexistent/model" in r.stderr, f"missing model: {r.stderr}")
+    # a good file, overridden by the environment, overridden by the command line
+    good = os.path.join(d, "good.json")
+    with open(good, "w") as f:
+        json.dump({"_comment": "test", "max_images": 3, "max_steps": 50, "queue_capacity": 5,
+                   "trusted_proxies": ["127.0.0.1", "::1"]}, f)
+    s = Server(ARGS.server, None, "--max-steps", 40,
+               env={"DITMOE_CONFIG": good, "DITMOE_MODEL": ARGS.model})
+    try:
+        lim = s.get("/v1/model").json()["limits"]
+        check(lim["max_images"] == 3 and lim["max_steps"] == 40 and lim["queue_capacity"] == 5,
+              f"file + command line: {lim}")
+    finally:
+        s.close()
+
+
+GROUPS = {"api": test_api, "batching": test_batching, "queue": test_queue,
+          "errors": test_errors, "static": test_static, "auth": test_auth,
+          "shutdown": test_shutdown, "limits": test_limits, "config": test_config}
+
+
+def main():
+    global ARGS
+    p = argparse.ArgumentParser()
+    p.add_argument("group", choices=sorted(GROUPS))
+    p.add_argument("--server", required=True)
+    p.add_argument("--cache", required=True, help="where the test model is made once")
+    ARGS = p.parse_args()
+    ARGS.model = make_model(ARGS.cache)
+    ARGS.slow_model = make_model(ARGS.cache, slow=True)
+    GROUPS[ARGS.group]()
+    finish("server " + ARGS.group)
+
+
+if __name__ == "__main__":
+    main()
