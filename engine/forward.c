@@ -64,6 +64,7 @@ static size_t ctx_layout(dit_ctx *c, char *base)
     c->disp_off = carve(base, &pos, E + 1, sizeof(int));
     c->disp_fill = carve(base, &pos, E, sizeof(int));
     c->slot_row = carve(base, &pos, M * K, sizeof(int));
+    c->etasks = carve(base, &pos, 3 * (E + M * K / 64 + 1), sizeof(int));
     c->xe = carve(base, &pos, M * K * D, sizeof(float));
     c->hg = carve(base, &pos, rows * H, sizeof(float));
     c->hu = carve(base, &pos, rows * H, sizeof(float));
@@ -134,6 +135,55 @@ const uint32_t *dit_ctx_routing(const dit_ctx *c)
     return c ? c->routing : NULL;
 }
 
+/* x_out = modulate(LayerNorm(x), shift, scale) and x += gate * sub, over
+ * token rows [r0, r1) so the pool shares them; rows of one sample use
+ * that sample's modulation. */
+typedef struct rowwise_job {
+    float *dst;
+    const float *src;
+    const float *a, *b; /* shift, scale (norm) or gate (residual) */
+    int stride, T, D;
+} rowwise_job;
+
+static void norm_rows(void *arg, int r0, int r1, int th)
+{
+    (void)th;
+    rowwise_job *j = arg;
+    for (int r = r0; r < r1; r++) {
+        size_t o = (size_t)r * j->D, n = (size_t)(r / j->T) * j->stride;
+        op_layernorm_forward(j->dst + o, j->src + o, 1, j->D);
+        op_modulate_forward(j->dst + o, j->a + n, j->b + n, 0, 1, 1, j->D);
+    }
+}
+
+static void residual_rows(void *arg, int r0, int r1, int th)
+{
+    (void)th;
+    rowwise_job *j = arg;
+    for (int r = r0; r < r1; r++) {
+        size_t o = (size_t)r * j->D, n = (size_t)(r / j->T) * j->stride;
+        op_gate_residual_forward(j->dst + o, j->src + o, j->a + n, 0, 1, 1, j->D);
+    }
+}
+
+/* xn (N, T, D) = LayerNorm(x) * (1 + scale[n]) + shift[n] */
+static void norm_modulate(dit_ctx *c, float *xn, const float *x, const float *shift,
+                          const float *scale, int stride, int N)
+{
+    const dit_config *g = &c->m->cfg;
+    rowwise_job j = { xn, x, shift, scale, stride, g->num_tokens, g->hidden_size };
+    op_rows_run(c->pool, N * g->num_tokens, norm_rows, &j);
+}
+
+/* x (N, T, D) += gate[n] * sub */
+static void gate_residual(dit_ctx *c, float *x, const float *sub, const float *gate,
+                          int stride, int N)
+{
+    const dit_config *g = &c->m->cfg;
+    rowwise_job j = { x, sub, gate, NULL, stride, g->num_tokens, g->hidden_size };
+    op_rows_run(c->pool, N * g->num_tokens, residual_rows, &j);
+}
+
 static void block_forward(dit_ctx *c, const dit_block *b, int l, int N)
 {
     const dit_config *g = &c->m->cfg;
@@ -141,17 +191,15 @@ static void block_forward(dit_ctx *c, const dit_block *b, int l, int N)
     float *mod = c->mod; // (N, 6D): shift, scale, gate (msa), shift, scale, gate (moe)
 
     op_linear_forward(c, mod, c->silu_c, &b->ada, N);
-    op_layernorm_forward(c->xn, c->x, M, D);
-    op_modulate_forward(c->xn, mod + 0 * D, mod + 1 * D, S, N, T, D);
+    norm_modulate(c, c->xn, c->x, mod + 0 * D, mod + 1 * D, S, N);
     op_linear_forward(c, c->qkv, c->xn, &b->qkv, M);                 // (N, T, 3D)
     op_attention_forward(c, c->att, c->qkv, N, T, D, g->num_heads);   // (N, T, D)
     op_linear_forward(c, c->sub, c->att, &b->proj, M);                // (N, T, D)
-    op_gate_residual_forward(c->x, c->sub, mod + 2 * D, S, N, T, D);
+    gate_residual(c, c->x, c->sub, mod + 2 * D, S, N);
 
-    op_layernorm_forward(c->xn, c->x, M, D);
-    op_modulate_forward(c->xn, mod + 3 * D, mod + 4 * D, S, N, T, D);
+    norm_modulate(c, c->xn, c->x, mod + 3 * D, mod + 4 * D, S, N);
     moe_forward(c, c->sub, c->xn, b, l, N);                           // (N, T, D)
-    op_gate_residual_forward(c->x, c->sub, mod + 5 * D, S, N, T, D);
+    gate_residual(c, c->x, c->sub, mod + 5 * D, S, N);
 }
 
 int dit_forward(dit_ctx *c, int n, const float *x, const float *t,
@@ -190,8 +238,7 @@ int dit_forward(dit_ctx *c, int n, const float *x, const float *t,
 
     // final layer: adaLN (shift, scale), LayerNorm, linear, unpatchify
     op_linear_forward(c, c->mod, c->silu_c, &m->final_ada, N);        // (N, 2D)
-    op_layernorm_forward(c->xn, c->x, M, D);
-    op_modulate_forward(c->xn, c->mod, c->mod + D, 2 * D, N, T, D);
+    norm_modulate(c, c->xn, c->x, c->mod, c->mod + D, 2 * D, N);
     op_linear_forward(c, c->fout, c->xn, &m->final_lin, M);           // (N, T, P*P*Cout)
     op_unpatchify_forward(out, c->fout, N, g->out_channels, H, P);    // (N, Cout, H, W)
     return DIT_OK;

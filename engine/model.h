@@ -89,6 +89,7 @@ struct dit_ctx {
     int *disp_off;    /* (E + 1) */
     int *disp_fill;   /* (E) fill cursors of the dispatch */
     int *slot_row;    /* (N*T*K) where each slot's result sits in ye */
+    int *etasks;      /* (E + N*T*K/64 + 1, 3) expert tasks: expert, r0, r1 */
     float *xe;        /* (N*T*K, D) tokens gathered, grouped by expert */
     float *hg;        /* (N*T*K, Hmax) gate activations */
     float *hu;        /* (N*T*K, Hmax) up activations */

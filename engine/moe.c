@@ -19,6 +19,10 @@
 #include "moe.h"
 #include "ops.h"
 
+/* Rows per expert task: large enough for an efficient GEMM, small enough
+ * to balance experts of uneven load over the pool. */
+#define MOE_CHUNK 256
+
 /* Top-k of one probability row: largest first, lower index on ties. */
 static void moe_topk(const float *p, int E, int K, int *idx, float *w)
 {
@@ -64,14 +68,13 @@ typedef struct expert_job {
     int D, H, K;
 } expert_job;
 
-/* Expert e over its rows [off[e], off[e+1]) of the gathered buffers. */
-static void expert_task(void *arg, int e, int th)
+/* Task i: rows [r0, r1) of expert e, as laid out by moe_plan. */
+static void expert_task(void *arg, int i, int th)
 {
     expert_job *j = arg;
     dit_ctx *c = j->c;
-    int r0 = c->disp_off[e], rows = c->disp_off[e + 1] - r0;
-    if (rows == 0)
-        return;
+    const int *t = c->etasks + 3 * i;
+    int e = t[0], r0 = t[1], rows = t[2] - t[1];
     float *xe = c->xe + (size_t)r0 * j->D;           // (rows, D)
     float *hg = c->hg + (size_t)r0 * j->H;           // (rows, He)
     float *hu = c->hu + (size_t)r0 * j->H;           // (rows, He)
@@ -86,26 +89,71 @@ static void expert_task(void *arg, int e, int th)
     op_matmul_task(c, th, ye, hg, &x->down, rows);
 }
 
-/* The shared expert over all M tokens into out (M, D), in row blocks. */
-typedef struct shared_job {
+/* Splits each expert's rows into tasks of about `chunk` rows, so a busy
+ * expert does not leave the other threads idle. Returns the task count. */
+static int moe_plan(dit_ctx *c, int E, int chunk)
+{
+    int n = 0;
+    for (int e = 0; e < E; e++) {
+        int r0 = c->disp_off[e], r1 = c->disp_off[e + 1];
+        int parts = (r1 - r0 + chunk - 1) / chunk;
+        for (int p = 0; p < parts; p++) {
+            int *t = c->etasks + 3 * n++;
+            t[0] = e;
+            t[1] = r0 + (int)((int64_t)(r1 - r0) * p / parts);
+            t[2] = r0 + (int)((int64_t)(r1 - r0) * (p + 1) / parts);
+        }
+    }
+    return n;
+}
+
+typedef struct route_job {
+    dit_ctx *c;
+    int E, K;
+} route_job;
+
+/* Router probabilities to top-k choices for rows [r0, r1). */
+static void route_rows(void *arg, int r0, int r1, int th)
+{
+    (void)th;
+    route_job *j = arg;
+    float *p = j->c->logits + (size_t)r0 * j->E;
+    op_softmax_forward(p, r1 - r0, j->E);
+    for (int i = r0; i < r1; i++)
+        moe_topk(j->c->logits + (size_t)i * j->E, j->E, j->K, j->c->topi + (size_t)i * j->K,
+                 j->c->topw + (size_t)i * j->K);
+}
+
+/* Shared expert and combine for rows [r0, r1):
+ * out = shared(xn) + sum_k w_k * expert_k(xn). */
+typedef struct combine_job {
     dit_ctx *c;
     const dit_expert *x;
     const float *xn;
     float *out;
-    int M, D, H, block;
-} shared_job;
+    int D, H, K;
+} combine_job;
 
-static void shared_task(void *arg, int task, int th)
+static void combine_rows(void *arg, int r0, int r1, int th)
 {
-    shared_job *j = arg;
-    int r0 = task * j->block;
-    int rows = j->M - r0 < j->block ? j->M - r0 : j->block;
-    float *hg = j->c->hg + (size_t)r0 * j->H;
-    float *hu = j->c->hu + (size_t)r0 * j->H;
-    op_matmul_task(j->c, th, hg, j->xn + (size_t)r0 * j->D, &j->x->gate, rows);
-    op_matmul_task(j->c, th, hu, j->xn + (size_t)r0 * j->D, &j->x->up, rows);
+    combine_job *j = arg;
+    dit_ctx *c = j->c;
+    int rows = r1 - r0, D = j->D;
+    float *hg = c->hg + (size_t)r0 * j->H, *hu = c->hu + (size_t)r0 * j->H;
+    op_matmul_task(c, th, hg, j->xn + (size_t)r0 * D, &j->x->gate, rows);
+    op_matmul_task(c, th, hu, j->xn + (size_t)r0 * D, &j->x->up, rows);
     op_swiglu_forward(hg, hu, (size_t)rows * j->H);
-    op_matmul_task(j->c, th, j->out + (size_t)r0 * j->D, hg, &j->x->down, rows);
+    op_matmul_task(c, th, j->out + (size_t)r0 * D, hg, &j->x->down, rows);
+    for (int i = r0; i < r1; i++) {
+        float *o = j->out + (size_t)i * D;
+        for (int k = 0; k < j->K; k++) {
+            int s = i * j->K + k;
+            const float *y = c->ye + (size_t)c->slot_row[s] * D;
+            float w = c->topw[s];
+            for (int d = 0; d < D; d++)
+                o[d] += w * y[d];
+        }
+    }
 }
 
 void moe_forward(dit_ctx *c, float *out, const float *xn, const dit_block *b,
@@ -116,30 +164,17 @@ void moe_forward(dit_ctx *c, float *out, const float *xn, const dit_block *b,
     int E = cfg->num_experts, K = cfg->num_experts_per_tok;
 
     // router: (M, E) probabilities, then (M, K) choices
-    op_matmul_task(c, 0, c->logits, xn, &b->router, M);
-    op_softmax_forward(c->logits, M, E);
-    for (int i = 0; i < M; i++)
-        moe_topk(c->logits + (size_t)i * E, E, K, c->topi + (size_t)i * K,
-                 c->topw + (size_t)i * K);
+    dit_linear router = { b->router, NULL };
+    op_linear_forward(c, c->logits, xn, &router, M);
+    route_job rj = { c, E, K };
+    op_rows_run(c->pool, M, route_rows, &rj);
     moe_dispatch(c, M, E, K, layer, T);
 
+    // routed experts over the gathered tokens of the whole batch
     expert_job ej = { c, b, xn, D, cfg->expert_hidden, K };
-    op_pool_run(c->pool, E, expert_task, &ej);
+    op_pool_run(c->pool, moe_plan(c, E, MOE_CHUNK), expert_task, &ej);
 
-    // combine: out = shared(xn) + sum_k w_k * expert_k(xn)
-    int nt = op_pool_threads(c->pool);
-    shared_job sj = { c, &b->shared, xn, out, M, D, cfg->shared_hidden, M };
-    if (nt > 1 && M >= 16 * nt)
-        sj.block = (M + nt - 1) / nt;
-    op_pool_run(c->pool, (M + sj.block - 1) / sj.block, shared_task, &sj);
-    for (int i = 0; i < M; i++) {
-        float *o = out + (size_t)i * D;
-        for (int k = 0; k < K; k++) {
-            int s = i * K + k;
-            const float *y = c->ye + (size_t)c->slot_row[s] * D;
-            float w = c->topw[s];
-            for (int d = 0; d < D; d++)
-                o[d] += w * y[d];
-        }
-    }
+    // shared expert + weighted sum of each token's k expert outputs
+    combine_job cj = { c, &b->shared, xn, out, D, cfg->shared_hidden, K };
+    op_rows_run(c->pool, M, combine_rows, &cj);
 }

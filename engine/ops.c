@@ -92,35 +92,48 @@ void op_matmul_task(dit_ctx *c, int th, float *out, const float *in,
     gemm_nt(out, in, mat_f32(c, th, w), NULL, M, w->rows, w->cols);
 }
 
+typedef struct rows_job {
+    op_rows_fn fn;
+    void *arg;
+    int M, block;
+} rows_job;
+
+static void rows_task(void *arg, int task, int thread)
+{
+    rows_job *j = arg;
+    int r0 = task * j->block, r1 = r0 + j->block < j->M ? r0 + j->block : j->M;
+    j->fn(j->arg, r0, r1, thread);
+}
+
+void op_rows_run(struct op_pool *p, int M, op_rows_fn fn, void *arg)
+{
+    int nt = op_pool_threads(p);
+    /* split only when each block still makes a reasonably sized GEMM */
+    rows_job j = { fn, arg, M, nt > 1 && M >= 16 * nt ? (M + nt - 1) / nt : M };
+    if (M <= 0)
+        return;
+    op_pool_run(p, (M + j.block - 1) / j.block, rows_task, &j);
+}
+
 typedef struct linear_job {
     float *out;
     const float *in, *w, *b;
-    int M, R, K, block;
+    int R, K;
 } linear_job;
 
-static void linear_task(void *arg, int task, int thread)
+static void linear_rows(void *arg, int r0, int r1, int thread)
 {
     (void)thread;
     linear_job *j = arg;
-    int r0 = task * j->block;
-    int rows = j->M - r0 < j->block ? j->M - r0 : j->block;
     gemm_nt(j->out + (size_t)r0 * j->R, j->in + (size_t)r0 * j->K, j->w, j->b,
-            rows, j->R, j->K);
+            r1 - r0, j->R, j->K);
 }
 
 void op_linear_forward(dit_ctx *c, float *out, const float *in,
                        const dit_linear *l, int M)
 {
-    linear_job j = { out, in, mat_f32(c, 0, &l->w), l->b, M, l->w.rows,
-                     l->w.cols, M };
-    int nt = op_pool_threads(c->pool);
-    /* split only when each block still makes a reasonably sized GEMM */
-    if (nt > 1 && M >= 16 * nt) {
-        j.block = (M + nt - 1) / nt;
-        op_pool_run(c->pool, (M + j.block - 1) / j.block, linear_task, &j);
-    } else {
-        linear_task(&j, 0, 0);
-    }
+    linear_job j = { out, in, mat_f32(c, 0, &l->w), l->b, l->w.rows, l->w.cols };
+    op_rows_run(c->pool, M, linear_rows, &j);
 }
 
 void op_layernorm_forward(float *out, const float *in, int M, int D)

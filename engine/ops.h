@@ -97,6 +97,11 @@ void op_pool_free(struct op_pool *p);
 void op_pool_run(struct op_pool *p, int ntasks, op_task_fn fn, void *arg);
 int op_pool_threads(const struct op_pool *p);
 
+/* Runs fn(arg, r0, r1) over row blocks covering [0, M): one block per pool
+ * thread when M is large enough to be worth splitting, else one block. */
+typedef void (*op_rows_fn)(void *arg, int r0, int r1, int thread);
+void op_rows_run(struct op_pool *p, int M, op_rows_fn fn, void *arg);
+
 /* half and bfloat16 to float */
 float op_f16_to_f32(uint16_t h);
 float op_bf16_to_f32(uint16_t h);

@@ -190,6 +190,19 @@ static void test_forward(arena *a)
     for (int i = 0; i < O; i++)
         md = fmaxf(md, fabsf(one[i] - out[2 * O + i]));
     CHECK(md < 1e-4f, "row alone equals row in batch (max diff %g)", md);
+    /* the pool splits rows, heads and experts: results must not change */
+    dit_ctx *c3 = NULL;
+    s.n_threads = 3;
+    CHECK(dit_ctx_new(&c3, m, &s) == DIT_OK, "ctx with 3 threads");
+    float out3[N * O];
+    CHECK(c3 && dit_forward(c3, N, x, t, y, out3) == DIT_OK, "forward on 3 threads");
+    md = 0;
+    for (int i = 0; c3 && i < N * O; i++)
+        md = fmaxf(md, fabsf(out3[i] - out[i]));
+    CHECK(md < 1e-5f, "3 threads equal 1 thread (max diff %g)", md);
+    CHECK(c3 && !memcmp(dit_ctx_routing(c3), rt, sizeof(uint32_t) * N * 2 * 4),
+          "same routing on 3 threads");
+    dit_ctx_free(c3);
     dit_ctx_free(c);
     dit_ctx_free(NULL);
     dit_model_free(m);
