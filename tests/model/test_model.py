@@ -1,0 +1,140 @@
+#!/usr/bin/python3
+"""test_model.py: the shipped default model (models/fashion-mnist) through the engine.
+
+Usage: test_model.py DITMOE CASE     CASE: sampling | determinism | trouser
+
+  sampling     `ditmoe generate` from fixed noise (--noise) for a few Euler
+               steps with guidance equals ditmoe_ref.sample_euler on the same
+               weights: max|engine - ref| / max|ref| <= 1e-3 (float32 over
+               several steps of a trained model; one forward is 1e-4).
+  determinism  `ditmoe generate` without --model (so the default-model
+               lookup is exercised) with a fixed seed writes the same PNG
+               twice, and a different seed writes a different one.
+  trouser      a picture check that can fail: 8 Trouser samples must look
+               like trousers by cheap statistics, each within the range of
+               real Fashion-MNIST test trousers (1st..99th percentile,
+               widened by 10%): mean and std of the pixels, mean absolute
+               neighbour difference (noise scores ~0.8, trousers 0.10..0.20),
+               height and width of the inked box (trousers are tall and
+               narrow). At least 7 of 8 must pass. Blank images fail on std,
+               noise on edges and width, a sandal on height.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+MODEL = os.path.join(ROOT, "models", "fashion-mnist")
+TROUSER = 1
+
+# Real test-split trousers (1,000 images, pixels in [-1, 1]): 1st and 99th
+# percentiles, from `test_model.py DITMOE derive`.
+TROUSER_RANGES = {
+    "mean": (-0.773, -0.204), "std": (0.394, 0.860), "edge": (0.099, 0.204),
+    "rows": (26.0, 28.0), "cols": (8.0, 21.0),
+}
+
+
+def picture_stats(img):
+    """img (28, 28) in [-1, 1] -> dict of the statistics above."""
+    a = np.clip(img, -1, 1)
+    ink = a > -0.5
+    edge = (np.abs(np.diff(a, axis=0)).mean() + np.abs(np.diff(a, axis=1)).mean()) / 2
+    return {"mean": float(a.mean()), "std": float(a.std()), "edge": float(edge),
+            "rows": float(ink.any(1).sum()), "cols": float(ink.any(0).sum())}
+
+
+def in_ranges(stats, widen=0.1):
+    bad = []
+    for k, (lo, hi) in TROUSER_RANGES.items():
+        pad = widen * (hi - lo)
+        if not lo - pad <= stats[k] <= hi + pad:
+            bad.append(f"{k} {stats[k]:.3f} not in [{lo - pad:.3f}, {hi + pad:.3f}]")
+    return bad
+
+
+def run(cmd):
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def case_sampling(ditmoe, tmp):
+    import torch
+    sys.path.insert(0, os.path.join(ROOT, "tools", "ref"))
+    import ditmoe_ref as R
+    torch.set_num_threads(1)
+    model, cfg = R.load_model_dir(MODEL)
+    cfg_scale = float(cfg.get("sampling", {}).get("cfg_scale", 2.0))
+    steps, worst = 4, 0.0
+    for label in (TROUSER, 7, 9):
+        noise = np.random.default_rng(label).standard_normal((2, 1, 28, 28)).astype(np.float32)
+        zpath, out = os.path.join(tmp, "z.npy"), os.path.join(tmp, "x.npy")
+        np.save(zpath, noise)
+        run([ditmoe, "generate", "--model", MODEL, "--class", str(label), "--num-images", "2",
+             "--noise", zpath, "--steps", str(steps), "--sampler", "euler",
+             "--cfg-scale", str(cfg_scale), "--out-npy", out])
+        ours = np.load(out)
+        ref = R.sample_euler(model, torch.from_numpy(noise), torch.tensor([label, label]),
+                             steps, cfg_scale).numpy()
+        err = float(np.abs(ours - ref).max() / np.abs(ref).max())
+        print(f"class {label}: {steps} Euler steps, cfg {cfg_scale}: rel err {err:.2e}")
+        worst = max(worst, err)
+    return worst <= 1e-3
+
+
+def case_determinism(ditmoe, tmp):
+    paths = [os.path.join(tmp, f"{i}.png") for i in range(3)]
+    for p, seed in zip(paths, (7, 7, 8)):
+        run([ditmoe, "generate", "--class", "Trouser", "--seed", str(seed), "--out", p])
+    data = [open(p, "rb").read() for p in paths]
+    same, differ = data[0] == data[1], data[0] != data[2]
+    print(f"seed 7 twice identical: {same}; seed 8 differs: {differ}; "
+          f"{len(data[0])} bytes, PNG signature {data[0][:8] == b'\\x89PNG\\r\\n\\x1a\\n'}")
+    return same and differ and data[0][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def case_trouser(ditmoe, tmp):
+    out = os.path.join(tmp, "t.npy")
+    run([ditmoe, "generate", "--model", MODEL, "--class", str(TROUSER), "--num-images", "8",
+         "--seed", "3", "--out-npy", out])
+    imgs = np.load(out)
+    passed = 0
+    for i, img in enumerate(imgs[:, 0]):
+        s = picture_stats(img)
+        bad = in_ranges(s)
+        passed += not bad
+        print(f"image {i}: " + " ".join(f"{k} {v:.3f}" for k, v in s.items()) +
+              (f"  OUT: {'; '.join(bad)}" if bad else "  ok"))
+    print(f"{passed}/8 look like trousers (need 7)")
+    return passed >= 7
+
+
+def derive():
+    """Prints TROUSER_RANGES from the real test split."""
+    sys.path.insert(0, os.path.join(ROOT, "tools", "train"))
+    from train import load_fashion_mnist
+    xs, ys = load_fashion_mnist("t10k")
+    stats = [picture_stats(a[0]) for a in xs[ys == TROUSER]]
+    for k in stats[0]:
+        v = [s[k] for s in stats]
+        print(k, np.percentile(v, [1, 99]).round(3))
+    return 0
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[2] == "derive":
+        return derive()
+    if len(sys.argv) != 3 or sys.argv[2] not in ("sampling", "determinism", "trouser"):
+        print(__doc__)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        ok = globals()["case_" + sys.argv[2]](sys.argv[1], tmp)
+    print("ok" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
