@@ -153,6 +153,19 @@ static cJSON *params_json(const srv *s, const job *j)
     return p;
 }
 
+static cJSON *experts_json(const srv *s, const job *j)
+{
+    int L = s->mc->depth, E = s->mc->num_experts;
+    cJSON *a = cJSON_CreateArray();
+    for (int l = 0; l < L; l++) {
+        cJSON *row = cJSON_CreateArray();
+        for (int e = 0; e < E; e++)
+            cJSON_AddItemToArray(row, cJSON_CreateNumber((double)j->experts[(size_t)l * E + e]));
+        cJSON_AddItemToArray(a, row);
+    }
+    return a;
+}
+
 /* The job's status document (GET /jobs/{id}, 202 of POST /jobs). */
 static cJSON *status_json(const srv *s, job *j, const job_info *in)
 {
@@ -171,6 +184,7 @@ static cJSON *status_json(const srv *s, job *j, const job_info *in)
     if (in->state == JOB_DONE) {
         snprintf(url, sizeof url, "/jobs/%s/image", j->id);
         cJSON_AddStringToObject(o, "image", url);
+        cJSON_AddItemToObject(o, "experts", experts_json(s, j)); /* (L, E) routing counts */
     }
     if (in->state == JOB_FAILED || in->state == JOB_CANCELLED)
         cJSON_AddStringToObject(o, "error", in->err);
@@ -200,19 +214,6 @@ static char *base64(const uint8_t *p, size_t n)
     }
     *q = 0;
     return o;
-}
-
-static cJSON *experts_json(const srv *s, const job *j)
-{
-    int L = s->mc->depth, E = s->mc->num_experts;
-    cJSON *a = cJSON_CreateArray();
-    for (int l = 0; l < L; l++) {
-        cJSON *row = cJSON_CreateArray();
-        for (int e = 0; e < E; e++)
-            cJSON_AddItemToArray(row, cJSON_CreateNumber((double)j->experts[(size_t)l * E + e]));
-        cJSON_AddItemToArray(a, row);
-    }
-    return a;
 }
 
 static void timing_headers(srv_reply *out, const job *j, const job_info *in)
@@ -400,7 +401,8 @@ static void sse_collect(gen_state *g)
         cJSON_ReplaceItemInObject(d, "status", cJSON_CreateString("running"));
         cJSON_AddNumberToObject(d, "step", g->sent_step + 1);
         cJSON_AddNumberToObject(d, "steps", in.steps);
-        cJSON_AddNumberToObject(d, "elapsed_ms", ms3(job_step_ms(g->s->jobs, g->j, g->sent_step)));
+        double ms = job_step_ms(g->s->jobs, g->j, g->sent_step);
+        cJSON_AddNumberToObject(d, "elapsed_ms", ms3(ms));
         sse_put(g, "step", d);
     }
     g->sent_state = (int)in.state;

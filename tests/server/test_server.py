@@ -142,6 +142,8 @@ def api_jobs(s):
           f"last event done: {ev[-1] if ev else None}")
     st = s.get(f"/jobs/{jid}").json()
     check(st["status"] == "done" and st["step"] == 30 and st["steps"] == 30, f"status {st}")
+    check(len(st["experts"]) == 2 and sum(st["experts"][0]) > 0, "status has routing counts")
+    check(ev[-1]["data"].get("experts") == st["experts"], "done event has routing counts")
     img = s.get(f"/jobs/{jid}/image")
     check(img.status == 200 and img.header("content-type") == "image/png", "job image")
     same = s.post("/generate", {"class_label": 8, "seed": 5, "steps": 30}).body
