@@ -345,6 +345,8 @@ int srv_config_from_args(srv_config *c, int argc, char **argv, FILE *out, char *
         if (srv_config_set(c, name, value, err, errlen))
             return -1;
     }
+    if (!c->web_root[0]) /* "" in a file: the default */
+        snprintf(c->web_root, sizeof c->web_root, "%s", DITMOE_WEB_ROOT);
     return srv_config_check(c, err, errlen);
 }
 
@@ -369,7 +371,8 @@ void srv_config_usage(FILE *out)
     srv_config d;
     srv_config_default(&d);
     fprintf(out, "usage: ditmoe-server [--config FILE] [--name value ...]\n\n"
-                 "Settings (file: config/server.json keys; command line: --name value):\n");
+                 "Settings (JSON file keys are the names with '_': see config/server.json;\n"
+                 "command line: --name value or --name=value):\n");
     for (size_t k = 0; k < NFIELDS; k++) {
         const field *f = &FIELDS[k];
         const char *p = (const char *)&d + f->off;
@@ -380,7 +383,12 @@ void srv_config_usage(FILE *out)
         case F_DOUBLE: snprintf(def, sizeof def, "%g", *(const double *)p); break;
         default: snprintf(def, sizeof def, "\"%s\"", p); break;
         }
-        fprintf(out, "  --%-20s %s (default %s%s%s)\n", f->name, f->help, def,
+        char opt[32];
+        size_t i = 0;
+        for (; f->name[i] && i + 1 < sizeof opt; i++)
+            opt[i] = f->name[i] == '_' ? '-' : f->name[i];
+        opt[i] = 0;
+        fprintf(out, "  --%-20s %s (default %s%s%s)\n", opt, f->help, def,
                 f->env ? "; env " : "", f->env ? f->env : "");
     }
     fprintf(out, "  --%-20s JSON settings file (env DITMOE_CONFIG)\n", "config");

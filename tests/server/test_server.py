@@ -28,6 +28,7 @@ from srvtest import (Server, check, finish, make_model, max_pixel_diff, png_deco
                      wait_for)
 
 ARGS = None
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def start(*args, slow=False, **kw):
@@ -603,7 +604,7 @@ def run(args, env=None):
 
 def test_config():
     r = run(["--help"])
-    check(r.returncode == 0 and "max_rows" in r.stdout and "DITMOE_PORT" in r.stdout,
+    check(r.returncode == 0 and "--max-rows" in r.stdout and "DITMOE_PORT" in r.stdout,
           "--help lists the settings")
     d = tempfile.mkdtemp(prefix="ditmoe-cfg-")
     bad = os.path.join(d, "bad.json")
@@ -625,6 +626,16 @@ def test_config():
     check(r.returncode == 2 and "DITMOE_PORT" in r.stderr, f"DITMOE_PORT: {r.stderr}")
     r = run(["--model", "/nonexistent/model", "--port", "0"])
     check(r.returncode == 1 and "/nonexistent/model" in r.stderr, f"missing model: {r.stderr}")
+    # the example file is valid and holds the defaults
+    s = Server(ARGS.server, ARGS.model, "--config", os.path.join(HERE, "..", "..", "config",
+                                                                  "server.json"))
+    try:
+        lim = s.get("/v1/model").json()["limits"]
+        check(lim["max_images"] == 16 and lim["max_rows_per_step"] == 32 and
+              lim["queue_capacity"] == 64, f"config/server.json: {lim}")
+        check(s.get("/").status in (200, 404), "web root default")
+    finally:
+        s.close()
     # a good file, overridden by the environment, overridden by the command line
     good = os.path.join(d, "good.json")
     with open(good, "w") as f:
