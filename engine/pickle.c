@@ -265,7 +265,8 @@ static int seq_append(vm *m, pt_val *list, pt_val **items, size_t n)
         return fail(m, DIT_E_FORMAT, "appends to %s, not a list", pt_kind_name(list->kind));
     if (grow_ptrs(m, &list->u.seq.v, &list->u.seq.cap, list->u.seq.n, list->u.seq.n + n))
         return oom(m);
-    memcpy(list->u.seq.v + list->u.seq.n, items, n * sizeof *items);
+    if (n)
+        memcpy(list->u.seq.v + list->u.seq.n, items, n * sizeof *items);
     list->u.seq.n += n;
     return 0;
 }
@@ -278,7 +279,8 @@ static int dict_set(vm *m, pt_val *d, pt_val **items, size_t n)
     size_t have = d->u.dict.n * 2;
     if (grow_ptrs(m, &d->u.dict.kv, &d->u.dict.cap, have, have + 2 * n))
         return oom(m);
-    memcpy(d->u.dict.kv + have, items, 2 * n * sizeof *items);
+    if (n)
+        memcpy(d->u.dict.kv + have, items, 2 * n * sizeof *items);
     d->u.dict.n += n;
     return 0;
 }
@@ -648,7 +650,7 @@ static int op_marked(vm *m, int op)
     size_t start = 0;
     if (pop_mark(m, &start))
         return DIT_E_FORMAT;
-    pt_val **items = m->stack + start;
+    pt_val **items = m->stack ? m->stack + start : NULL; /* NULL: nothing pushed yet */
     size_t n = m->sp - start;
     m->sp = start;
     switch (op) {
@@ -706,39 +708,55 @@ static int op_append(vm *m)
     return l ? seq_append(m, l, &v, 1) : DIT_E_FORMAT;
 }
 
-static int step(vm *m, int op)
+/* Opcodes that push a constant (None, bools, numbers, strings, bytes):
+ * returns 1 and sets *rc when op is one of them. */
+static int step_literal(vm *m, int op, int *rc)
 {
     switch (op) {
-    case 0x80: /* PROTO */
-        if (need(m, 1))
-            return DIT_E_FORMAT;
-        if (m->b[m->pos] < 2 || m->b[m->pos] > 5)
-            return fail(m, DIT_E_UNSUPPORTED, "pickle protocol %d (2 to 5 are read)", m->b[m->pos]);
-        m->pos++;
-        return 0;
-    case 0x95: /* FRAME: a length hint only */
-        if (need(m, 8))
-            return DIT_E_FORMAT;
+    case 'N': *rc = op_simple(m, PT_NONE, 0); return 1;
+    case 0x88: *rc = op_simple(m, PT_BOOL, 1); return 1;
+    case 0x89: *rc = op_simple(m, PT_BOOL, 0); return 1;
+    case 'J': *rc = op_int(m, 4, 1); return 1;
+    case 'K': *rc = op_int(m, 1, 0); return 1;
+    case 'M': *rc = op_int(m, 2, 0); return 1;
+    case 0x8a: *rc = op_long(m, 1); return 1;
+    case 0x8b: *rc = op_long(m, 4); return 1;
+    case 'G': *rc = op_float(m); return 1;
+    case 'X': case 'T': *rc = op_string(m, PT_STR, 4); return 1;
+    case 0x8c: case 'U': *rc = op_string(m, PT_STR, 1); return 1;
+    case 0x8d: *rc = op_string(m, PT_STR, 8); return 1;
+    case 'C': *rc = op_string(m, PT_BYTES, 1); return 1;
+    case 'B': *rc = op_string(m, PT_BYTES, 4); return 1;
+    case 0x8e: case 0x96: *rc = op_string(m, PT_BYTES, 8); return 1;
+    }
+    return 0;
+}
+
+/* PROTO (2 to 5) and FRAME (a length hint, skipped). */
+static int op_header(vm *m, int op)
+{
+    if (need(m, op == 0x80 ? 1 : 8))
+        return DIT_E_FORMAT;
+    if (op == 0x95) {
         m->pos += 8;
         return 0;
+    }
+    int proto = m->b[m->pos++];
+    if (proto < 2 || proto > 5)
+        return fail(m, DIT_E_UNSUPPORTED, "pickle protocol %d (2 to 5 are read)", proto);
+    return 0;
+}
+
+static int step(vm *m, int op)
+{
+    int rc;
+    if (step_literal(m, op, &rc))
+        return rc;
+    switch (op) {
+    case 0x80: case 0x95: return op_header(m, op);
     case '(': return op_mark(m);
     case '0': return pop(m) ? 0 : DIT_E_FORMAT;
     case '2': { pt_val *v = top(m); return v ? push(m, v) : DIT_E_FORMAT; }
-    case 'N': return op_simple(m, PT_NONE, 0);
-    case 0x88: return op_simple(m, PT_BOOL, 1);
-    case 0x89: return op_simple(m, PT_BOOL, 0);
-    case 'J': return op_int(m, 4, 1);
-    case 'K': return op_int(m, 1, 0);
-    case 'M': return op_int(m, 2, 0);
-    case 0x8a: return op_long(m, 1);
-    case 0x8b: return op_long(m, 4);
-    case 'G': return op_float(m);
-    case 'X': case 'T': return op_string(m, PT_STR, 4);
-    case 0x8c: case 'U': return op_string(m, PT_STR, 1);
-    case 0x8d: return op_string(m, PT_STR, 8);
-    case 'C': return op_string(m, PT_BYTES, 1);
-    case 'B': return op_string(m, PT_BYTES, 4);
-    case 0x8e: case 0x96: return op_string(m, PT_BYTES, 8);
     case ')': return make_seq(m, PT_TUPLE, NULL, 0);
     case 0x85: return op_tuple_n(m, 1);
     case 0x86: return op_tuple_n(m, 2);
@@ -764,10 +782,9 @@ static int step(vm *m, int op)
     case 'P': case 'i': case 'o': case 0x82: case 0x83: case 0x84: case 0x97: case 0x98:
         return fail(m, DIT_E_FORMAT, "PERSID, INST, OBJ, EXT and out-of-band buffers are "
                     "not allowed in a checkpoint");
-    default:
-        return fail(m, DIT_E_UNSUPPORTED, "unknown or text-protocol opcode (torch.save "
-                    "writes binary protocol 2)");
     }
+    return fail(m, DIT_E_UNSUPPORTED, "unknown or text-protocol opcode (torch.save writes "
+                "binary protocol 2)");
 }
 
 static int run(vm *m)

@@ -196,6 +196,8 @@ def bad_pickles():
         ("a text-protocol opcode", b"\x80\x02I1\n.", {}, "text-protocol"),
         ("INST", b"\x80\x02(ios\nsystem\n.", {}, "not allowed"),
         ("a pickle without STOP", b"\x80\x02}", {}, "without STOP"),
+        ("a MARK tuple on an empty stack (fuzz find)", b"\x80\x02(t(", {}, "without STOP"),
+        ("APPENDS of nothing", b"\x80\x02](e.", {}, "not a dict"),
         ("protocol 6", b"\x80\x06}.", {}, "protocol 6"),
         ("a string longer than the pickle", b"\x80\x02X\xf0\xff\xff\xff.", {}, "runs past the end"),
         ("a 9-byte integer", b"\x80\x02\x8a\x09" + b"\x01" * 9 + b".", {}, "does not fit"),
