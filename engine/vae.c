@@ -1,20 +1,23 @@
 /* vae.c: loading and running the SD-VAE decoder (see vae.h).
  *
  * Loading reads config.json with the engine's JSON reader, derives every
- * decoder tensor's name and shape from it and binds them: F32 tensors are
- * used in place in the safetensors mapping, F16/BF16 ones are widened once
- * into one array the model owns. Names follow diffusers' AutoencoderKL
- * (post_quant_conv.*, decoder.*); the mid block's attention is found under
- * either of the two namings published files use. Any decoder tensor left
- * over after binding means config and weights disagree, and is an error.
+ * decoder tensor's name and shape from it and copies them, as F32 (F16 and
+ * BF16 widened) into one array the model owns, 3x3 kernels reordered
+ * tap-major for vae_conv3x3_forward; the file is closed after. Names follow
+ * diffusers' AutoencoderKL (post_quant_conv.*, decoder.*); the mid block's
+ * attention is found under either of the two namings published files use.
+ * Any decoder tensor left over after binding means config and weights
+ * disagree, and is an error.
  *
- * Decoding runs one image at a time through three activation buffers: the
- * current activation and a spare (each as large as the largest activation)
- * and the inside of a ResNet (its first conv's output). A ResNet with an
- * identity shortcut adds its second conv onto its input in place; one with
- * a 1x1 shortcut, and each upsampling conv, writes into the spare, which
- * then becomes current. Every size comes from one walk over the layers
- * (plan), shared by vae_workspace_bytes and vae_decode.
+ * Decoding runs one image at a time in the pitched layout of vae_ops.h
+ * through three buffers: the current activation (cur), the other one
+ * (alt; a ResNet's inside, a shortcut's output), each as large as the
+ * largest activation, and the zero-padded input of the next 3x3 conv
+ * (pad). A ResNet with an identity shortcut adds its second conv onto its
+ * input in place; one with a 1x1 shortcut writes the shortcut into alt once
+ * its inside is consumed, and alt becomes current. Every size comes from
+ * one walk over the layers (plan), shared by vae_workspace_bytes and
+ * vae_decode.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -42,7 +45,7 @@ typedef struct vae_cfg {
 } vae_cfg;
 
 typedef struct vae_conv {
-    const float *w; /* (cout, cin, k, k) */
+    const float *w; /* 3x3: (9, cout, cin) tap-major; 1x1: (cout, cin) */
     const float *b; /* (cout) */
     int cin, cout, k;
 } vae_conv;
@@ -70,10 +73,9 @@ typedef struct vae_up {
 
 struct vae_model {
     vae_cfg cfg;
-    st_table *st;
-    float *wide; /* widened F16/BF16 tensors */
-    size_t wide_len, wide_used;
-    size_t weight_bytes;
+    st_table *st;  /* open while loading */
+    float *w;      /* every weight, F32 */
+    size_t w_len, w_used;
     vae_conv post_quant, conv_in, conv_out;
     vae_resnet mid[2];
     vae_attn attn;
@@ -205,6 +207,7 @@ typedef struct binder {
     vae_model *m;
     const st_tensor **used; /* tensors bound so far */
     int nused, cap;
+    float *tmp; /* (largest tensor) for reordering kernels */
     char *err;
     size_t errlen;
 } binder;
@@ -218,8 +221,9 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *s)
         snprintf(buf + o, n - o, "]");
 }
 
-/* The tensor `name` as F32, checked to have shape s[0..ndim). A (C, C)
- * matrix may also be stored as a (C, C, 1, 1) 1x1 convolution. */
+/* The tensor `name` copied as F32 into the model's array, checked to have
+ * shape s[0..ndim). A (C, C) matrix may also be stored as a (C, C, 1, 1)
+ * 1x1 convolution. */
 static int bind(binder *b, const float **out, const char *name, int ndim,
                 int64_t s0, int64_t s1, int64_t s2, int64_t s3)
 {
@@ -244,17 +248,15 @@ static int bind(binder *b, const float **out, const char *name, int ndim,
         return ERR(DIT_E_FORMAT, "%s: tensor \"%s\" has dtype %s, expected F32, F16 or BF16",
                    path, name, st_dtype_name(t->dtype));
     size_t n = (size_t)st_numel(t);
-    if (t->dtype == ST_F32) {
-        *out = t->data;
-    } else { /* room was counted by count_wide */
-        float *dst = b->m->wide + b->m->wide_used;
-        const uint16_t *src = t->data;
+    float *dst = b->m->w + b->m->w_used; /* room was counted by count_floats */
+    const uint16_t *half = t->data;
+    if (t->dtype == ST_F32)
+        memcpy(dst, t->data, n * sizeof(float));
+    else
         for (size_t i = 0; i < n; i++)
-            dst[i] = t->dtype == ST_F16 ? op_f16_to_f32(src[i]) : op_bf16_to_f32(src[i]);
-        b->m->wide_used += n;
-        *out = dst;
-    }
-    b->m->weight_bytes += n * sizeof(float);
+            dst[i] = t->dtype == ST_F16 ? op_f16_to_f32(half[i]) : op_bf16_to_f32(half[i]);
+    b->m->w_used += n;
+    *out = dst;
     b->used[b->nused++] = t;
     return DIT_OK;
 }
@@ -277,6 +279,11 @@ static int bind_conv(binder *b, vae_conv *c, const char *prefix, int cin,
     char name[256];
     c->cin = cin, c->cout = cout, c->k = k;
     int rc = bind(b, &c->w, join(name, sizeof name, prefix, "weight"), 4, cout, cin, k, k);
+    if (rc == DIT_OK && k == 3) {
+        size_t n = (size_t)cout * cin * 9;
+        memcpy(b->tmp, c->w, n * sizeof(float));
+        vae_conv3x3_reorder((float *)c->w, b->tmp, cin, cout);
+    }
     return rc ? rc : bind(b, &c->b, join(name, sizeof name, prefix, "bias"), 1, cout, 0, 0, 0);
 }
 
@@ -398,18 +405,19 @@ static int check_leftovers(binder *b)
     return DIT_OK;
 }
 
-/* Floats needed to widen the decoder's half-precision tensors. */
-static size_t count_wide(const st_table *t, int *ndec)
+/* Floats of the decoder's tensors (all of them, *total; the largest,
+ * *largest) and how many there are. */
+static int count_floats(const st_table *t, size_t *total, size_t *largest)
 {
-    size_t n = 0;
-    *ndec = 0;
+    int n = 0;
+    *total = *largest = 0;
     for (int i = 0; i < st_count(t); i++) {
         const st_tensor *x = st_at(t, i);
         if (!is_decoder_name(x->name))
             continue;
-        ++*ndec;
-        if (x->dtype == ST_F16 || x->dtype == ST_BF16)
-            n += (size_t)st_numel(x);
+        n++;
+        *total += (size_t)st_numel(x);
+        *largest = (size_t)st_numel(x) > *largest ? (size_t)st_numel(x) : *largest;
     }
     return n;
 }
@@ -431,17 +439,22 @@ int vae_load(vae_model **out, const char *dir, char *err, size_t errlen)
     if (rc == DIT_OK)
         rc = st_open(&m->st, path, err, errlen);
     if (rc == DIT_OK) {
-        m->wide_len = count_wide(m->st, &b.cap);
-        m->wide = malloc((m->wide_len ? m->wide_len : 1) * sizeof(float));
+        size_t largest;
+        b.cap = count_floats(m->st, &m->w_len, &largest);
+        m->w = malloc((m->w_len ? m->w_len : 1) * sizeof(float));
+        b.tmp = malloc((largest ? largest : 1) * sizeof(float));
         b.used = malloc((size_t)(b.cap ? b.cap : 1) * sizeof *b.used);
-        if (!m->wide || !b.used)
-            rc = ERR(DIT_E_NOMEM, "%s: out of memory widening the weights", path);
+        if (!m->w || !b.tmp || !b.used)
+            rc = ERR(DIT_E_NOMEM, "%s: out of memory for the weights", path);
     }
     if (rc == DIT_OK)
         rc = bind_all(&b);
     if (rc == DIT_OK)
         rc = check_leftovers(&b);
     free(b.used);
+    free(b.tmp);
+    st_close(m->st); /* everything needed is copied */
+    m->st = NULL;
     if (rc != DIT_OK) {
         vae_free(m);
         return rc;
@@ -455,53 +468,46 @@ void vae_free(vae_model *m)
     if (!m)
         return;
     st_close(m->st);
-    free(m->wide);
+    free(m->w);
     free(m);
 }
 
 int vae_latent_channels(const vae_model *m) { return m->cfg.latent; }
 int vae_out_channels(const vae_model *m) { return m->cfg.out; }
 int vae_upscale(const vae_model *m) { return 1 << (m->cfg.nblocks - 1); }
-size_t vae_weight_bytes(const vae_model *m) { return m->weight_bytes; }
+size_t vae_weight_bytes(const vae_model *m) { return m->w_used * sizeof(float); }
 
 /* ---- plan: buffer sizes and FLOPs of one image ------------------------- */
 
 typedef struct vae_plan {
-    size_t act;   /* floats of the current and the spare activation, each */
-    size_t inner; /* floats of a ResNet's inside */
-    size_t col;   /* im2col scratch */
+    size_t act;   /* floats of cur and of alt, each: pitched activations */
+    size_t pad;   /* the padded input of a 3x3 conv */
     size_t att;   /* (C, T) attention buffers, four of them */
     size_t score; /* (tq, T) */
+    size_t maxc;  /* widest layer: the GroupNorm coefficients */
     int tq;
-    double flops;
+    double flops; /* of the convolutions at their true size, and attention */
 } vae_plan;
 
 static size_t zmax(size_t a, size_t b) { return a > b ? a : b; }
 
-static vae_conv_dims conv_dims(const vae_conv *c, int h, int w, int up)
+/* Accounts for conv c writing an h x w output. */
+static void plan_conv(vae_plan *p, const vae_conv *c, int h, int w)
 {
-    vae_conv_dims d = {.cin = c->cin, .cout = c->cout, .k = c->k, .h = h, .w = w, .up = up};
-    return d;
-}
-
-/* Accounts for conv c on an h x w input (output written to a buffer of
- * the plan's `act` kind when to_act). */
-static void plan_conv(vae_plan *p, const vae_conv *c, int h, int w, int up)
-{
-    vae_conv_dims d = conv_dims(c, h, w, up);
-    size_t hw = (size_t)h * w * up * up;
-    p->col = zmax(p->col, vae_conv2d_col_floats(&d));
-    p->act = zmax(p->act, (size_t)c->cout * hw);
-    p->flops += 2.0 * c->cout * c->cin * c->k * c->k * (double)hw;
+    size_t P = (size_t)VAE_PITCH(w);
+    if (c->k == 3)
+        p->pad = zmax(p->pad, (size_t)c->cin * (h + 2) * P);
+    p->act = zmax(p->act, (size_t)c->cout * h * P);
+    p->maxc = zmax(p->maxc, (size_t)zmax((size_t)c->cin, (size_t)c->cout));
+    p->flops += 2.0 * c->cout * c->cin * c->k * c->k * (double)h * w;
 }
 
 static void plan_resnet(vae_plan *p, const vae_resnet *r, int h, int w)
 {
-    plan_conv(p, &r->c1, h, w, 1);
-    plan_conv(p, &r->c2, h, w, 1);
+    plan_conv(p, &r->c1, h, w);
+    plan_conv(p, &r->c2, h, w);
     if (r->sc.w)
-        plan_conv(p, &r->sc, h, w, 1);
-    p->inner = zmax(p->inner, (size_t)r->c1.cout * h * w);
+        plan_conv(p, &r->sc, h, w);
 }
 
 static void plan_walk(const vae_model *m, int h, int w, vae_plan *p)
@@ -509,8 +515,8 @@ static void plan_walk(const vae_model *m, int h, int w, vae_plan *p)
     const vae_cfg *c = &m->cfg;
     memset(p, 0, sizeof *p);
     if (c->post_quant)
-        plan_conv(p, &m->post_quant, h, w, 1);
-    plan_conv(p, &m->conv_in, h, w, 1);
+        plan_conv(p, &m->post_quant, h, w);
+    plan_conv(p, &m->conv_in, h, w);
     plan_resnet(p, &m->mid[0], h, w);
     plan_resnet(p, &m->mid[1], h, w);
     if (c->mid_attn) {
@@ -524,25 +530,15 @@ static void plan_walk(const vae_model *m, int h, int w, vae_plan *p)
         for (int j = 0; j <= c->layers; j++)
             plan_resnet(p, &m->up[i].res[j], h, w);
         if (m->up[i].up.w) {
-            plan_conv(p, &m->up[i].up, h, w, 2);
             h *= 2, w *= 2;
+            plan_conv(p, &m->up[i].up, h, w);
         }
     }
-    plan_conv(p, &m->conv_out, h, w, 1);
+    plan_conv(p, &m->conv_out, h, w);
 }
 
 /* Floats, rounded up to whole 64-byte lines. */
 static size_t lines(size_t floats) { return (floats + 15) / 16 * 16; }
-
-static size_t plan_bytes(const vae_model *m, const vae_plan *p)
-{
-    size_t maxc = (size_t)m->cfg.ch[0];
-    for (int i = 1; i < m->cfg.nblocks; i++)
-        maxc = zmax(maxc, (size_t)m->cfg.ch[i]);
-    size_t f = 2 * lines(p->act) + lines(p->inner) + lines(p->col) +
-               4 * lines(p->att) + lines(p->score) + 2 * lines(maxc);
-    return f * sizeof(float) + 64; /* + 64: aligning the caller's pointer */
-}
 
 size_t vae_workspace_bytes(const vae_model *m, int n, int h, int w)
 {
@@ -550,7 +546,9 @@ size_t vae_workspace_bytes(const vae_model *m, int n, int h, int w)
         return 0;
     vae_plan p;
     plan_walk(m, h, w, &p);
-    return plan_bytes(m, &p);
+    size_t f = 2 * lines(p.act) + lines(p.pad) + 4 * lines(p.att) +
+               lines(p.score) + 2 * lines(p.maxc);
+    return f * sizeof(float) + 64; /* + 64: aligning the caller's pointer */
 }
 
 double vae_decode_flops(const vae_model *m, int h, int w)
@@ -563,11 +561,11 @@ double vae_decode_flops(const vae_model *m, int h, int w)
 /* ---- decode ------------------------------------------------------------ */
 
 typedef struct vae_ws {
-    float *cur, *spare; /* (C, H, W) activations */
-    float *inner;       /* a ResNet's conv1 output */
-    float *col;
+    float *cur, *alt;     /* (C, H, W + 2) activations */
+    float *pad;           /* (C, H + 2, W + 2) a 3x3 conv's input */
     float *scale, *shift; /* (C) a GroupNorm's folded affine */
     vae_attn_scratch att;
+    int groups;
 } vae_ws;
 
 static float *carve(char **at, size_t floats)
@@ -577,55 +575,50 @@ static float *carve(char **at, size_t floats)
     return p;
 }
 
-static void ws_carve(vae_ws *s, const vae_model *m, const vae_plan *p, void *ws)
+static void ws_carve(vae_ws *s, const vae_plan *p, void *ws, int groups)
 {
-    size_t maxc = (size_t)m->cfg.ch[0];
-    for (int i = 1; i < m->cfg.nblocks; i++)
-        maxc = zmax(maxc, (size_t)m->cfg.ch[i]);
     char *at = (char *)ws + (64 - (uintptr_t)ws % 64) % 64;
     s->cur = carve(&at, p->act);
-    s->spare = carve(&at, p->act);
-    s->inner = carve(&at, p->inner);
-    s->col = carve(&at, p->col);
-    s->scale = carve(&at, maxc);
-    s->shift = carve(&at, maxc);
+    s->alt = carve(&at, p->act);
+    s->pad = carve(&at, p->pad);
+    s->scale = carve(&at, p->maxc);
+    s->shift = carve(&at, p->maxc);
     s->att.xn = carve(&at, p->att);
     s->att.q = carve(&at, p->att);
     s->att.k = carve(&at, p->att);
     s->att.v = carve(&at, p->att);
     s->att.s = carve(&at, p->score);
     s->att.tq = p->tq;
+    s->groups = groups;
 }
 
-static void groupnorm_coef(vae_ws *s, const vae_norm *n, const float *x,
-                           int groups, int hw)
+/* pad = zero-padded silu(GroupNorm(x)), x (C, h, w + 2) */
+static void norm_silu_pad(vae_ws *s, const vae_norm *n, const float *x, int h, int w)
 {
-    vae_groupnorm_coef_forward(s->scale, s->shift, x, n->g, n->b, n->c, hw,
-                               groups, VAE_GN_EPS);
+    vae_groupnorm_coef_forward(s->scale, s->shift, x, n->g, n->b, n->c, h, w,
+                               VAE_PITCH(w), s->groups, VAE_GN_EPS);
+    vae_pad_forward(s->pad, x, n->c, h, w, VAE_PITCH(w), 1, s->scale, s->shift, 1);
 }
 
 static void swap(vae_ws *s)
 {
     float *t = s->cur;
-    s->cur = s->spare;
-    s->spare = t;
+    s->cur = s->alt;
+    s->alt = t;
 }
 
-/* cur (cout, h, w) = shortcut(cur) + conv2(silu(gn2(conv1(silu(gn1(cur)))))) */
-static void resnet_forward(vae_ws *s, const vae_resnet *r, int groups, int h, int w)
+/* cur (cout, h, w+2) = shortcut(cur) + conv2(silu(gn2(conv1(silu(gn1(cur)))))) */
+static void resnet_forward(vae_ws *s, const vae_resnet *r, int h, int w)
 {
-    vae_conv_dims d1 = conv_dims(&r->c1, h, w, 1), d2 = conv_dims(&r->c2, h, w, 1);
-    groupnorm_coef(s, &r->n1, s->cur, groups, h * w);
-    d1.scale = s->scale, d1.shift = s->shift, d1.silu = 1;
-    vae_conv2d_forward(s->inner, s->cur, r->c1.w, r->c1.b, &d1, s->col);   // (cout, h, w)
-    groupnorm_coef(s, &r->n2, s->inner, groups, h * w);
-    if (r->sc.w) {
-        vae_conv_dims ds = conv_dims(&r->sc, h, w, 1);
-        vae_conv2d_forward(s->spare, s->cur, r->sc.w, r->sc.b, &ds, NULL); // (cout, h, w)
+    norm_silu_pad(s, &r->n1, s->cur, h, w);                                // (cin, h+2, w+2)
+    vae_conv3x3_forward(s->alt, s->pad, r->c1.w, r->c1.b, r->c1.cin, r->c1.cout, h, w, 0);
+    norm_silu_pad(s, &r->n2, s->alt, h, w);                                // (cout, h+2, w+2)
+    if (r->sc.w) { /* alt's inside is in pad now: alt takes the shortcut */
+        vae_conv1x1_forward(s->alt, s->cur, r->sc.w, r->sc.b, r->sc.cin, r->sc.cout,
+                            h * VAE_PITCH(w));                             // (cout, h, w+2)
         swap(s);
     }
-    d2.scale = s->scale, d2.shift = s->shift, d2.silu = 1, d2.accumulate = 1;
-    vae_conv2d_forward(s->cur, s->inner, r->c2.w, r->c2.b, &d2, s->col);   // += (cout, h, w)
+    vae_conv3x3_forward(s->cur, s->pad, r->c2.w, r->c2.b, r->c2.cin, r->c2.cout, h, w, 1);
 }
 
 /* One latent z (latent, h, w) to rgb (out, h*up, w*up). */
@@ -635,33 +628,36 @@ static void decode_one(const vae_model *m, vae_ws *s, int h, int w,
     const vae_cfg *c = &m->cfg;
     const float *x = z;
     if (c->post_quant) {
-        vae_conv_dims d = conv_dims(&m->post_quant, h, w, 1);
-        vae_conv2d_forward(s->spare, z, m->post_quant.w, m->post_quant.b, &d, NULL);
-        x = s->spare;                                                      // (latent, h, w)
+        vae_conv1x1_forward(s->alt, z, m->post_quant.w, m->post_quant.b, c->latent,
+                            c->latent, h * w);                             // (latent, h, w)
+        x = s->alt;
     }
-    vae_conv_dims d = conv_dims(&m->conv_in, h, w, 1);
-    vae_conv2d_forward(s->cur, x, m->conv_in.w, m->conv_in.b, &d, s->col); // (top, h, w)
-    resnet_forward(s, &m->mid[0], c->groups, h, w);
+    vae_pad_forward(s->pad, x, c->latent, h, w, w, 1, NULL, NULL, 0);      // (latent, h+2, w+2)
+    vae_conv3x3_forward(s->cur, s->pad, m->conv_in.w, m->conv_in.b, c->latent,
+                        m->conv_in.cout, h, w, 0);                          // (top, h, w+2)
+    resnet_forward(s, &m->mid[0], h, w);
     if (c->mid_attn) {
-        groupnorm_coef(s, &m->attn.n, s->cur, c->groups, h * w);
-        vae_attention_forward(s->cur, m->attn.w, m->attn.b, s->scale, s->shift,
-                              m->attn.n.c, h * w, &s->att);               // (top, h, w)
+        const vae_norm *n = &m->attn.n;
+        vae_groupnorm_coef_forward(s->scale, s->shift, s->cur, n->g, n->b, n->c, h, w,
+                                   VAE_PITCH(w), c->groups, VAE_GN_EPS);
+        vae_attention_forward(s->cur, m->attn.w, m->attn.b, s->scale, s->shift, n->c,
+                              h, w, VAE_PITCH(w), &s->att);                // (top, h, w+2)
     }
-    resnet_forward(s, &m->mid[1], c->groups, h, w);
+    resnet_forward(s, &m->mid[1], h, w);
     for (int i = 0; i < c->nblocks; i++) {
+        const vae_conv *u = &m->up[i].up;
         for (int j = 0; j <= c->layers; j++)
-            resnet_forward(s, &m->up[i].res[j], c->groups, h, w);
-        if (m->up[i].up.w) {
-            d = conv_dims(&m->up[i].up, h, w, 2);
-            vae_conv2d_forward(s->spare, s->cur, m->up[i].up.w, m->up[i].up.b, &d, s->col);
-            swap(s);                                                       // (C, 2h, 2w)
-            h *= 2, w *= 2;
+            resnet_forward(s, &m->up[i].res[j], h, w);
+        if (u->w) {
+            vae_pad_forward(s->pad, s->cur, u->cin, h, w, VAE_PITCH(w), 2, NULL, NULL, 0);
+            h *= 2, w *= 2;                                                // (C, 2h+2, 2w+2)
+            vae_conv3x3_forward(s->cur, s->pad, u->w, u->b, u->cin, u->cout, h, w, 0);
         }
     }
-    groupnorm_coef(s, &m->norm_out, s->cur, c->groups, h * w);
-    d = conv_dims(&m->conv_out, h, w, 1);
-    d.scale = s->scale, d.shift = s->shift, d.silu = 1;
-    vae_conv2d_forward(rgb, s->cur, m->conv_out.w, m->conv_out.b, &d, s->col); // (out, H, W)
+    norm_silu_pad(s, &m->norm_out, s->cur, h, w);                          // (C0, H+2, W+2)
+    vae_conv3x3_forward(s->alt, s->pad, m->conv_out.w, m->conv_out.b, m->conv_out.cin,
+                        c->out, h, w, 0);                                  // (out, H, W+2)
+    vae_unpitch_forward(rgb, s->alt, c->out, h, w, VAE_PITCH(w));          // (out, H, W)
 }
 
 int vae_decode(const vae_model *m, void *ws, size_t ws_bytes, int n, int h,
@@ -673,7 +669,7 @@ int vae_decode(const vae_model *m, void *ws, size_t ws_bytes, int n, int h,
     vae_plan p;
     vae_ws s;
     plan_walk(m, h, w, &p);
-    ws_carve(&s, m, &p, ws);
+    ws_carve(&s, &p, ws, m->cfg.groups);
     int up = vae_upscale(m);
     size_t zin = (size_t)m->cfg.latent * h * w;
     size_t zout = (size_t)m->cfg.out * h * up * w * up;

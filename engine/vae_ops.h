@@ -1,68 +1,78 @@
 /* vae_ops.h: the operators of the SD-VAE decoder (engine-internal).
  *
- * llm.c style, one image at a time, activations channel-major (C, H, W) as
- * PyTorch stores them. Convolutions are GEMMs (cblas_sgemm) over an im2col
- * buffer built a band of output rows at a time, so the scratch stays a few
- * MiB whatever the image size. The gather that builds that buffer also
- * applies what precedes every convolution in the decoder, so none of it
- * costs a pass over memory of its own: a GroupNorm folded into a per-channel
- * affine, SiLU, nearest x2 upsampling and zero padding. The bias and any
- * residual are in the output before the GEMMs, which then accumulate.
+ * llm.c style, one image at a time, channel-major like PyTorch, but with a
+ * row pitch: an activation of C channels, H rows and W columns is stored
+ * (C, H, W + 2), each row followed by two columns of don't-care values.
+ * That is the layout a 3x3 convolution over a zero-padded (C, H + 2, W + 2)
+ * input produces when computed as nine GEMMs straight on shifted views of
+ * the padded input (no im2col): output position y * (W + 2) + x reads padded
+ * positions (y + ky) * (W + 2) + x + kx, a constant offset per tap, and the
+ * two extra columns per row are where the shifted rows wrap. Every op reads
+ * only columns 0..W-1 of a pitched row; the spare columns hold finite junk.
+ *
+ * What precedes every 3x3 conv in the decoder (a GroupNorm folded into a
+ * per-channel affine, SiLU, nearest x2 upsampling) is applied while the
+ * padded input is written, the one pass over memory a conv needs besides
+ * its GEMMs. Bias and residual are in the output before the GEMMs, which
+ * accumulate onto them.
  */
 #ifndef DIT_VAE_OPS_H
 #define DIT_VAE_OPS_H
 
 #include <stddef.h>
 
-/* A convolution's shape and what its input gather applies. */
-typedef struct vae_conv_dims {
-    int cin, cout;
-    int k;               /* kernel size: 1 (no padding) or 3 (padding 1) */
-    int h, w;            /* input height and width */
-    int up;              /* 1, or 2 for nearest x2 upsampling before the conv */
-    const float *scale;  /* (cin) per-channel affine of the input, or NULL */
-    const float *shift;  /* (cin) */
-    int silu;            /* SiLU after the affine */
-    int accumulate;      /* out already holds a term to add (a residual) */
-} vae_conv_dims;
+/* Pitch (floats per row) of a pitched activation W wide. */
+#define VAE_PITCH(w) ((w) + 2)
 
-/* Floats of scratch vae_conv2d_forward needs for dims d. */
-size_t vae_conv2d_col_floats(const vae_conv_dims *d);
+/* pad (C, h*up + 2, w*up + 2) = zero-padded f(in), in (C, h, in_pitch):
+ * f is x * scale[c] + shift[c] (scale NULL: identity), then SiLU when
+ * silu, then nearest x`up` upsampling (up 1 or 2). */
+void vae_pad_forward(float *pad, const float *in, int C, int h, int w,
+                     int in_pitch, int up, const float *scale,
+                     const float *shift, int silu);
 
-/* out (cout, h*up, w*up) [+]= conv(f(in)) + b, where in is (cin, h, w),
- * f the affine/SiLU/upsampling of d, w (cout, cin, k, k) in PyTorch layout
- * and b (cout). col holds vae_conv2d_col_floats(d) floats. out must not
- * overlap in. */
-void vae_conv2d_forward(float *out, const float *in, const float *w,
-                        const float *b, const vae_conv_dims *d, float *col);
+/* out (cout, h, w + 2) [+]= conv3x3(pad) + b: pad (cin, h + 2, w + 2) from
+ * vae_pad_forward, w9 (9, cout, cin) the kernel tap-major (vae_conv3x3_
+ * reorder), b (cout). With accumulate, out already holds a residual. */
+void vae_conv3x3_forward(float *out, const float *pad, const float *w9,
+                         const float *b, int cin, int cout, int h, int w,
+                         int accumulate);
 
-/* GroupNorm (G groups, eps) of x (C, HW) folded into a per-channel affine:
- * GN(x)[c] = x[c] * scale[c] + shift[c]. gamma, beta (C); scale, shift (C).
- * Statistics are accumulated in double, mean first, then the variance. */
+/* w9 (9, cout, cin) from a PyTorch kernel w (cout, cin, 3, 3). */
+void vae_conv3x3_reorder(float *w9, const float *w, int cin, int cout);
+
+/* out (cout, n) = w (cout, cin) in (cin, n) + b: a 1x1 conv over n
+ * positions, pitched or not (spare columns give spare columns). */
+void vae_conv1x1_forward(float *out, const float *in, const float *w,
+                         const float *b, int cin, int cout, int n);
+
+/* GroupNorm (G groups, eps) of x (C, H, pitch) folded into a per-channel
+ * affine: GN(x)[c] = x[c] * scale[c] + shift[c]; gamma, beta, scale, shift
+ * (C). Statistics in double: the mean, then squares around it. */
 void vae_groupnorm_coef_forward(float *scale, float *shift, const float *x,
                                 const float *gamma, const float *beta, int C,
-                                int HW, int G, double eps);
+                                int H, int W, int pitch, int G, double eps);
 
-/* out (C, HW) = in * scale[c] + shift[c]; out may equal in. */
-void vae_affine_forward(float *out, const float *in, const float *scale,
-                        const float *shift, int C, int HW);
+/* out (C, H*W) = in (C, H, pitch) without the spare columns. */
+void vae_unpitch_forward(float *out, const float *in, int C, int H, int W,
+                         int pitch);
 
 /* Row-wise softmax(x * alpha) of x (M, N) in place. */
 void vae_softmax_forward(float *x, float alpha, int M, int N);
 
 /* Single-head attention of the decoder's mid block, the residual included:
- *   x (C, T) += Wo softmax((Wq xn + bq)^T (Wk xn + bk) / sqrt(C))-weighted
- *               (Wv xn + bv) + bo,   xn = GroupNorm(x)
- * w[0..3] (C, C) and b[0..3] (C) are q, k, v, out. Scratch: xn, q, k, v
- * (C, T) each, s (tq, T): queries are done tq at a time. scale, shift (C)
- * hold the norm's folded affine (vae_groupnorm_coef_forward). */
+ *   x += Wo softmax((Wq xn + bq)^T (Wk xn + bk) / sqrt(C)) (Wv xn + bv) + bo
+ * over all T = H * W positions, with x (C, H, pitch) and xn = GroupNorm(x)
+ * (its folded affine in scale, shift). w[0..3] (C, C) and b[0..3] (C) are
+ * q, k, v, out. Scratch: xn, q, k, v (C, T) each and s (tq, T), tq queries
+ * at a time (vae_attention_tile). */
 typedef struct vae_attn_scratch {
     float *xn, *q, *k, *v, *s;
     int tq;
 } vae_attn_scratch;
 void vae_attention_forward(float *x, const float *const w[4],
                            const float *const b[4], const float *scale,
-                           const float *shift, int C, int T,
+                           const float *shift, int C, int H, int W, int pitch,
                            const vae_attn_scratch *sc);
 
 /* Query rows per score tile for T positions (so scores stay a few MiB). */
