@@ -45,19 +45,21 @@ def run(exe, *args):
 
 
 def parity(exe, work, name, cfg, size, n=2, dtype="F32", attn="new", seed=0):
+    """size: the latent's side, or (height, width)"""
+    h, w = size if isinstance(size, tuple) else (size, size)
     d = os.path.join(work, name)
     model = vae_ref.randomize_(vae_ref.VAEDecoder(cfg), seed).eval()
     vae_ref.write_vae_dir(model, d, dtype, attn, with_encoder=True)
     model = vae_ref.load_vae_dir(d)  # the weights as stored (F16-rounded)
     lat = model.cfg["latent_channels"]
-    z = torch.randn(n, lat, size, size, generator=torch.Generator().manual_seed(seed + 1))
+    z = torch.randn(n, lat, h, w, generator=torch.Generator().manual_seed(seed + 1))
     t0 = time.perf_counter()
     with torch.no_grad():
         ref = model(z).numpy()
     t1 = time.perf_counter()
     zf, of = os.path.join(d, "z.f32"), os.path.join(d, "out.f32")
     z.numpy().astype("<f4").tofile(zf)
-    rc, out = run(exe, "decode", d, n, size, size, zf, of)
+    rc, out = run(exe, "decode", d, n, h, w, zf, of)
     t2 = time.perf_counter()
     if rc != 0:
         check(False, f"{name}: vae_check decode failed: {out.strip()}")
@@ -68,7 +70,7 @@ def parity(exe, work, name, cfg, size, n=2, dtype="F32", attn="new", seed=0):
         return
     ours = ours.reshape(ref.shape)
     err = np.abs(ours - ref).max() / np.abs(ref).max()
-    check(err <= TOL, f"{name}: {n}x{lat}x{size}x{size} -> {ref.shape[1:]}, rel err "
+    check(err <= TOL, f"{name}: {n}x{lat}x{h}x{w} -> {ref.shape[1:]}, rel err "
           f"{err:.2e} (torch {t1 - t0:.1f}s, C {t2 - t1:.1f}s)")
     shutil.rmtree(d)
 
@@ -79,7 +81,7 @@ def run_parity(exe, work):
     parity(exe, work, "small64-old-f32", SMALL, 64, attn="old", seed=5)
     parity(exe, work, "odd-shape", dict(block_out_channels=[16, 24, 40], layers_per_block=1,
                                         norm_num_groups=8, latent_channels=3,
-                                        out_channels=1), 5, n=3, seed=7)
+                                        out_channels=1), (5, 9), n=3, seed=7)
     parity(exe, work, "no-attn-no-pqc", dict(SMALL, mid_block_add_attention=False,
                                              use_post_quant_conv=False), 12, seed=9)
     parity(exe, work, "sd-vae-ft-mse", vae_ref.SD_VAE, 32, n=2, seed=11)
