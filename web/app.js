@@ -341,7 +341,7 @@ function show(entry) {
 function sizeImage() {
   const img = $('result-img');
   if (!img.naturalWidth) return;
-  const room = Math.min(img.parentElement.clientWidth || 360, 420);
+  const room = Math.min(img.parentElement.clientWidth || 360, 360);
   const k = Math.max(1, Math.floor(room / Math.max(img.naturalWidth, img.naturalHeight)));
   img.style.width = `${img.naturalWidth * k}px`;
 }

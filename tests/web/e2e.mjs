@@ -204,6 +204,7 @@ async function mainFlow(pw, browser, scratch, model) {
   check(await page.$$eval('.legend-bar', (e) => e.length) === 1, 'the heatmaps have a colour legend');
   await page.waitForFunction(() => /steps\/s/.test(document.getElementById('st-throughput').textContent));
   check(/waiting/.test(await page.textContent('#st-queue')), 'queue depth shown');
+  await page.evaluate(() => document.activeElement.blur());
   await page.screenshot({ path: path.join(OUT, 'demo-desktop.png'), fullPage: true });
 
   // a second result, then restore the first from the gallery
@@ -288,6 +289,7 @@ async function keyFlow(browser, model) {
 async function main() {
   if (!existsSync(CHROMIUM)) skip(`${CHROMIUM} is not installed`);
   mkdirSync(OUT, { recursive: true });
+  rmSync(path.join(OUT, 'failure.png'), { force: true });
   const scratch = mkdtempSync(path.join(OUT, 'e2e-'));
   cleanup.push(() => rmSync(scratch, { recursive: true, force: true }));
   const pw = loadPlaywright();
