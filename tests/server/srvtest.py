@@ -80,11 +80,11 @@ class Response:
 
 
 class Server:
-    def __init__(self, exe, model, *args, env=None, threads=1):
+    def __init__(self, exe, model, *args, env=None, threads=1, blas=1):
         self.log_file = tempfile.NamedTemporaryFile(prefix="ditmoe-server-", suffix=".log",
                                                     delete=False)
         cmd = [exe, "--listen", "127.0.0.1", "--port", "0", "--threads", str(threads),
-               "--blas-threads", "1"]
+               "--blas-threads", str(blas)]
         if model:
             cmd += ["--model", model]
         cmd += [str(a) for a in args]
