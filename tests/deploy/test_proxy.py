@@ -184,6 +184,7 @@ def generate_png(port, seed):
     check(st == 200, f"POST /generate: {st} {body[:300]!r}")
     check(h.get("content-type") == "image/png" and body.startswith(PNG),
           f"POST /generate: not a PNG: {h.get('content-type')} {body[:16]!r}")
+    return float(h.get("x-compute-ms", "0")) / 4  # per step of one image
 
 
 def submit(port, body):
@@ -329,8 +330,7 @@ def main():
                      request(port, "GET", "/health")[0] == 200, 30)
             print(f"replicas on {[r.port for r in replicas]}, nginx on {port}, model {model}")
 
-            for seed in range(6):
-                generate_png(port, seed)
+            step_ms = min(generate_png(port, seed) for seed in range(6))
             for r in replicas:
                 hits = r.access("POST", "/generate")
                 check(hits, f"{r.name} got no /generate: the proxy did not spread requests")
@@ -345,8 +345,12 @@ def main():
                 check(st == 200 and body, f"GET {path}: {st} {body[:200]!r}")
             json.loads(request(port, "GET", "/stats")[2])
 
-            test_events(port, replicas, nx, steps=24, images=2)
-            print("events streamed step by step; job lookups reach the replica with the job")
+            # A job of two images lasting about 2 s or more, so that the
+            # "still running at the first step event" check has room.
+            test_events(port, replicas, nx, steps=min(1000, max(24, int(1000 / max(step_ms, 0.5)))),
+                        images=2)
+            print(f"events streamed step by step ({step_ms:.1f} ms per image step); "
+                  "job lookups reach the replica with the job")
 
             test_queue_full(port, replicas)
             print("429 with Retry-After passes through")
