@@ -583,18 +583,20 @@ def test_limits():
         s.close()
     s = start("--max-per-ip", 3)
     try:
-        # at most 3 connections from one address
-        held = [s.raw(b"") for _ in range(3)]
-        time.sleep(0.2)
-        extra = s.raw(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=10)
-        try:
-            data = extra.recv(100)
-        except OSError:
-            data = b""
-        check(not data.startswith(b"HTTP/1.1 200"), f"4th connection refused: {data[:40]!r}")
-        extra.close()
-        for h in held:
-            h.close()
+        # at most 3 connections from one address: of 6 kept-alive connections
+        # each asking once, at most 3 are answered (fewer if a closed probe
+        # connection has not been reaped yet), the rest closed
+        socks = [s.raw(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=20)
+                 for _ in range(6)]
+        answered = 0
+        for sock in socks:
+            try:
+                answered += sock.recv(100).startswith(b"HTTP/1.1 200")
+            except OSError:
+                pass
+        check(1 <= answered <= 3, f"per-IP limit 3: {answered} of 6 connections answered")
+        for sock in socks:
+            sock.close()
         wait_for(lambda: s.try_get("/health") == 200, 10, "serving again")
     finally:
         s.close()
