@@ -68,8 +68,8 @@ def pk_global(mod, name):
     return b"c" + mod.encode() + b"\n" + name.encode() + b"\n"
 
 
-def pk_tensor(key, stype, numel, offset, size, stride):
-    pid = pk_tuple(pk_str("storage"), pk_global("torch", stype), pk_str(key), pk_str("cpu"),
+def pk_tensor(key, stype, numel, offset, size, stride, loc="cpu"):
+    pid = pk_tuple(pk_str("storage"), pk_global("torch", stype), pk_str(key), pk_str(loc),
                    pk_int(numel))
     args = pk_tuple(pid + b"Q", pk_int(offset), pk_tuple(*map(pk_int, size)),
                     pk_tuple(*map(pk_int, stride)), b"\x89",
@@ -131,9 +131,11 @@ def f32(*vals):
 
 def good_pickle():
     """{'a': (2, 3) float32 from storage 0, 'b': the transpose of a 3x2
-    storage 1 (strided), 'c': 2 elements at offset 3 of storage 0}"""
+    storage 1 (strided, saved on a GPU), 'c': 2 elements at offset 3 of
+    storage 0}"""
     return pk(pk_dict([(pk_str("a"), pk_tensor("0", "FloatStorage", 6, 0, (2, 3), (3, 1))),
-                       (pk_str("b"), pk_tensor("1", "FloatStorage", 6, 0, (2, 3), (1, 2))),
+                       (pk_str("b"), pk_tensor("1", "FloatStorage", 6, 0, (2, 3), (1, 2),
+                                               "cuda:0")),
                        (pk_str("c"), pk_tensor("0", "FloatStorage", 6, 3, (2,), (1,)))]))
 
 
