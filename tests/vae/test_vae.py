@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """test_vae.py: engine/vae.c against the PyTorch reference decoder.
 
-Usage: test_vae.py VAE_CHECK WORKDIR [parity|badfile]
+Usage: test_vae.py VAE_CHECK WORKDIR parity|badfile|cli [DITMOE]
 
 parity: random-weight decoders written as diffusers directories by
 tools/ref/vae_ref.py, decoded by both; the C decoder must match within
@@ -13,10 +13,14 @@ one case runs the real sd-vae-ft-mse shape on a 32x32 latent.
 
 badfile: broken directories must be refused with an error naming the file
 and the tensor or key, never a crash.
+
+cli: `ditmoe decode` divides by the latent scale, decodes as the reference
+does, writes a PNG (a grid for several latents) and refuses bad latents.
 """
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -189,11 +193,52 @@ def run_badfile(exe, work):
     shutil.rmtree(os.path.join(work), ignore_errors=True)
 
 
+def png_size(path):
+    """(width, height, color type) from a PNG's IHDR."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", path
+    w, h = struct.unpack(">II", head[16:24])
+    return w, h, head[25]
+
+
+def run_cli(ditmoe, work):
+    d = os.path.join(work, "vae")
+    model = vae_ref.randomize_(vae_ref.VAEDecoder(dict(block_out_channels=[16, 32, 32],
+                                                       layers_per_block=1,
+                                                       norm_num_groups=8)), 2).eval()
+    vae_ref.write_vae_dir(model, d, "F16", "old")
+    model = vae_ref.load_vae_dir(d)
+    z = torch.randn(3, 4, 6, 7, generator=torch.Generator().manual_seed(4)) * 0.18215
+    zf, png, npy = (os.path.join(work, f) for f in ("z.npy", "x.png", "rgb.npy"))
+    np.save(zf, z.numpy())
+    rc, out = run(ditmoe, "decode", "--vae", d, "--latents", zf, "--out", png, "--out-npy", npy)
+    check(rc == 0, f"ditmoe decode runs: {out.strip()}")
+    if rc == 0:
+        with torch.no_grad():
+            ref = model(z / 0.18215).numpy()
+        ours = np.load(npy)
+        err = np.abs(ours - ref).max() / np.abs(ref).max()
+        check(ours.shape == ref.shape and err <= TOL,
+              f"ditmoe decode --out-npy {ours.shape} matches z / 0.18215 decoded, rel err {err:.2e}")
+        # 3 images of 28 x 24 in a 2 x 2 grid with 2-pixel gaps, RGB
+        check(png_size(png) == (58, 50, 2), f"grid PNG size/type {png_size(png)}")
+    np.save(zf, z[0, :3].numpy())
+    rc, out = run(ditmoe, "decode", "--vae", d, "--latents", zf, "--out", png)
+    check(rc == 1 and "(N, 4, h, w)" in out, f"3-channel latents refused: {out.strip()}")
+    rc, out = run(ditmoe, "decode", "--vae", d, "--latents", zf)
+    check(rc == 2, "missing --out is a usage error")
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     exe, work, which = sys.argv[1], sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
     os.makedirs(work, exist_ok=True)
-    {"parity": run_parity, "badfile": run_badfile}[which](exe, work)
+    if which == "cli":
+        run_cli(sys.argv[4], work)
+    else:
+        {"parity": run_parity, "badfile": run_badfile}[which](exe, work)
     if failures:
         print(f"{len(failures)} failed")
         return 1

@@ -19,6 +19,7 @@ static const struct cli_command {
     { "generate", cmd_generate, "sample images (PNG) or latents (.npy)" },
     { "bench", cmd_bench, "measure forward latency, throughput and GFLOP/s" },
     { "convert", cmd_convert, "turn a PyTorch .pt checkpoint into a model directory" },
+    { "decode", cmd_decode, "decode SD-VAE latents (.npy) to a PNG" },
 };
 
 static void usage(FILE *f)

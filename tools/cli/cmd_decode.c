@@ -1,0 +1,160 @@
+/* cmd_decode.c: `ditmoe decode`: latents through an SD-VAE decoder to a PNG.
+ *
+ * What upstream sample.py does after sampling a latent model,
+ * save_image(vae.decode(z / 0.18215).sample, normalize=True,
+ * value_range=(-1, 1)), on latents saved by `ditmoe generate --out-npy` (or
+ * by PyTorch): the VAE directory is a diffusers AutoencoderKL
+ * (config.json + diffusion_pytorch_model.safetensors) read by engine/vae.c;
+ * several latents make a grid. The decoder's float output can be kept too
+ * (--out-npy), for comparing with PyTorch.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "cli.h"
+#include "dio.h"
+#include "vae.h"
+
+static const char decode_usage[] =
+    "usage: ditmoe decode --vae DIR --latents Z.npy --out X.png [--latent-scale S]\n"
+    "                     [--out-npy RGB.npy] [--threads T]\n"
+    "  --vae DIR          diffusers AutoencoderKL directory (e.g. sd-vae-ft-mse)\n"
+    "  --latents Z.npy    float32 (N, C, h, w) or (C, h, w) latents, as sampled\n"
+    "  --latent-scale S   latents are divided by S first (default 0.18215, upstream's;\n"
+    "                     1 for latents already divided)\n"
+    "  --out X.png        the picture, a grid for N > 1\n"
+    "  --out-npy RGB.npy  also the decoder's float32 output (N, 3, 8h, 8w), about [-1, 1]\n"
+    "  --threads T        BLAS threads (default 1)\n";
+
+typedef struct dec_args {
+    const char *vae, *latents, *out, *out_npy;
+    double scale;
+    int threads;
+} dec_args;
+
+/* Checks the latents against the decoder; returns N or -1 after printing. */
+static int dec_check(const vae_model *v, const io_npy *z, const char *path, int *h, int *w)
+{
+    int lat = vae_latent_channels(v), four = z->ndim == 4;
+    int64_t n = four ? z->shape[0] : 1;
+    if (z->dtype != IO_NPY_F32 || (z->ndim != 3 && !four) || n < 1 || n > 1024 ||
+        z->shape[four] != lat || z->shape[four + 1] < 1 || z->shape[four + 1] > 1024 ||
+        z->shape[four + 2] < 1 || z->shape[four + 2] > 1024) {
+        cli_fail("%s: latents must be float32 (N, %d, h, w) or (%d, h, w) with N 1..1024 "
+                 "and h, w 1..1024", path, lat, lat);
+        return -1;
+    }
+    *h = (int)z->shape[four + 1];
+    *w = (int)z->shape[four + 2];
+    return (int)n;
+}
+
+/* rgb (N, C, H, W) in [-1, 1] to 8-bit (N, H, W, C) as save_image does:
+ * clamp((x + 1) / 2, 0, 1) * 255 + 0.5, truncated. */
+static void dec_pixels(uint8_t *px, const float *rgb, int n, int C, size_t hw)
+{
+    for (size_t i = 0; i < (size_t)n; i++)
+        for (size_t p = 0; p < hw; p++)
+            for (int c = 0; c < C; c++) {
+                float u = (rgb[(i * C + c) * hw + p] + 1.0f) * 0.5f;
+                u = u < 0 ? 0 : u > 1 ? 1 : u;
+                px[(i * hw + p) * C + c] = (uint8_t)(u * 255.0f + 0.5f);
+            }
+}
+
+/* PNG of the n images (a grid when n > 1) and the optional .npy. */
+static int dec_write(const dec_args *a, const float *rgb, int n, int C, int H, int W)
+{
+    int gw = W, gh = H, rc = CLI_EFAIL;
+    size_t hw = (size_t)H * W;
+    char err[512] = "";
+    int64_t shape[4] = { n, C, H, W };
+    if (n > 1 && io_grid_size(n, W, H, 0, 2, &gw, &gh))
+        return cli_fail("cannot lay out %d images of %d x %d", n, W, H);
+    uint8_t *px = malloc((size_t)n * hw * C), *grid = malloc((size_t)gw * gh * C);
+    if (!px || !grid) {
+        cli_fail("out of memory for %d images of %d x %d", n, W, H);
+        goto done;
+    }
+    dec_pixels(px, rgb, n, C, hw);
+    if (n > 1)
+        io_grid_compose(grid, px, n, W, H, C, 0, 2, 0);
+    rc = io_png_write(a->out, n > 1 ? grid : px, gw, gh, C, err, sizeof err);
+    if (rc == DIT_OK && a->out_npy)
+        rc = io_npy_write(a->out_npy, IO_NPY_F32, 4, shape, rgb, err, sizeof err);
+    if (rc != DIT_OK)
+        rc = cli_fail("%s", err[0] ? err : dit_strerror(rc));
+done:
+    free(px);
+    free(grid);
+    return rc;
+}
+
+static int dec_run(const dec_args *a, const vae_model *v, const io_npy *z)
+{
+    int h, w, n = dec_check(v, z, a->latents, &h, &w);
+    if (n < 0)
+        return CLI_EFAIL;
+    int C = vae_out_channels(v), up = vae_upscale(v);
+    if (C != 1 && C != 3)
+        return cli_fail("%s: the VAE makes %d channels; a PNG needs 1 or 3", a->vae, C);
+    size_t zn = io_npy_numel(z), wsb = vae_workspace_bytes(v, n, h, w);
+    float *zs = malloc(zn * sizeof *zs);
+    float *rgb = malloc((size_t)n * C * h * up * w * up * sizeof *rgb);
+    void *ws = malloc(wsb);
+    int rc = CLI_EFAIL;
+    if (!zs || !rgb || !ws || !wsb) {
+        cli_fail("out of memory decoding %d latents of %d x %d (%zu MiB of workspace)", n,
+                 h, w, wsb >> 20);
+        goto done;
+    }
+    for (size_t i = 0; i < zn; i++)
+        zs[i] = (float)(((const float *)z->data)[i] / a->scale);
+    double t = cli_now();
+    rc = vae_decode(v, ws, wsb, n, h, w, zs, rgb);
+    if (rc != DIT_OK) {
+        rc = cli_fail("decoding failed: %s", dit_strerror(rc));
+        goto done;
+    }
+    fprintf(stderr, "decoded %d x %dx%d latents in %.2f s\n", n, h, w, cli_now() - t);
+    rc = dec_write(a, rgb, n, C, h * up, w * up);
+done:
+    free(zs);
+    free(rgb);
+    free(ws);
+    return rc;
+}
+
+int cmd_decode(int argc, char **argv)
+{
+    dec_args a = { 0 };
+    const char *scale_s = "0.18215", *threads_s = "1";
+    const cli_opt opts[] = {
+        { "vae", &a.vae, NULL }, { "latents", &a.latents, NULL }, { "out", &a.out, NULL },
+        { "out-npy", &a.out_npy, NULL }, { "latent-scale", &scale_s, NULL },
+        { "threads", &threads_s, NULL },
+    };
+    int rc = cli_parse(argc, argv, opts, 6, decode_usage);
+    if (rc)
+        return rc < 0 ? 0 : rc;
+    if (!a.vae || !a.latents || !a.out) {
+        cli_fail("decode needs --vae, --latents and --out");
+        return CLI_EUSAGE;
+    }
+    if ((rc = cli_double("latent-scale", scale_s, 1e-6, 1e6, &a.scale)) ||
+        (rc = cli_int("threads", threads_s, 1, 256, &a.threads)))
+        return rc;
+    dit_set_blas_threads(a.threads);
+    vae_model *v = NULL;
+    io_npy z = { 0 };
+    char err[1024] = "";
+    if ((rc = vae_load(&v, a.vae, err, sizeof err)) != DIT_OK)
+        rc = cli_fail("%s", err[0] ? err : dit_strerror(rc));
+    else if ((rc = io_npy_read(a.latents, &z, err, sizeof err)) != DIT_OK)
+        rc = cli_fail("%s", err[0] ? err : dit_strerror(rc));
+    else
+        rc = dec_run(&a, v, &z);
+    io_npy_free(&z);
+    vae_free(v);
+    return rc;
+}
