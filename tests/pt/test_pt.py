@@ -493,6 +493,10 @@ def case_s2(tools, tmp):
     if check(got is not None, f"forward on the S/2 .pt {err}"):
         e_rel = rel_err(got, torch_forward(m, x, t, y))
         check(e_rel <= 1e-4, f"S/2 .pt forward vs PyTorch: rel err {e_rel:.2e}")
+    import vae_ref  # a small VAE beside the checkpoint, found as the engine finds one
+    vae_ref.write_vae_dir(vae_ref.randomize_(vae_ref.VAEDecoder(dict(
+        block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8)), 1).eval(),
+        os.path.join(d, "vae"))
     out = os.path.join(tmp, "s2_converted")
     r = run([tools.ditmoe, "convert", "--in", os.path.join(d, "checkpoint.pt"), "--out", out])
     if check(r.returncode == 0, f"convert the S/2 .pt {r.stderr.decode()[:300]}"):
@@ -504,6 +508,8 @@ def case_s2(tools, tmp):
               f"the preset's config.json (wrong: {bad})")
         check(len(cfg.get("class_names", [])) == 1000 and cfg["class_names"][207] ==
               "golden retriever", "convert embeds the ImageNet class names")
+        check(cfg.get("vae") == os.path.realpath(os.path.join(d, "vae")),
+              f"convert names the VAE found beside the checkpoint: {cfg.get('vae')}")
         got2, err = engine_forward(tools, tmp, out, x, t, y)
         check(got2 is not None and got is not None and (got2 == got).all(),
               f"converted S/2 runs the same forward {err}")

@@ -288,7 +288,8 @@ static int conv_exists(const char *path)
 }
 
 /* Writes, verifies and loads DIR; removes what it wrote on failure. */
-static int conv_write(const conv_opts *o, const st_table *t, const dit_config *c, char **names)
+static int conv_write(const conv_opts *o, const st_table *t, const dit_config *c, char **names,
+                      const char *vae)
 {
     char cfg_path[4096], st_path_[4096], err[512] = "";
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", o->out);
@@ -303,7 +304,7 @@ static int conv_write(const conv_opts *o, const st_table *t, const dit_config *c
         return cli_fail("%s", err);
     rc = conv_verify(st_path_, t);
     if (!rc)
-        rc = conv_write_config(cfg_path, c, names, o->vae);
+        rc = conv_write_config(cfg_path, c, names, vae);
     if (!rc) {
         dit_model *m = NULL;
         if (dit_model_load(&m, o->out, err, sizeof err) != DIT_OK)
@@ -315,6 +316,31 @@ static int conv_write(const conv_opts *o, const st_table *t, const dit_config *c
         remove(cfg_path);
     }
     return rc;
+}
+
+/* The VAE of a preset (latent) model: --vae, else a "vae" or
+ * "sd-vae-ft-mse" folder beside the checkpoint, as the engine looks for one
+ * beside a bare .pt (written as an absolute path, since the converted model
+ * lives elsewhere). NULL, after a note, when there is none. */
+static const char *conv_vae(const conv_opts *o, const dit_config *c, char *buf, size_t len)
+{
+    if (o->vae || !c->preset)
+        return o->vae;
+    static const char *const guess[] = { "vae", "sd-vae-ft-mse" };
+    const char *slash = strrchr(o->in, '/');
+    char path[4096];
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%.*s%s", slash ? (int)(slash - o->in + 1) : 0, o->in,
+                 guess[i]);
+        if (realpath(path, buf) && strlen(buf) < len && conv_exists(buf)) {
+            fprintf(stderr, "ditmoe: note: latents decoded by %s\n", buf);
+            return buf;
+        }
+    }
+    fprintf(stderr, "ditmoe: note: no VAE beside %s: add \"vae\" to %s/config.json (or "
+            "convert with --vae PATH) to decode pictures; latents (--out-npy) work as is\n",
+            o->in, o->out);
+    return NULL;
 }
 
 static int has_suffix(const char *s, const char *suf)
@@ -353,8 +379,9 @@ int cmd_convert(int argc, char **argv)
         rc = conv_choices(&o, t, &c);
     if (!rc)
         rc = conv_names(&o, c.num_classes, &names);
+    char vae_buf[4096];
     if (!rc)
-        rc = conv_write(&o, t, &c, names);
+        rc = conv_write(&o, t, &c, names, conv_vae(&o, &c, vae_buf, sizeof vae_buf));
     if (!rc)
         printf("%s -> %s: %d tensors, %s%s, %d classes%s\n", o.in, o.out, st_count(t),
                c.preset ? "preset " : "custom shapes", c.preset ? c.preset : "", c.num_classes,
