@@ -150,7 +150,8 @@ fi
 
 # ---- 3. the build -------------------------------------------------------------
 log "build: buildah bud docker/Dockerfile"
-if ! buildah bud --isolation chroot --pull=never --layers --network host \
+# --format docker: as `docker build` makes it (OCI image configs have no HEALTHCHECK)
+if ! buildah bud --isolation chroot --pull=never --layers --network host --format docker \
       -f "$src/docker/Dockerfile" -t localhost/ditmoe:ci "$src" > "$work/build.log" 2>&1; then
   tail -n 60 "$work/build.log"
   fail "buildah bud"
@@ -161,6 +162,12 @@ buildah rmi --prune >/dev/null 2>&1 || true
 log "build: done"
 
 # ---- 4. run the image ---------------------------------------------------------
+cfg=$(buildah inspect --type image --format \
+    '{{.Docker.Config.User}} {{.Docker.Config.Entrypoint}} {{.Docker.Config.Cmd}} {{.Docker.Config.Healthcheck.Test}}' \
+    localhost/ditmoe:ci)
+[ "$cfg" = "10001:10001 [/usr/bin/ditmoe-server] [--listen 0.0.0.0] [CMD /usr/bin/ditmoe-healthcheck]" ] ||
+  fail "image config (user, entrypoint, cmd, healthcheck): $cfg"
+
 model_env=()
 volume=()
 if [ ! -f "$src/models/fashion-mnist/config.json" ]; then
