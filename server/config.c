@@ -47,6 +47,8 @@ static const field FIELDS[] = {
     I(threads, 0, 256, "DITMOE_THREADS", "engine worker threads; 0: one per core"),
     I(blas_threads, 0, 256, NULL, "BLAS threads; 0: cores / threads (threads x blas_threads <= cores)"),
     I(http_threads, 1, 64, NULL, "HTTP polling threads (they never run the model)"),
+    I(compute_nice, 0, 19, NULL, "nice value of the threads that run the model, so HTTP "
+      "threads stay responsive under load; 0: same priority"),
     I(max_rows, 1, 4096, NULL, "most rows (images + CFG rows) in one denoising step"),
     B(batching, "true: all running jobs share each step; false: one job at a time"),
     I(queue_capacity, 1, 1000000, NULL, "queued jobs before 429"),
@@ -78,6 +80,7 @@ void srv_config_default(srv_config *c)
     c->port = 8080;
     snprintf(c->web_root, sizeof c->web_root, "%s", DITMOE_WEB_ROOT);
     c->http_threads = 2;
+    c->compute_nice = 5;
     c->max_rows = 32;
     c->batching = 1;
     c->queue_capacity = 64;

@@ -20,6 +20,7 @@ typedef struct srv_config {
     int threads;              /* engine worker threads; 0 = auto */
     int blas_threads;         /* BLAS threads per GEMM; 0 = auto */
     int http_threads;         /* libmicrohttpd polling threads */
+    int compute_nice;         /* nice value of the model's threads (0..19) */
     int max_rows;             /* rows per denoising step, CFG rows included */
     int batching;             /* 1: jobs share steps; 0: one job at a time */
     int queue_capacity;       /* queued (not yet running) jobs */

@@ -10,10 +10,12 @@
  * queued and running jobs finish for up to drain_timeout_s, cancel what is
  * left (waiting clients get 503), answer in-flight requests, exit 0.
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -179,6 +181,11 @@ int main(int argc, char **argv)
            cfg.listen, strchr(cfg.listen, ':') ? "]" : "", http_port(h));
     fflush(stdout);
     size_threads(&s);
+    /* From here this thread makes the scheduler and the engine's workers,
+     * which inherit its nice value (per thread on Linux); the HTTP threads,
+     * already running, keep theirs and so win the CPU when a request comes. */
+    if (cfg.compute_nice && setpriority(PRIO_PROCESS, 0, cfg.compute_nice))
+        fprintf(stderr, "ditmoe-server: compute_nice %d: %s\n", cfg.compute_nice, strerror(errno));
     if (load(&s, err, sizeof err)) {
         fprintf(stderr, "ditmoe-server: %s\n", err);
         http_stop(h, 0);
