@@ -96,17 +96,11 @@ __attribute__((format(printf, 4, 5)))
 #endif
 static int pfail(const loader *l, int code, const char *tensor, const char *fmt, ...)
 {
-    if (!l->err || !l->errlen)
-        return code;
-    int k = tensor ? snprintf(l->err, l->errlen, "%s: tensor '%.200s': ", l->path, tensor)
-                   : snprintf(l->err, l->errlen, "%s: ", l->path);
-    if (k >= 0 && (size_t)k < l->errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(l->err + k, l->errlen - (size_t)k, fmt, ap);
-        va_end(ap);
-    }
-    return code;
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = st_vfail(l->err, l->errlen, code, l->path, tensor, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 /* ---- one tensor ------------------------------------------------------------ */

@@ -262,23 +262,29 @@ typedef struct reader {
     size_t errlen;
 } reader;
 
+int st_vfail(char *err, size_t errlen, int code, const char *where,
+             const char *tensor, const char *fmt, va_list ap)
+{
+    if (!err || !errlen)
+        return code;
+    int k = tensor ? snprintf(err, errlen, "%s: tensor '%.200s': ", where, tensor)
+                   : snprintf(err, errlen, "%s: ", where);
+    if (k >= 0 && (size_t)k < errlen)
+        vsnprintf(err + k, errlen - (size_t)k, fmt, ap);
+    return code;
+}
+
 /* Writes "path: [tensor 'name': ]message" and returns code. */
 #if defined(__GNUC__)
 __attribute__((format(printf, 4, 5)))
 #endif
 static int rfail(const reader *r, int code, const char *tensor, const char *fmt, ...)
 {
-    if (!r->err || !r->errlen)
-        return code;
-    int k = tensor ? snprintf(r->err, r->errlen, "%s: tensor '%.200s': ", r->path, tensor)
-                   : snprintf(r->err, r->errlen, "%s: ", r->path);
-    if (k >= 0 && (size_t)k < r->errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(r->err + k, r->errlen - (size_t)k, fmt, ap);
-        va_end(ap);
-    }
-    return code;
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = st_vfail(r->err, r->errlen, code, r->path, tensor, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 static void format_shape(char *buf, size_t n, int ndim, const int64_t *shape)

@@ -10,6 +10,7 @@
 #ifndef DIT_ST_H
 #define DIT_ST_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -54,6 +55,11 @@ const st_tensor *st_at(const st_table *t, int i);
 const st_tensor *st_find(const st_table *t, const char *name);
 /* The file the table was read from (for error messages). */
 const char *st_path(const st_table *t);
+
+/* Writes "<where>: [tensor '<tensor>': ]<message>" into err (may be NULL)
+ * and returns code: the one error format of every weight-file reader. */
+int st_vfail(char *err, size_t errlen, int code, const char *where,
+             const char *tensor, const char *fmt, va_list ap);
 
 /* Builder used by the readers (and by synthetic models): a table whose
  * tensors are added one by one. `backing` (may be NULL) is freed with the

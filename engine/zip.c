@@ -45,16 +45,11 @@ __attribute__((format(printf, 3, 4)))
 #endif
 static int zfail(const zreader *r, int code, const char *fmt, ...)
 {
-    if (!r->err || !r->errlen)
-        return code;
-    int k = snprintf(r->err, r->errlen, "%s: ", r->what);
-    if (k >= 0 && (size_t)k < r->errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(r->err + k, r->errlen - (size_t)k, fmt, ap);
-        va_end(ap);
-    }
-    return code;
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = st_vfail(r->err, r->errlen, code, r->what, NULL, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 static uint64_t le(const unsigned char *p, int n)
