@@ -12,6 +12,7 @@
  * central directory. Entries must be stored (method 0) and not encrypted:
  * anything else is refused by name rather than misread.
  */
+#include "st.h"
 #include "zip.h"
 
 #include "dit.h"
