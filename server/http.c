@@ -376,9 +376,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     *con_cls = NULL;
     double ms = (srv_now() - q->t0) * 1e3;
-    int status = q->status;
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status != 499 && q->r.stream == NULL)
-        status = status ? status : 499;
+    /* no answer sent: the client closed first (nginx's 499) */
+    int status = q->status ? q->status : 499;
     srv_metrics_request(h->s->metrics, status, ms / 1e3);
     if (h->s->cfg->access_log)
         fprintf(stderr, "access %s %s %s %d %.1fms%s%s%s\n", q->r.client, q->method, q->path,

@@ -464,8 +464,10 @@ static int job_image(srv_reply *out, job *j, const job_info *in)
 int routes_job(srv_req *req, srv_reply *out, const char *id, const char *sub)
 {
     srv *s = req->s;
-    if (req->state) /* an events stream re-entered: nothing more to do */
+    if (req->state) { /* an answered events stream is never re-entered */
+        srv_reply_error(out, 500, "internal", "%s: request handled twice", req->path);
         return ROUTE_DONE;
+    }
     job *j = job_find(s->jobs, id);
     if (!j) {
         srv_reply_error(out, 404, "not_found", "no job '%.32s' (finished jobs are kept %d s, "
