@@ -5,8 +5,7 @@ Usage: test_model.py DITMOE CASE     CASE: sampling | determinism | trouser
 
   sampling     `ditmoe generate` from fixed noise (--noise) for a few Euler
                steps with guidance equals ditmoe_ref.sample_euler on the same
-               weights: max|engine - ref| / max|ref| <= 1e-3 (float32 over
-               several steps of a trained model; one forward is 1e-4).
+               weights: max|engine - ref| / max|ref| <= 1e-4 (measured ~2e-6).
   determinism  `ditmoe generate` without --model (so the default-model
                lookup is exercised) with a fixed seed writes the same PNG
                twice, and a different seed writes a different one.
@@ -82,7 +81,7 @@ def case_sampling(ditmoe, tmp):
         err = float(np.abs(ours - ref).max() / np.abs(ref).max())
         print(f"class {label}: {steps} Euler steps, cfg {cfg_scale}: rel err {err:.2e}")
         worst = max(worst, err)
-    return worst <= 1e-3
+    return worst <= 1e-4
 
 
 def case_determinism(ditmoe, tmp):
@@ -91,9 +90,10 @@ def case_determinism(ditmoe, tmp):
         run([ditmoe, "generate", "--class", "Trouser", "--seed", str(seed), "--out", p])
     data = [open(p, "rb").read() for p in paths]
     same, differ = data[0] == data[1], data[0] != data[2]
+    png = data[0][:8] == b"\x89PNG\r\n\x1a\n"
     print(f"seed 7 twice identical: {same}; seed 8 differs: {differ}; "
-          f"{len(data[0])} bytes, PNG signature {data[0][:8] == b'\\x89PNG\\r\\n\\x1a\\n'}")
-    return same and differ and data[0][:8] == b"\x89PNG\r\n\x1a\n"
+          f"{len(data[0])} bytes, PNG signature {png}")
+    return same and differ and png
 
 
 def case_trouser(ditmoe, tmp):
