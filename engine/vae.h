@@ -6,9 +6,11 @@
  * block of ResNet, single-head attention, ResNet, up blocks of ResNets and
  * nearest x2 upsampling, GroupNorm + SiLU, conv_out), read from a diffusers
  * model directory: config.json and diffusion_pytorch_model.safetensors
- * (F32, F16 or BF16; half-precision weights are widened to F32 once, at
- * load, and computed in F32). Only the decoder's tensors are read; the
- * encoder's may be present or not.
+ * (F32, F16 or BF16). Every weight is copied to F32 once, at load, in the
+ * layout the convolutions want, and the file is closed: the decoder computes
+ * in F32 whatever the file's dtype, and holds 4 bytes per weight (189 MiB
+ * for sd-vae-ft-mse). Only the decoder's tensors are read; the encoder's may
+ * be present or not.
  *
  * A vae_model is read-only once loaded and may be shared by threads; each
  * decoding thread passes its own workspace. Functions return DIT_OK or a
@@ -33,8 +35,9 @@ typedef struct vae_model vae_model;
  * use_post_quant_conv. Every decoder tensor must be present with the shape
  * the config implies (attention under either naming: to_q/to_k/to_v/to_out.0
  * or query/key/value/proj_attn), and the file must hold no decoder tensor
- * the config does not explain. On success *out owns the model and the
- * weights' mapping; on failure *out is NULL and err names what is wrong. */
+ * the config does not explain. On success *out owns the model (and the
+ * file is closed again); on failure *out is NULL and err names what is
+ * wrong. */
 int vae_load(vae_model **out, const char *dir, char *err, size_t errlen);
 
 /* Frees a model; NULL is a no-op. */
@@ -44,7 +47,7 @@ int vae_latent_channels(const vae_model *m);
 int vae_out_channels(const vae_model *m);
 /* Output pixels per latent along each side: 2^(number of up blocks - 1). */
 int vae_upscale(const vae_model *m);
-/* Bytes of decoder weights held (mapped F32 plus widened copies). */
+/* Bytes of decoder weights the model holds. */
 size_t vae_weight_bytes(const vae_model *m);
 
 /* Workspace bytes vae_decode needs for latents of h x w. Images are decoded
