@@ -28,7 +28,6 @@ Use:
                       [--latent 4] [--seed 0] [--dtype F32|F16|BF16]
                       [--attn new|old] [--with-encoder]
   vae_ref.py decode DIR Z.npy OUT.npy       (Z already divided by the scale)
-  vae_ref.py time DIR --size 32 --n 1 --threads 2 [--repeat 3]
   vae_ref.py                                 self-check
 """
 import argparse
@@ -36,7 +35,6 @@ import json
 import math
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -262,20 +260,6 @@ def load_vae_dir(path):
     return model.eval()
 
 
-def _time(args):
-    torch.set_num_threads(args.threads)
-    model = load_vae_dir(args.dir)
-    lat = model.cfg["latent_channels"]
-    z = torch.randn(args.n, lat, args.size, args.size, generator=torch.Generator().manual_seed(0))
-    best = float("inf")
-    with torch.no_grad():
-        for _ in range(args.repeat):
-            t = time.perf_counter()
-            model(z)
-            best = min(best, time.perf_counter() - t)
-    print(f"torch_seconds {best:.4f}")
-
-
 def _self_check():
     import tempfile
     cfg = dict(block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8)
@@ -312,12 +296,6 @@ def main(argv):
     dec.add_argument("dir")
     dec.add_argument("z")
     dec.add_argument("out")
-    tm = sub.add_parser("time")
-    tm.add_argument("dir")
-    tm.add_argument("--size", type=int, default=32)
-    tm.add_argument("--n", type=int, default=1)
-    tm.add_argument("--threads", type=int, default=1)
-    tm.add_argument("--repeat", type=int, default=3)
     a = p.parse_args(argv)
     if a.cmd == "make":
         cfg = dict(block_out_channels=[int(c) for c in a.channels.split(",")],
@@ -325,12 +303,10 @@ def main(argv):
                    latent_channels=a.latent)
         write_vae_dir(randomize_(VAEDecoder(cfg), a.seed), a.dir, a.dtype, a.attn,
                       a.with_encoder)
-    elif a.cmd == "decode":
+    else:
         with torch.no_grad():
             out = load_vae_dir(a.dir)(torch.from_numpy(np.load(a.z).astype(np.float32)))
         np.save(a.out, out.numpy())
-    else:
-        _time(a)
     return 0
 
 
