@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """server_bench.py: ditmoe-server throughput, latency and memory, one run.
 
-Starts ditmoe-server twice on loopback (step-level batching on, then off),
-and for each drives closed-loop clients at concurrency 1, 4 and 16: every
+Starts ditmoe-server twice on loopback (step-level batching on and off, both
+up at once) and drives each with closed-loop clients at concurrency 1, 4 and
+16, the six settings interleaved in rounds so that load from elsewhere on the
+machine falls on all of them alike: every
 client sends POST /generate (num_images 1, the model's default sampler,
 steps and guidance, a distinct seed) again as soon as its last one is
 answered. Reported per setting: images per second over the run, request
@@ -12,7 +14,7 @@ go, another client times GET /health every 20 ms (p50/p99). Memory: peak RSS
 the largest jobs, against the weights and the engine context's arenas.
 
   bench/server_bench.py [--server build/server/ditmoe-server] [--model DIR]
-                        [--seconds 20] [--threads N --blas-threads M]
+                        [--seconds 20] [--rounds 4] [--threads N --blas-threads M]
 
 Without --model the bundled models/fashion-mnist is used; --random-model
 DIR writes (once) a random-weight model of the same shape there instead,
@@ -117,43 +119,55 @@ def fill_queue(s):
     return len(ids), depth
 
 
-def run_setting(args, batching):
-    s = Server(args.server, args.model, "--batching", "true" if batching else "false",
-               "--access-log", "false", "--queue-capacity", 64, threads=args.threads,
-               blas=args.blas_threads)
-    rows = []
+def memory(s):
+    """Peak RSS after the runs and after filling the queue, vs weights + arenas."""
+    info = s.get("/v1/model").json()
+    runs = rss_kb(s.proc.pid, "VmHWM")
+    queued, depth = fill_queue(s)
+    return dict(runs=runs, full=rss_kb(s.proc.pid, "VmHWM"), queued=queued, depth=depth,
+                weights=info["parameters"]["weight_bytes"] / 1024,
+                ctx=info["server"]["ctx_bytes"] / 1024, threads=info["server"]["threads"],
+                blas=info["server"]["blas_threads"], max_rows=info["limits"]["max_rows_per_step"])
+
+
+def measure(args):
+    """Both servers up at once; rounds interleave every (batching, concurrency)
+    setting so that load from elsewhere on the machine hits all of them alike."""
+    servers = {b: Server(args.server, args.model, "--batching", "true" if b else "false",
+                         "--access-log", "false", "--queue-capacity", 64, threads=args.threads,
+                         blas=args.blas_threads) for b in (True, False)}
+    acc = {(b, c): dict(n=0, wall=0.0, lat=[], rows=0, steps=0, probe=[])
+           for b in (True, False) for c in (1, 4, 16)}
     try:
-        info = s.get("/v1/model").json()
-        mem0 = rss_kb(s.proc.pid, "VmHWM")
-        closed_loop(s, 2, 2, 999999)  # warm-up
-        for conc in (1, 4, 16):
-            st0 = s.stats()
-            probe, stop = [], threading.Event()
-            th = threading.Thread(target=health_probe, args=(s, stop, probe))
-            if conc == 16:
-                th.start()
-            n, wall, lat = closed_loop(s, conc, args.seconds, 10 * conc)
-            stop.set()
-            if conc == 16:
-                th.join()
-            st1 = s.stats()
-            steps = st1["steps"] - st0["steps"]
-            rows.append(dict(batching=batching, conc=conc, ips=n / wall, p50=pct(lat, 50),
-                             p99=pct(lat, 99), rows=(st1["rows"] - st0["rows"]) / max(steps, 1),
-                             health=(pct(probe, 50), pct(probe, 99), len(probe)) if probe else None))
-            print(f"batching {'on ' if batching else 'off'} c={conc:2d}: {n / wall:7.2f} img/s "
-                  f"p50 {pct(lat, 50) * 1e3:7.1f} ms p99 {pct(lat, 99) * 1e3:7.1f} ms "
-                  f"rows/step {rows[-1]['rows']:.1f}", flush=True)
-        mem1 = rss_kb(s.proc.pid, "VmHWM")
-        queued, depth = fill_queue(s)
-        mem2 = rss_kb(s.proc.pid, "VmHWM")
-        mem = dict(load=mem0, runs=mem1, full=mem2, queued=queued, depth=depth,
-                   weights=info["parameters"]["weight_bytes"] / 1024,
-                   ctx=info["server"]["ctx_bytes"] / 1024, threads=info["server"]["threads"],
-                   blas=info["server"]["blas_threads"], max_rows=info["limits"]["max_rows_per_step"])
+        load_kb = {b: rss_kb(s.proc.pid, "VmHWM") for b, s in servers.items()}
+        for s in servers.values():
+            closed_loop(s, 2, 2, 999999)  # warm-up
+        for rnd in range(args.rounds):
+            for (b, conc), a in acc.items():
+                s = servers[b]
+                st0, stop = s.stats(), threading.Event()
+                th = threading.Thread(target=health_probe, args=(s, stop, a["probe"]))
+                if conc == 16:
+                    th.start()
+                n, wall, lat = closed_loop(s, conc, args.seconds / args.rounds,
+                                           100000 * rnd + 10 * conc)
+                stop.set()
+                if conc == 16:
+                    th.join()
+                st1 = s.stats()
+                a["n"] += n
+                a["wall"] += wall
+                a["lat"] += lat
+                a["rows"] += st1["rows"] - st0["rows"]
+                a["steps"] += st1["steps"] - st0["steps"]
+            print(f"round {rnd + 1}/{args.rounds}: " + ", ".join(
+                f"{'on' if b else 'off'} c{c} {a['n'] / a['wall']:.2f}"
+                for (b, c), a in acc.items()), flush=True)
+        mem = {b: dict(memory(s), load=load_kb[b]) for b, s in servers.items()}
     finally:
-        s.close()
-    return rows, mem
+        for s in servers.values():
+            s.close()
+    return acc, mem
 
 
 def main():
@@ -161,33 +175,34 @@ def main():
     ap.add_argument("--server", default=os.path.join(ROOT, "build", "server", "ditmoe-server"))
     ap.add_argument("--model", default=os.path.join(ROOT, "models", "fashion-mnist"))
     ap.add_argument("--random-model", metavar="DIR")
-    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--seconds", type=float, default=20, help="per setting, over all rounds")
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--blas-threads", type=int, default=0)
     args = ap.parse_args()
     if args.random_model:
         args.model = random_model(args.random_model)
-    on, mem_on = run_setting(args, True)
-    off, mem_off = run_setting(args, False)
+    acc, mem = measure(args)
     print("\n| batching | concurrency | images/s | p50 ms | p99 ms | rows/step |")
     print("|---|---|---|---|---|---|")
-    for r in on + off:
-        print(f"| {'on' if r['batching'] else 'off'} | {r['conc']} | {r['ips']:.2f} | "
-              f"{r['p50'] * 1e3:.0f} | {r['p99'] * 1e3:.0f} | {r['rows']:.1f} |")
-    c1, c16 = on[0]["ips"], on[2]["ips"]
-    print(f"\nbatching on: concurrency 16 / concurrency 1 = {c16 / c1:.2f}x; "
-          f"batching on / off at concurrency 16 = {c16 / off[2]['ips']:.2f}x")
-    for r in on + off:
-        if r["health"]:
-            h = r["health"]
-            print(f"GET /health during generation (batching {'on' if r['batching'] else 'off'}, "
-                  f"c=16): p50 {h[0] * 1e3:.2f} ms, p99 {h[1] * 1e3:.2f} ms over {h[2]} probes")
-    for name, m in (("on", mem_on), ("off", mem_off)):
-        print(f"peak RSS (batching {name}): after load {m['load'] / 1024:.0f} MB, after the runs "
-              f"{m['runs'] / 1024:.0f} MB, after queueing {m['queued']} jobs (queue depth "
-              f"{m['depth']}) {m['full'] / 1024:.0f} MB; weights {m['weights'] / 1024:.1f} MB, "
-              f"engine context {m['ctx'] / 1024:.1f} MB ({m['max_rows']} rows); "
-              f"threads {m['threads']} x BLAS {m['blas']}")
+    for (b, c), a in acc.items():
+        print(f"| {'on' if b else 'off'} | {c} | {a['n'] / a['wall']:.2f} | "
+              f"{pct(a['lat'], 50) * 1e3:.0f} | {pct(a['lat'], 99) * 1e3:.0f} | "
+              f"{a['rows'] / max(a['steps'], 1):.1f} |")
+    ips = {k: a["n"] / a["wall"] for k, a in acc.items()}
+    print(f"\nbatching on: concurrency 16 / concurrency 1 = {ips[True, 16] / ips[True, 1]:.2f}x; "
+          f"batching on / off at concurrency 16 = {ips[True, 16] / ips[False, 16]:.2f}x")
+    for b in (True, False):
+        p = acc[b, 16]["probe"]
+        print(f"GET /health during generation (batching {'on' if b else 'off'}, c=16): "
+              f"p50 {pct(p, 50) * 1e3:.2f} ms, p99 {pct(p, 99) * 1e3:.2f} ms over {len(p)} probes")
+    for b in (True, False):
+        m = mem[b]
+        print(f"peak RSS (batching {'on' if b else 'off'}): after load {m['load'] / 1024:.0f} MB, "
+              f"after the runs {m['runs'] / 1024:.0f} MB, after queueing {m['queued']} jobs "
+              f"(queue depth {m['depth']}) {m['full'] / 1024:.0f} MB; weights "
+              f"{m['weights'] / 1024:.1f} MB, engine context {m['ctx'] / 1024:.1f} MB "
+              f"({m['max_rows']} rows); threads {m['threads']} x BLAS {m['blas']}")
 
 
 if __name__ == "__main__":
