@@ -426,7 +426,11 @@ int http_start(http_server **out, srv *s, char *err, size_t errlen)
     h->s = s;
     pthread_mutex_init(&h->mu, NULL);
     pthread_cond_init(&h->cond, NULL);
-    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
+    /* poll(), not epoll: libmicrohttpd 0.9.75's MHD_quiesce_daemon races a
+     * worker thread over the listen socket in its epoll set and aborts
+     * ("Failed to remove listen FD from epoll set"); with poll() quiescing
+     * is a message to each worker. poll() is ample for max_connections. */
+    unsigned flags = MHD_USE_POLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
                      (v6 ? MHD_USE_IPv6 : 0);
     h->d = MHD_start_daemon(flags, (uint16_t)c->port, NULL, NULL, on_request, h,
                             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,

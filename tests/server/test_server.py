@@ -333,6 +333,27 @@ def test_queue():
         check(s.metric('ditmoe_jobs_total{outcome="cancelled"}') == cancelled0 + 3,
               "cancelled count")
         wait_for(lambda: " 499 " in s.log(), 10, "499 in the access log")
+
+        # a client leaving an event stream does not cancel the job
+        a = s.post("/jobs", LONG).json()["id"]
+        wait_for(lambda: status(s, a) == "running", 30, "A running")
+        sock = s.raw(b"GET /jobs/%s/events HTTP/1.1\r\nHost: x\r\n\r\n" % a.encode())
+        check(sock.recv(4096).startswith(b"HTTP/1.1 200"), "events stream opened")
+        sock.close()
+        time.sleep(0.5)
+        check(status(s, a) == "running", "the job outlives its event stream")
+        s.request("DELETE", f"/jobs/{a}")
+        wait_for(lambda: status(s, a) == "cancelled", 30, "A cancelled")
+    finally:
+        s.close()
+
+    # a job past request_timeout_s fails: 504 to its waiting client
+    s = start("--request-timeout-s", 1, slow=True)
+    try:
+        r = s.post("/generate", LONG)
+        is_error(r, 504, "request_timeout_s")
+        jid = r.header("x-job-id")
+        check(jid and s.get(f"/jobs/{jid}").json()["status"] == "failed", "timed-out job failed")
     finally:
         s.close()
 
