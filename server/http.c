@@ -314,11 +314,12 @@ static enum MHD_Result dispatch(http_req *q)
         int rc = routes_handle(&q->r, &rep);
         if (rc == ROUTE_DONE)
             return send_reply(q, &rep);
-        srv_reply_free(&rep);
-        if (rc == ROUTE_CLOSE) {
-            q->status = 499; /* client closed the request (nginx's code) */
-            return MHD_NO;
+        if (rc == ROUTE_CLOSE) { /* the client left: whatever we queue goes nowhere */
+            srv_reply_free(&rep);
+            srv_reply_error(&rep, 499, "client_closed", "the client closed the connection");
+            return send_reply(q, &rep); /* 499: nginx's "client closed request" */
         }
+        srv_reply_free(&rep);
         if (http_suspend(q))
             return MHD_YES;
         /* woken before we could suspend: look again */
