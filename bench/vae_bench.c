@@ -1,6 +1,6 @@
 /* vae_bench.c: SD-VAE decoder speed against the BLAS it runs on.
  *
- *   vae_bench DIR [--size S] [--threads T] [--rounds R] [--batch B]
+ *   vae_bench DIR [--size S] [--threads T] [--pool 0|1] [--rounds R] [--batch B]
  *
  * Loads the VAE in DIR (bench/vae_bench.py makes one at the sd-vae-ft-mse
  * shape with random weights), then runs R rounds, each of: sgemm at the
@@ -10,7 +10,9 @@
  * each, for vae_bench.py to read. Every time is taken on two clocks: wall
  * time, and the process's CPU time, which time-slicing with other jobs on
  * a shared machine does not inflate (it is wall time * threads when the
- * process has the cores to itself and its threads never wait).
+ * process has the cores to itself and its threads never wait). --pool 1
+ * decodes on an engine worker pool of T threads with BLAS at 1 thread (as
+ * in the server), --pool 0 with BLAS's own T threads.
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -19,6 +21,7 @@
 #include <time.h>
 
 #include "dit.h"
+#include "ops.h"
 #include "vae.h"
 
 typedef struct stamp {
@@ -73,11 +76,11 @@ static stamp sgemm_gflops(float *a, float *b, float *c)
     return best;
 }
 
-static stamp decode_seconds(const vae_model *m, void *ws, size_t wsb, int n,
-                            int s, const float *z, float *rgb)
+static stamp decode_seconds(const vae_model *m, struct op_pool *pool, void *ws,
+                            size_t wsb, int n, int s, const float *z, float *rgb)
 {
     stamp t0 = now();
-    int rc = vae_decode(m, ws, wsb, n, s, s, z, rgb);
+    int rc = vae_decode(m, pool, ws, wsb, n, s, s, z, rgb);
     stamp t = since(t0);
     if (rc != DIT_OK) {
         fprintf(stderr, "vae_decode: %s\n", dit_strerror(rc));
@@ -88,7 +91,7 @@ static stamp decode_seconds(const vae_model *m, void *ws, size_t wsb, int n,
 
 int main(int argc, char **argv)
 {
-    int size = 32, threads = 1, rounds = 3, batch = 4;
+    int size = 32, threads = 1, rounds = 3, batch = 4, use_pool = 0;
     if (argc < 2) {
         fprintf(stderr, "usage: vae_bench DIR [--size S] [--threads T] [--rounds R] [--batch B]\n");
         return 2;
@@ -99,6 +102,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--threads")) threads = v;
         else if (!strcmp(argv[i], "--rounds")) rounds = v;
         else if (!strcmp(argv[i], "--batch")) batch = v;
+        else if (!strcmp(argv[i], "--pool")) use_pool = v;
     }
     openblas_set_num_threads(threads);
     char err[512];
@@ -117,7 +121,8 @@ int main(int argc, char **argv)
     float *a = malloc(sizeof(float) << 22), *b = malloc(sizeof(float) << 24);
     float *c = malloc(sizeof(float) << 22);
     void *ws = malloc(wsb);
-    if (!z || !rgb || !a || !b || !c || !ws) {
+    struct op_pool *pool = use_pool && threads > 1 ? op_pool_new(threads) : NULL;
+    if (!z || !rgb || !a || !b || !c || !ws || (use_pool && threads > 1 && !pool)) {
         fprintf(stderr, "out of memory\n");
         return 1;
     }
@@ -128,11 +133,13 @@ int main(int argc, char **argv)
         stamp x = sgemm_gflops(a, b, c);
         g.wall = x.wall > g.wall ? x.wall : g.wall;
         g.cpu = x.cpu > g.cpu ? x.cpu : g.cpu;
-        keep_best(&t1, decode_seconds(m, ws, wsb, 1, size, z, rgb));
-        keep_best(&tb, decode_seconds(m, ws, wsb, batch, size, z, rgb));
+        openblas_set_num_threads(pool ? 1 : threads);
+        keep_best(&t1, decode_seconds(m, pool, ws, wsb, 1, size, z, rgb));
+        keep_best(&tb, decode_seconds(m, pool, ws, wsb, batch, size, z, rgb));
+        openblas_set_num_threads(threads); /* the yardstick: BLAS's threads */
     }
-    printf("threads %d\nlatent_side %d\nimage_side %d\nbatch %d\n", threads, size,
-           size * up, batch);
+    printf("pool %d\nthreads %d\nlatent_side %d\nimage_side %d\nbatch %d\n",
+           pool != NULL, threads, size, size * up, batch);
     printf("workspace_mib %.1f\nweights_mib %.1f\n", wsb / 1048576.0,
            vae_weight_bytes(m) / 1048576.0);
     printf("gflop_per_image %.2f\n", flops);
@@ -146,6 +153,7 @@ int main(int argc, char **argv)
     printf("decode1_cpu_of_sgemm %.2f\ndecodeB_cpu_of_sgemm %.2f\n", flops / t1.cpu / g.cpu,
            batch * flops / tb.cpu / g.cpu);
     free(z), free(rgb), free(a), free(b), free(c), free(ws);
+    op_pool_free(pool);
     vae_free(m);
     return 0;
 }

@@ -126,7 +126,7 @@ static int decode_latents(dit_ctx *c, int n, const float *x, uint8_t *pixels)
     for (int i = 0; i < n; i++) {
         for (size_t k = 0; k < zn; k++)
             z[k] = x[(size_t)i * zn + k] * inv;
-        int rc = vae_decode(m->vae, c->vae_ws, vae_bytes, 1, s, s, z, rgb);
+        int rc = vae_decode(m->vae, c->pool, c->vae_ws, vae_bytes, 1, s, s, z, rgb);
         if (rc != DIT_OK)
             return rc;
         to_pixels(rgb, oc, hw, pixels + (size_t)i * hw * oc);

@@ -33,7 +33,7 @@
 
 #define VAE_MAX_BLOCKS 8  /* up blocks: upscale up to 128 */
 #define VAE_MAX_RES 8     /* ResNets per up block (layers_per_block + 1) */
-#define VAE_MAX_SIDE 1024 /* latent height/width vae_decode accepts */
+#define VAE_MAX_SIDE 16384 /* output height/width: h * (w + 2) fits an int */
 #define VAE_GN_EPS 1e-6
 
 typedef struct vae_cfg {
@@ -542,7 +542,8 @@ static size_t lines(size_t floats) { return (floats + 15) / 16 * 16; }
 
 size_t vae_workspace_bytes(const vae_model *m, int n, int h, int w)
 {
-    if (!m || n < 1 || h < 1 || w < 1 || h > VAE_MAX_SIDE || w > VAE_MAX_SIDE)
+    if (!m || n < 1 || h < 1 || w < 1 || h > VAE_MAX_SIDE / vae_upscale(m) ||
+        w > VAE_MAX_SIDE / vae_upscale(m))
         return 0;
     vae_plan p;
     plan_walk(m, h, w, &p);
@@ -561,6 +562,7 @@ double vae_decode_flops(const vae_model *m, int h, int w)
 /* ---- decode ------------------------------------------------------------ */
 
 typedef struct vae_ws {
+    struct op_pool *pool; /* or NULL */
     float *cur, *alt;     /* (C, H, W + 2) activations */
     float *pad;           /* (C, H + 2, W + 2) a 3x3 conv's input */
     float *scale, *shift; /* (C) a GroupNorm's folded affine */
@@ -592,12 +594,24 @@ static void ws_carve(vae_ws *s, const vae_plan *p, void *ws, int groups)
     s->groups = groups;
 }
 
-/* pad = zero-padded silu(GroupNorm(x)), x (C, h, w + 2) */
+/* scale, shift = GroupNorm n of x (C, h, w + 2) as a per-channel affine */
+static void norm_coef(vae_ws *s, const vae_norm *n, const float *x, int h, int w)
+{
+    vae_groupnorm_coef_forward(s->pool, s->scale, s->shift, x, n->g, n->b, n->c, h, w,
+                               VAE_PITCH(w), s->groups, VAE_GN_EPS);
+}
+
+/* pad = zero-padded silu(GroupNorm n of x (C, h, w + 2)) */
 static void norm_silu_pad(vae_ws *s, const vae_norm *n, const float *x, int h, int w)
 {
-    vae_groupnorm_coef_forward(s->scale, s->shift, x, n->g, n->b, n->c, h, w,
-                               VAE_PITCH(w), s->groups, VAE_GN_EPS);
-    vae_pad_forward(s->pad, x, n->c, h, w, VAE_PITCH(w), 1, s->scale, s->shift, 1);
+    norm_coef(s, n, x, h, w);
+    vae_pad_forward(s->pool, s->pad, x, n->c, h, w, VAE_PITCH(w), 1, s->scale, s->shift, 1);
+}
+
+/* out (cout, h, w + 2) [+]= conv c of the padded input */
+static void conv3(vae_ws *s, float *out, const vae_conv *c, int h, int w, int accumulate)
+{
+    vae_conv3x3_forward(s->pool, out, s->pad, c->w, c->b, c->cin, c->cout, h, w, accumulate);
 }
 
 static void swap(vae_ws *s)
@@ -610,15 +624,15 @@ static void swap(vae_ws *s)
 /* cur (cout, h, w+2) = shortcut(cur) + conv2(silu(gn2(conv1(silu(gn1(cur)))))) */
 static void resnet_forward(vae_ws *s, const vae_resnet *r, int h, int w)
 {
-    norm_silu_pad(s, &r->n1, s->cur, h, w);                                // (cin, h+2, w+2)
-    vae_conv3x3_forward(s->alt, s->pad, r->c1.w, r->c1.b, r->c1.cin, r->c1.cout, h, w, 0);
-    norm_silu_pad(s, &r->n2, s->alt, h, w);                                // (cout, h+2, w+2)
+    norm_silu_pad(s, &r->n1, s->cur, h, w);               // pad (cin, h+2, w+2)
+    conv3(s, s->alt, &r->c1, h, w, 0);                    // alt (cout, h, w+2)
+    norm_silu_pad(s, &r->n2, s->alt, h, w);               // pad (cout, h+2, w+2)
     if (r->sc.w) { /* alt's inside is in pad now: alt takes the shortcut */
-        vae_conv1x1_forward(s->alt, s->cur, r->sc.w, r->sc.b, r->sc.cin, r->sc.cout,
-                            h * VAE_PITCH(w));                             // (cout, h, w+2)
+        vae_conv1x1_forward(s->pool, s->alt, s->cur, r->sc.w, r->sc.b, r->sc.cin,
+                            r->sc.cout, h * VAE_PITCH(w)); // alt (cout, h, w+2)
         swap(s);
     }
-    vae_conv3x3_forward(s->cur, s->pad, r->c2.w, r->c2.b, r->c2.cin, r->c2.cout, h, w, 1);
+    conv3(s, s->cur, &r->c2, h, w, 1);                    // cur (cout, h, w+2) +=
 }
 
 /* One latent z (latent, h, w) to rgb (out, h*up, w*up). */
@@ -628,20 +642,17 @@ static void decode_one(const vae_model *m, vae_ws *s, int h, int w,
     const vae_cfg *c = &m->cfg;
     const float *x = z;
     if (c->post_quant) {
-        vae_conv1x1_forward(s->alt, z, m->post_quant.w, m->post_quant.b, c->latent,
-                            c->latent, h * w);                             // (latent, h, w)
+        vae_conv1x1_forward(s->pool, s->alt, z, m->post_quant.w, m->post_quant.b,
+                            c->latent, c->latent, h * w);  // alt (latent, h, w)
         x = s->alt;
     }
-    vae_pad_forward(s->pad, x, c->latent, h, w, w, 1, NULL, NULL, 0);      // (latent, h+2, w+2)
-    vae_conv3x3_forward(s->cur, s->pad, m->conv_in.w, m->conv_in.b, c->latent,
-                        m->conv_in.cout, h, w, 0);                          // (top, h, w+2)
+    vae_pad_forward(s->pool, s->pad, x, c->latent, h, w, w, 1, NULL, NULL, 0);
+    conv3(s, s->cur, &m->conv_in, h, w, 0);               // cur (top, h, w+2)
     resnet_forward(s, &m->mid[0], h, w);
     if (c->mid_attn) {
-        const vae_norm *n = &m->attn.n;
-        vae_groupnorm_coef_forward(s->scale, s->shift, s->cur, n->g, n->b, n->c, h, w,
-                                   VAE_PITCH(w), c->groups, VAE_GN_EPS);
-        vae_attention_forward(s->cur, m->attn.w, m->attn.b, s->scale, s->shift, n->c,
-                              h, w, VAE_PITCH(w), &s->att);                // (top, h, w+2)
+        norm_coef(s, &m->attn.n, s->cur, h, w);
+        vae_attention_forward(s->pool, s->cur, m->attn.w, m->attn.b, s->scale, s->shift,
+                              m->attn.n.c, h, w, VAE_PITCH(w), &s->att);
     }
     resnet_forward(s, &m->mid[1], h, w);
     for (int i = 0; i < c->nblocks; i++) {
@@ -649,19 +660,19 @@ static void decode_one(const vae_model *m, vae_ws *s, int h, int w,
         for (int j = 0; j <= c->layers; j++)
             resnet_forward(s, &m->up[i].res[j], h, w);
         if (u->w) {
-            vae_pad_forward(s->pad, s->cur, u->cin, h, w, VAE_PITCH(w), 2, NULL, NULL, 0);
-            h *= 2, w *= 2;                                                // (C, 2h+2, 2w+2)
-            vae_conv3x3_forward(s->cur, s->pad, u->w, u->b, u->cin, u->cout, h, w, 0);
+            vae_pad_forward(s->pool, s->pad, s->cur, u->cin, h, w, VAE_PITCH(w), 2, NULL,
+                            NULL, 0);                     // pad (C, 2h+2, 2w+2)
+            h *= 2, w *= 2;
+            conv3(s, s->cur, u, h, w, 0);                 // cur (C, h, w+2)
         }
     }
-    norm_silu_pad(s, &m->norm_out, s->cur, h, w);                          // (C0, H+2, W+2)
-    vae_conv3x3_forward(s->alt, s->pad, m->conv_out.w, m->conv_out.b, m->conv_out.cin,
-                        c->out, h, w, 0);                                  // (out, H, W+2)
-    vae_unpitch_forward(rgb, s->alt, c->out, h, w, VAE_PITCH(w));          // (out, H, W)
+    norm_silu_pad(s, &m->norm_out, s->cur, h, w);         // pad (C0, H+2, W+2)
+    conv3(s, s->alt, &m->conv_out, h, w, 0);              // alt (out, H, W+2)
+    vae_unpitch_forward(rgb, s->alt, c->out, h, w, VAE_PITCH(w)); // rgb (out, H, W)
 }
 
-int vae_decode(const vae_model *m, void *ws, size_t ws_bytes, int n, int h,
-               int w, const float *z, float *rgb)
+int vae_decode(const vae_model *m, struct op_pool *pool, void *ws,
+               size_t ws_bytes, int n, int h, int w, const float *z, float *rgb)
 {
     size_t need = vae_workspace_bytes(m, n, h, w);
     if (!need || !ws || ws_bytes < need || !z || !rgb)
@@ -670,6 +681,7 @@ int vae_decode(const vae_model *m, void *ws, size_t ws_bytes, int n, int h,
     vae_ws s;
     plan_walk(m, h, w, &p);
     ws_carve(&s, &p, ws, m->cfg.groups);
+    s.pool = pool;
     int up = vae_upscale(m);
     size_t zin = (size_t)m->cfg.latent * h * w;
     size_t zout = (size_t)m->cfg.out * h * up * w * up;

@@ -23,6 +23,7 @@
 #include <stddef.h>
 
 typedef struct vae_model vae_model;
+struct op_pool;
 
 /* The config.json file and weights file names inside a VAE directory. */
 #define VAE_CONFIG_FILE "config.json"
@@ -52,7 +53,8 @@ size_t vae_weight_bytes(const vae_model *m);
 
 /* Workspace bytes vae_decode needs for latents of h x w. Images are decoded
  * one after another, so this does not grow with n (kept in the signature
- * so callers size for what they decode). 0 if h or w is out of range. */
+ * so callers size for what they decode). 0 if h or w is out of range: the
+ * output may be at most 16384 pixels a side. */
 size_t vae_workspace_bytes(const vae_model *m, int n, int h, int w);
 
 /* Floating-point operations of decoding one h x w latent (multiply-adds of
@@ -63,8 +65,11 @@ double vae_decode_flops(const vae_model *m, int h, int w);
  * latent scale, into rgb (N, out_channels, h * up, w * up) in about [-1, 1]
  * (up = vae_upscale). `ws` holds ws_bytes >= vae_workspace_bytes(m, n, h, w)
  * bytes of scratch the caller owns (any alignment); nothing is allocated.
+ * With a pool (ops.h; the engine context's), the work is split over its
+ * threads, each running single-threaded sgemms, so BLAS should then be
+ * left at 1 thread; with pool NULL, BLAS's own threads do the GEMMs.
  * Returns DIT_E_INVAL for bad arguments or a workspace too small. */
-int vae_decode(const vae_model *m, void *ws, size_t ws_bytes, int n, int h,
-               int w, const float *z, float *rgb);
+int vae_decode(const vae_model *m, struct op_pool *pool, void *ws,
+               size_t ws_bytes, int n, int h, int w, const float *z, float *rgb);
 
 #endif

@@ -79,26 +79,40 @@ static double sum_rows(const float *x, int c0, int c1, int H, int W, int pitch,
     return total;
 }
 
-void vae_groupnorm_coef_forward(float *scale, float *shift, const float *x,
-                                const float *gamma, const float *beta, int C,
-                                int H, int W, int pitch, int G, double eps)
+typedef struct gn_job {
+    float *scale, *shift;
+    const float *x, *gamma, *beta;
+    int C, H, W, pitch, G;
+    double eps;
+} gn_job;
+
+/* group `task` of vae_groupnorm_coef_forward */
+static void gn_task(void *arg, int task, int thread)
 {
-    int cpg = C / G;
-    double n = (double)cpg * H * W;
-    for (int g = 0; g < G; g++) {
-        int c0 = g * cpg, c1 = c0 + cpg;
-        double mean = sum_rows(x, c0, c1, H, W, pitch, 0.0f, 0) / n;
-        /* second pass around the float mean: the variance without the
-         * cancellation of E[x^2] - mean^2; the shift's rounding is undone */
-        float mf = (float)mean;
-        double d = mean - mf;
-        double var = sum_rows(x, c0, c1, H, W, pitch, mf, 1) / n - d * d;
-        double rstd = 1.0 / sqrt((var > 0 ? var : 0) + eps);
-        for (int c = c0; c < c1; c++) {
-            scale[c] = (float)(gamma[c] * rstd);
-            shift[c] = (float)(beta[c] - mean * gamma[c] * rstd);
-        }
+    const gn_job *j = arg;
+    int cpg = j->C / j->G, c0 = task * cpg, c1 = c0 + cpg;
+    double n = (double)cpg * j->H * j->W;
+    (void)thread;
+    double mean = sum_rows(j->x, c0, c1, j->H, j->W, j->pitch, 0.0f, 0) / n;
+    /* second pass around the float mean: the variance without the
+     * cancellation of E[x^2] - mean^2; the shift's rounding is undone */
+    float mf = (float)mean;
+    double d = mean - mf;
+    double var = sum_rows(j->x, c0, c1, j->H, j->W, j->pitch, mf, 1) / n - d * d;
+    double rstd = 1.0 / sqrt((var > 0 ? var : 0) + j->eps);
+    for (int c = c0; c < c1; c++) {
+        j->scale[c] = (float)(j->gamma[c] * rstd);
+        j->shift[c] = (float)(j->beta[c] - mean * j->gamma[c] * rstd);
     }
+}
+
+void vae_groupnorm_coef_forward(struct op_pool *pool, float *scale, float *shift,
+                                const float *x, const float *gamma,
+                                const float *beta, int C, int H, int W,
+                                int pitch, int G, double eps)
+{
+    gn_job j = {scale, shift, x, gamma, beta, C, H, W, pitch, G, eps};
+    op_pool_run(pool, G, gn_task, &j);
 }
 
 void vae_unpitch_forward(float *out, const float *in, int C, int H, int W,
@@ -146,47 +160,56 @@ void vae_softmax_forward(float *x, float alpha, int M, int N)
 
 /* ---- convolution ------------------------------------------------------- */
 
-void vae_pad_forward(float *pad, const float *in, int C, int h, int w,
-                     int in_pitch, int up, const float *scale,
-                     const float *shift, int silu)
+typedef struct pad_job {
+    float *pad;
+    const float *in, *scale, *shift;
+    int C, h, w, in_pitch, up, silu, chunk;
+} pad_job;
+
+/* channels [task * chunk, ...) of vae_pad_forward */
+static void pad_task(void *arg, int task, int thread)
 {
-    int ho = h * up, wo = w * up, P = wo + 2;
-    for (int c = 0; c < C; c++) {
-        float *pc = pad + (size_t)c * (ho + 2) * P;
-        memset(pc, 0, sizeof(float) * (size_t)P);                   // top row
+    const pad_job *j = arg;
+    int ho = j->h * j->up, wo = j->w * j->up, P = wo + 2, c1 = (task + 1) * j->chunk;
+    (void)thread;
+    for (int c = task * j->chunk; c < c1 && c < j->C; c++) {
+        float *pc = j->pad + (size_t)c * (ho + 2) * P;
+        memset(pc, 0, sizeof(float) * (size_t)P);                        // top row
         memset(pc + (size_t)(ho + 1) * P, 0, sizeof(float) * (size_t)P); // bottom
         for (int y = 0; y < ho; y++) {
             float *row = pc + (size_t)(y + 1) * P;
             row[0] = row[wo + 1] = 0.0f;
-            if (y % up) { /* the same source row as the row above */
+            if (y % j->up) { /* the same source row as the row above */
                 memcpy(row + 1, row + 1 - P, sizeof(float) * (size_t)wo);
                 continue;
             }
-            const float *src = in + ((size_t)c * h + y / up) * in_pitch;
-            if (scale)
-                affine_row(row + 1, src, scale[c], shift[c], w, silu);
+            const float *src = j->in + ((size_t)c * j->h + y / j->up) * j->in_pitch;
+            if (j->scale)
+                affine_row(row + 1, src, j->scale[c], j->shift[c], j->w, j->silu);
             else
-                memcpy(row + 1, src, sizeof(float) * (size_t)w);
-            if (up == 2) /* widen in place, right to left */
-                for (int x = w - 1; x >= 0; x--)
+                memcpy(row + 1, src, sizeof(float) * (size_t)j->w);
+            if (j->up == 2) /* widen in place, right to left */
+                for (int x = j->w - 1; x >= 0; x--)
                     row[1 + 2 * x + 1] = row[1 + 2 * x] = row[1 + x];
         }
     }
 }
 
-/* out (cout, n) = b, or += b when accumulate */
-static void bias_forward(float *out, const float *b, int cout, size_t n,
-                         int accumulate)
+/* Tasks for `units` independent pieces of work: a few per thread, for
+ * balance when the threads do not all get a core. */
+static int split(struct op_pool *pool, int units)
 {
-    for (int co = 0; co < cout; co++) {
-        float *o = out + (size_t)co * n, bv = b[co];
-        if (accumulate)
-            for (size_t i = 0; i < n; i++)
-                o[i] += bv;
-        else
-            for (size_t i = 0; i < n; i++)
-                o[i] = bv;
-    }
+    int t = 4 * op_pool_threads(pool);
+    return pool ? (units < t ? units : t) : 1;
+}
+
+void vae_pad_forward(struct op_pool *pool, float *pad, const float *in, int C,
+                     int h, int w, int in_pitch, int up, const float *scale,
+                     const float *shift, int silu)
+{
+    int tasks = split(pool, C);
+    pad_job j = {pad, in, scale, shift, C, h, w, in_pitch, up, silu, (C + tasks - 1) / tasks};
+    op_pool_run(pool, tasks, pad_task, &j);
 }
 
 void vae_conv3x3_reorder(float *w9, const float *w, int cin, int cout)
@@ -197,27 +220,78 @@ void vae_conv3x3_reorder(float *w9, const float *w, int cin, int cout)
                 w9[((size_t)k * cout + co) * cin + ci] = w[((size_t)co * cin + ci) * 9 + k];
 }
 
-void vae_conv3x3_forward(float *out, const float *pad, const float *w9,
-                         const float *b, int cin, int cout, int h, int w,
-                         int accumulate)
+/* A convolution as tasks: (cout block, band of positions) pairs, each its
+ * bias and its taps' GEMMs, so a task's view of the input stays in cache
+ * (see the top of the file) and threads claim work as they get to it. */
+typedef struct conv_job {
+    float *out;
+    const float *in, *w, *b;
+    int cin, cout, taps, P; /* taps 9 (pitch P) or 1 */
+    int n;                  /* output floats per channel */
+    int gemm_n;             /* of which the GEMMs compute the first gemm_n */
+    int ldb, accumulate;
+    int band, nbands, mblock;
+} conv_job;
+
+static void conv_task(void *arg, int task, int thread)
 {
-    int P = w + 2, n = h * P, band = 8 * cout > 1024 ? 8 * cout : 1024;
-    bias_forward(out, b, cout, (size_t)n, accumulate);
-    for (int p0 = 0; p0 < n - 2; p0 += band) {
-        int nb = n - 2 - p0 < band ? n - 2 - p0 : band;
-        for (int k = 0; k < 9; k++) // out (cout, nb) += w9[k] (cout, cin) pad@k (cin, nb)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cout, nb, cin,
-                        1.0f, w9 + (size_t)k * cout * cin, cin,
-                        pad + p0 + (k / 3) * P + k % 3, (h + 2) * P, 1.0f, out + p0, n);
+    const conv_job *j = arg;
+    int bi = task % j->nbands, c0 = task / j->nbands * j->mblock;
+    int p0 = bi * j->band, nb = j->gemm_n - p0 < j->band ? j->gemm_n - p0 : j->band;
+    int mc = j->cout - c0 < j->mblock ? j->cout - c0 : j->mblock;
+    int p1 = bi == j->nbands - 1 ? j->n : p0 + nb; /* the last band: the tail too */
+    (void)thread;
+    for (int co = c0; co < c0 + mc; co++) { // out[co, p0:p1] = b [+ out]
+        float *o = j->out + (size_t)co * j->n, bv = j->b[co];
+        if (j->accumulate)
+            for (int i = p0; i < p1; i++)
+                o[i] += bv;
+        else
+            for (int i = p0; i < p1; i++)
+                o[i] = bv;
     }
+    for (int k = 0; k < j->taps; k++) // out (mc, nb) += w[k] (mc, cin) in@k (cin, nb)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, mc, nb, j->cin, 1.0f,
+                    j->w + ((size_t)k * j->cout + c0) * j->cin, j->cin,
+                    j->in + p0 + (k / 3) * j->P + k % 3, j->ldb, 1.0f,
+                    j->out + (size_t)c0 * j->n + p0, j->n);
 }
 
-void vae_conv1x1_forward(float *out, const float *in, const float *w,
-                         const float *b, int cin, int cout, int n)
+/* Bands of 8 * cout positions (at least 1024), for the cache; with a pool,
+ * smaller bands and then blocks of output channels until there are a few
+ * tasks per thread. */
+static void conv_run(struct op_pool *pool, conv_job *j)
 {
-    bias_forward(out, b, cout, (size_t)n, 0);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cout, n, cin, 1.0f,
-                w, cin, in, n, 1.0f, out, n);
+    int want = split(pool, 1 << 30);
+    j->band = 8 * j->cout > 1024 ? 8 * j->cout : 1024;
+    if (pool && (j->gemm_n + j->band - 1) / j->band < want)
+        j->band = (j->gemm_n + want - 1) / want > 512 ? (j->gemm_n + want - 1) / want : 512;
+    j->nbands = (j->gemm_n + j->band - 1) / j->band;
+    int mblocks = pool && j->nbands < want ? (want + j->nbands - 1) / j->nbands : 1;
+    int most = j->cout / 64 > 1 ? j->cout / 64 : 1; /* blocks of 64+ rows */
+    mblocks = mblocks < most ? mblocks : most;
+    j->mblock = ((j->cout + mblocks - 1) / mblocks + 15) / 16 * 16;
+    mblocks = (j->cout + j->mblock - 1) / j->mblock;
+    op_pool_run(pool, j->nbands * mblocks, conv_task, j);
+}
+
+void vae_conv3x3_forward(struct op_pool *pool, float *out, const float *pad,
+                         const float *w9, const float *b, int cin, int cout,
+                         int h, int w, int accumulate)
+{
+    int P = w + 2;
+    conv_job j = {.out = out, .in = pad, .w = w9, .b = b, .cin = cin, .cout = cout,
+                  .taps = 9, .P = P, .n = h * P, .gemm_n = h * P - 2, .ldb = (h + 2) * P,
+                  .accumulate = accumulate};
+    conv_run(pool, &j);
+}
+
+void vae_conv1x1_forward(struct op_pool *pool, float *out, const float *in,
+                         const float *w, const float *b, int cin, int cout, int n)
+{
+    conv_job j = {.out = out, .in = in, .w = w, .b = b, .cin = cin, .cout = cout,
+                  .taps = 1, .n = n, .gemm_n = n, .ldb = n};
+    conv_run(pool, &j);
 }
 
 /* ---- attention --------------------------------------------------------- */
@@ -228,17 +302,17 @@ int vae_attention_tile(int T)
     return (int)(r < 1 ? 1 : r > (size_t)T ? (size_t)T : r);
 }
 
-void vae_attention_forward(float *x, const float *const w[4],
-                           const float *const b[4], const float *scale,
-                           const float *shift, int C, int H, int W, int pitch,
-                           const vae_attn_scratch *sc)
+void vae_attention_forward(struct op_pool *pool, float *x,
+                           const float *const w[4], const float *const b[4],
+                           const float *scale, const float *shift, int C, int H,
+                           int W, int pitch, const vae_attn_scratch *sc)
 {
     int T = H * W;
     for (size_t r = 0; r < (size_t)C * H; r++) // xn (C, T) = GN(x)
         affine_row(sc->xn + r * W, x + r * pitch, scale[r / H], shift[r / H], W, 0);
-    vae_conv1x1_forward(sc->q, sc->xn, w[0], b[0], C, C, T);       // (C, T)
-    vae_conv1x1_forward(sc->k, sc->xn, w[1], b[1], C, C, T);       // (C, T)
-    vae_conv1x1_forward(sc->v, sc->xn, w[2], b[2], C, C, T);       // (C, T)
+    vae_conv1x1_forward(pool, sc->q, sc->xn, w[0], b[0], C, C, T); // (C, T)
+    vae_conv1x1_forward(pool, sc->k, sc->xn, w[1], b[1], C, C, T); // (C, T)
+    vae_conv1x1_forward(pool, sc->v, sc->xn, w[2], b[2], C, C, T); // (C, T)
     float *o = sc->xn; /* xn is spent: the head's output goes there */
     for (int t0 = 0; t0 < T; t0 += sc->tq) {
         int nq = T - t0 < sc->tq ? T - t0 : sc->tq;
@@ -251,7 +325,7 @@ void vae_attention_forward(float *x, const float *const w[4],
                     sc->v, T, sc->s, T, 0.0f, o + t0, T);
     }
     float *y = sc->q; /* q is spent too */
-    vae_conv1x1_forward(y, o, w[3], b[3], C, C, T);                // (C, T)
+    vae_conv1x1_forward(pool, y, o, w[3], b[3], C, C, T);          // (C, T)
     for (size_t r = 0; r < (size_t)C * H; r++) // x += y, pitched
         for (int i = 0; i < W; i++)
             x[r * pitch + i] += y[r * W + i];

@@ -15,11 +15,19 @@
  * padded input is written, the one pass over memory a conv needs besides
  * its GEMMs. Bias and residual are in the output before the GEMMs, which
  * accumulate onto them.
+ *
+ * Threads: ops taking a pool (ops.h; NULL runs inline) split their work
+ * into tasks over it: convolutions into (band of positions, block of
+ * output channels) pairs, each a few single-threaded sgemms, GroupNorm by
+ * group, padding by channel. Without a pool, BLAS's own threads are the
+ * only parallelism.
  */
 #ifndef DIT_VAE_OPS_H
 #define DIT_VAE_OPS_H
 
 #include <stddef.h>
+
+struct op_pool;
 
 /* Pitch (floats per row) of a pitched activation W wide. */
 #define VAE_PITCH(w) ((w) + 2)
@@ -27,31 +35,32 @@
 /* pad (C, h*up + 2, w*up + 2) = zero-padded f(in), in (C, h, in_pitch):
  * f is x * scale[c] + shift[c] (scale NULL: identity), then SiLU when
  * silu, then nearest x`up` upsampling (up 1 or 2). */
-void vae_pad_forward(float *pad, const float *in, int C, int h, int w,
-                     int in_pitch, int up, const float *scale,
+void vae_pad_forward(struct op_pool *pool, float *pad, const float *in, int C,
+                     int h, int w, int in_pitch, int up, const float *scale,
                      const float *shift, int silu);
 
 /* out (cout, h, w + 2) [+]= conv3x3(pad) + b: pad (cin, h + 2, w + 2) from
  * vae_pad_forward, w9 (9, cout, cin) the kernel tap-major (vae_conv3x3_
  * reorder), b (cout). With accumulate, out already holds a residual. */
-void vae_conv3x3_forward(float *out, const float *pad, const float *w9,
-                         const float *b, int cin, int cout, int h, int w,
-                         int accumulate);
+void vae_conv3x3_forward(struct op_pool *pool, float *out, const float *pad,
+                         const float *w9, const float *b, int cin, int cout,
+                         int h, int w, int accumulate);
 
 /* w9 (9, cout, cin) from a PyTorch kernel w (cout, cin, 3, 3). */
 void vae_conv3x3_reorder(float *w9, const float *w, int cin, int cout);
 
 /* out (cout, n) = w (cout, cin) in (cin, n) + b: a 1x1 conv over n
  * positions, pitched or not (spare columns give spare columns). */
-void vae_conv1x1_forward(float *out, const float *in, const float *w,
-                         const float *b, int cin, int cout, int n);
+void vae_conv1x1_forward(struct op_pool *pool, float *out, const float *in,
+                         const float *w, const float *b, int cin, int cout, int n);
 
 /* GroupNorm (G groups, eps) of x (C, H, pitch) folded into a per-channel
  * affine: GN(x)[c] = x[c] * scale[c] + shift[c]; gamma, beta, scale, shift
  * (C). Statistics in double: the mean, then squares around it. */
-void vae_groupnorm_coef_forward(float *scale, float *shift, const float *x,
-                                const float *gamma, const float *beta, int C,
-                                int H, int W, int pitch, int G, double eps);
+void vae_groupnorm_coef_forward(struct op_pool *pool, float *scale, float *shift,
+                                const float *x, const float *gamma,
+                                const float *beta, int C, int H, int W,
+                                int pitch, int G, double eps);
 
 /* out (C, H*W) = in (C, H, pitch) without the spare columns. */
 void vae_unpitch_forward(float *out, const float *in, int C, int H, int W,
@@ -70,10 +79,10 @@ typedef struct vae_attn_scratch {
     float *xn, *q, *k, *v, *s;
     int tq;
 } vae_attn_scratch;
-void vae_attention_forward(float *x, const float *const w[4],
-                           const float *const b[4], const float *scale,
-                           const float *shift, int C, int H, int W, int pitch,
-                           const vae_attn_scratch *sc);
+void vae_attention_forward(struct op_pool *pool, float *x,
+                           const float *const w[4], const float *const b[4],
+                           const float *scale, const float *shift, int C, int H,
+                           int W, int pitch, const vae_attn_scratch *sc);
 
 /* Query rows per score tile for T positions (so scores stay a few MiB). */
 int vae_attention_tile(int T);

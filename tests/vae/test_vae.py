@@ -9,7 +9,8 @@ max|ours - ref| / max|ref| <= 1e-4 on batches of 2 latents of 32x32x4 and
 64x64x4, with both attention namings, F32 and F16 files, encoder tensors
 present. The widths are reduced (the structure, four up blocks of three
 ResNets, upsampling to x8, is sd-vae-ft-mse's) so the suite takes seconds;
-one case runs the real sd-vae-ft-mse shape on a 32x32 latent.
+one case runs the real sd-vae-ft-mse shape on a 32x32 latent, one on an
+engine worker pool of 3 threads (work split into bands and channel blocks).
 
 badfile: broken directories must be refused with an error naming the file
 and the tensor or key, never a crash.
@@ -48,8 +49,8 @@ def run(exe, *args):
     return p.returncode, p.stdout + p.stderr
 
 
-def parity(exe, work, name, cfg, size, n=2, dtype="F32", attn="new", seed=0):
-    """size: the latent's side, or (height, width)"""
+def parity(exe, work, name, cfg, size, n=2, dtype="F32", attn="new", seed=0, threads=1):
+    """size: the latent's side, or (height, width); threads > 1: on a pool"""
     h, w = size if isinstance(size, tuple) else (size, size)
     d = os.path.join(work, name)
     model = vae_ref.randomize_(vae_ref.VAEDecoder(cfg), seed).eval()
@@ -63,7 +64,7 @@ def parity(exe, work, name, cfg, size, n=2, dtype="F32", attn="new", seed=0):
     t1 = time.perf_counter()
     zf, of = os.path.join(d, "z.f32"), os.path.join(d, "out.f32")
     z.numpy().astype("<f4").tofile(zf)
-    rc, out = run(exe, "decode", d, n, h, w, zf, of)
+    rc, out = run(exe, "decode", d, n, h, w, zf, of, *([threads] if threads > 1 else []))
     t2 = time.perf_counter()
     if rc != 0:
         check(False, f"{name}: vae_check decode failed: {out.strip()}")
@@ -83,6 +84,7 @@ def run_parity(exe, work):
     parity(exe, work, "small32-new-f32", SMALL, 32)
     parity(exe, work, "small32-old-f16", SMALL, 32, dtype="F16", attn="old", seed=3)
     parity(exe, work, "small64-old-f32", SMALL, 64, attn="old", seed=5)
+    parity(exe, work, "small-pool3", SMALL, (20, 36), n=2, seed=6, threads=3)
     parity(exe, work, "odd-shape", dict(block_out_channels=[16, 24, 40], layers_per_block=1,
                                         norm_num_groups=8, latent_channels=3,
                                         out_channels=1), (5, 9), n=3, seed=7)

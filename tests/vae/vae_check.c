@@ -3,10 +3,11 @@
  *   vae_check load DIR
  *       loads the VAE; prints "ok" or the error ("E<status> <message>") and
  *       exits 0 on success, 1 on a load error, 2 on a crash-free misuse.
- *   vae_check decode DIR N H W Z.f32 OUT.f32
+ *   vae_check decode DIR N H W Z.f32 OUT.f32 [THREADS]
  *       decodes N latents (N, latent, H, W) of raw little-endian float32
  *       into OUT.f32 (N, out, H*up, W*up), first checking the API's argument
- *       checks (a workspace one byte short, n = 0) refuse rather than run.
+ *       checks (a workspace one byte short, n = 0) refuse rather than run;
+ *       with THREADS > 1, on an engine worker pool of that many threads.
  *
  * Raw float files keep this driver free of any file-format code; the
  * Python side writes and compares them with NumPy.
@@ -16,6 +17,7 @@
 #include <string.h>
 
 #include "dit.h"
+#include "ops.h"
 #include "vae.h"
 
 static float *read_f32(const char *path, size_t n)
@@ -34,8 +36,8 @@ static float *read_f32(const char *path, size_t n)
     return p;
 }
 
-static int decode(vae_model *m, int n, int h, int w, const char *zpath,
-                  const char *opath)
+static int decode(vae_model *m, struct op_pool *pool, int n, int h, int w,
+                  const char *zpath, const char *opath)
 {
     int lat = vae_latent_channels(m), up = vae_upscale(m);
     size_t zn = (size_t)n * lat * h * w;
@@ -46,13 +48,13 @@ static int decode(vae_model *m, int n, int h, int w, const char *zpath,
     int rc = 1;
     if (!z || !out || !ws || !wsb)
         goto done;
-    if (vae_decode(m, ws, wsb - 1, n, h, w, z, out) != DIT_E_INVAL ||
-        vae_decode(m, ws, wsb, 0, h, w, z, out) != DIT_E_INVAL ||
+    if (vae_decode(m, pool, ws, wsb - 1, n, h, w, z, out) != DIT_E_INVAL ||
+        vae_decode(m, pool, ws, wsb, 0, h, w, z, out) != DIT_E_INVAL ||
         vae_workspace_bytes(m, n, 0, w) != 0) {
         fprintf(stderr, "argument checks did not refuse\n");
         goto done;
     }
-    int st = vae_decode(m, ws, wsb, n, h, w, z, out);
+    int st = vae_decode(m, pool, ws, wsb, n, h, w, z, out);
     if (st != DIT_OK) {
         fprintf(stderr, "vae_decode: %s\n", dit_strerror(st));
         goto done;
@@ -86,9 +88,11 @@ int main(int argc, char **argv)
     int rc = 0;
     if (!strcmp(argv[1], "load"))
         printf("ok\n");
-    else if (!strcmp(argv[1], "decode") && argc == 8)
-        rc = decode(m, atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), argv[6], argv[7]);
-    else
+    else if (!strcmp(argv[1], "decode") && (argc == 8 || argc == 9)) {
+        struct op_pool *pool = argc == 9 ? op_pool_new(atoi(argv[8])) : NULL;
+        rc = decode(m, pool, atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), argv[6], argv[7]);
+        op_pool_free(pool);
+    } else
         rc = 2;
     vae_free(m);
     vae_free(NULL);

@@ -99,11 +99,14 @@ static int dec_run(const dec_args *a, const vae_model *v, const io_npy *z)
     if (C != 1 && C != 3)
         return cli_fail("%s: the VAE makes %d channels; a PNG needs 1 or 3", a->vae, C);
     size_t zn = io_npy_numel(z), wsb = vae_workspace_bytes(v, n, h, w);
+    if (!wsb)
+        return cli_fail("%s: %d x %d latents make a picture over 16384 pixels a side",
+                        a->latents, h, w);
     float *zs = malloc(zn * sizeof *zs);
     float *rgb = malloc((size_t)n * C * h * up * w * up * sizeof *rgb);
     void *ws = malloc(wsb);
     int rc = CLI_EFAIL;
-    if (!zs || !rgb || !ws || !wsb) {
+    if (!zs || !rgb || !ws) {
         cli_fail("out of memory decoding %d latents of %d x %d (%zu MiB of workspace)", n,
                  h, w, wsb >> 20);
         goto done;
@@ -111,7 +114,7 @@ static int dec_run(const dec_args *a, const vae_model *v, const io_npy *z)
     for (size_t i = 0; i < zn; i++)
         zs[i] = (float)(((const float *)z->data)[i] / a->scale);
     double t = cli_now();
-    rc = vae_decode(v, ws, wsb, n, h, w, zs, rgb);
+    rc = vae_decode(v, NULL, ws, wsb, n, h, w, zs, rgb);
     if (rc != DIT_OK) {
         rc = cli_fail("decoding failed: %s", dit_strerror(rc));
         goto done;
