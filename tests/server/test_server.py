@@ -13,11 +13,13 @@ small random-weight model (make_model.py) and checks one area:
   shutdown   SIGTERM drains (finishes or cancels within the bound), exit 0
   limits     idle/slow connection timeout, per-IP connection limit
   config     settings file, environment and command-line errors
+  soak       a bounded mixed load (valid, cancelled, malformed, abandoned)
 """
 import argparse
 import base64
 import json
 import os
+import random
 import signal
 import socket
 import tempfile
@@ -623,6 +625,69 @@ def test_limits():
         s.close()
 
 
+# ---- soak ---------------------------------------------------------------------
+
+GARBAGE = [b"\x00\x01\x02garbage\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n",
+           b"FOO /health HTTP/1.1\r\nHost: x\r\n\r\n",
+           b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n",
+           b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+           b"POST /generate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+           b"GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n",
+           b"GET /jobs/" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+           b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n{\"class"]
+
+
+def test_soak():
+    """A bounded mixed load on loopback (40 clients x 50 operations): health
+    checks, generations, jobs cancelled at random, malformed requests and
+    abandoned connections. Nothing may get a 5xx or an error, and the server
+    must stay healthy and exit cleanly."""
+    s = start("--max-connections", 64, "--max-per-ip", 0, "--conn-timeout-s", 3, threads=2)
+    bad = []
+
+    def client(k):
+        rnd = random.Random(k)
+        for _ in range(50):
+            c = rnd.random()
+            try:
+                if c < 0.4:
+                    r = s.get("/health")
+                elif c < 0.55:
+                    r = s.post("/generate", {"class_label": rnd.randrange(10),
+                                             "steps": rnd.randrange(1, 20),
+                                             "num_images": rnd.randrange(1, 4)})
+                elif c < 0.7:
+                    r = s.post("/jobs", {"class_label": rnd.randrange(10), "steps": 30})
+                    if r.status == 202 and rnd.random() < 0.5:
+                        r = s.request("DELETE", "/jobs/" + r.json()["id"])
+                else:
+                    sock = s.raw(b"")
+                    try:
+                        sock.sendall(rnd.choice(GARBAGE))
+                        if rnd.random() < 0.5:
+                            sock.recv(100)
+                    except OSError:
+                        pass
+                    sock.close()
+                    continue
+                if r.status >= 500:
+                    bad.append((r.status, r.body[:100]))
+            except OSError as e:
+                bad.append(repr(e))
+    try:
+        before = five_hundreds(s)
+        ts = [threading.Thread(target=client, args=(k,)) for k in range(40)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(600)
+        check(not bad, f"errors under load: {bad[:5]}")
+        check(five_hundreds(s) == before, "no 5xx under load")
+        check(s.get("/health").status == 200, "healthy after the load")
+    finally:
+        s.close()
+
+
 # ---- config ------------------------------------------------------------------
 
 def run(args, env=None):
@@ -682,7 +747,8 @@ def test_config():
 
 GROUPS = {"api": test_api, "batching": test_batching, "queue": test_queue,
           "errors": test_errors, "static": test_static, "auth": test_auth,
-          "shutdown": test_shutdown, "limits": test_limits, "config": test_config}
+          "shutdown": test_shutdown, "limits": test_limits, "config": test_config,
+          "soak": test_soak}
 
 
 def main():
