@@ -4,6 +4,7 @@
  * its document on request (they are small next to an image).
  */
 #include <cjson/cJSON.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,23 +14,41 @@
 #include "routes.h"
 #include "stats.h"
 
+/* Integer fields copied into a JSON object: name and offset in the struct. */
+typedef struct int_field {
+    const char *name;
+    size_t off;
+} int_field;
+
+static void add_ints(cJSON *o, const void *base, const int_field *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        cJSON_AddNumberToObject(o, f[i].name, *(const int *)((const char *)base + f[i].off));
+}
+
+#define F(s, name) {#name, offsetof(s, name)}
+static const int_field CONFIG_INTS[] = {
+    F(dit_config, input_size), F(dit_config, patch_size), F(dit_config, in_channels),
+    F(dit_config, hidden_size), F(dit_config, depth), F(dit_config, num_heads),
+    F(dit_config, num_classes), F(dit_config, num_experts), F(dit_config, num_experts_per_tok),
+    F(dit_config, n_shared_experts), F(dit_config, num_tokens),
+};
+static const int_field LIMIT_INTS[] = {
+    F(srv_config, max_steps), F(srv_config, max_images),
+    {"max_rows_per_step", offsetof(srv_config, max_rows)}, F(srv_config, queue_capacity),
+    F(srv_config, max_body_bytes), F(srv_config, request_timeout_s),
+    F(srv_config, job_retention_s), F(srv_config, job_retention_count),
+};
+#undef F
+
 static void add_config(cJSON *root, const dit_config *c)
 {
     cJSON *o = cJSON_AddObjectToObject(root, "config");
-    cJSON_AddNumberToObject(o, "input_size", c->input_size);
-    cJSON_AddNumberToObject(o, "patch_size", c->patch_size);
-    cJSON_AddNumberToObject(o, "in_channels", c->in_channels);
-    cJSON_AddNumberToObject(o, "hidden_size", c->hidden_size);
-    cJSON_AddNumberToObject(o, "depth", c->depth);
-    cJSON_AddNumberToObject(o, "num_heads", c->num_heads);
+    add_ints(o, c, CONFIG_INTS, sizeof CONFIG_INTS / sizeof CONFIG_INTS[0]);
     cJSON_AddNumberToObject(o, "mlp_ratio", c->mlp_ratio);
-    cJSON_AddNumberToObject(o, "num_classes", c->num_classes);
-    cJSON_AddNumberToObject(o, "num_experts", c->num_experts);
-    cJSON_AddNumberToObject(o, "num_experts_per_tok", c->num_experts_per_tok);
-    cJSON_AddNumberToObject(o, "n_shared_experts", c->n_shared_experts);
     cJSON_AddBoolToObject(o, "learn_sigma", c->learn_sigma);
-    cJSON_AddStringToObject(o, "prediction", c->prediction == DIT_PRED_VELOCITY ? "velocity" : "epsilon");
-    cJSON_AddNumberToObject(o, "num_tokens", c->num_tokens);
+    cJSON_AddStringToObject(o, "prediction",
+                            c->prediction == DIT_PRED_VELOCITY ? "velocity" : "epsilon");
     if (c->preset)
         cJSON_AddStringToObject(o, "preset", c->preset);
     if (c->vae_dir)
@@ -40,16 +59,9 @@ static void add_limits(cJSON *root, const srv *s)
 {
     const srv_config *c = s->cfg;
     cJSON *o = cJSON_AddObjectToObject(root, "limits");
-    cJSON_AddNumberToObject(o, "max_steps", c->max_steps);
-    cJSON_AddNumberToObject(o, "max_images", c->max_images);
-    cJSON_AddNumberToObject(o, "max_rows_per_step", c->max_rows);
+    add_ints(o, c, LIMIT_INTS, sizeof LIMIT_INTS / sizeof LIMIT_INTS[0]);
     cJSON_AddNumberToObject(o, "cfg_scale_min", 1.0);
     cJSON_AddNumberToObject(o, "cfg_scale_max", c->max_cfg_scale);
-    cJSON_AddNumberToObject(o, "queue_capacity", c->queue_capacity);
-    cJSON_AddNumberToObject(o, "max_body_bytes", c->max_body_bytes);
-    cJSON_AddNumberToObject(o, "request_timeout_s", c->request_timeout_s);
-    cJSON_AddNumberToObject(o, "job_retention_s", c->job_retention_s);
-    cJSON_AddNumberToObject(o, "job_retention_count", c->job_retention_count);
     cJSON *srvj = cJSON_AddObjectToObject(root, "server");
     cJSON_AddBoolToObject(srvj, "batching", c->batching);
     cJSON_AddNumberToObject(srvj, "threads", s->n_threads);
