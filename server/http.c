@@ -64,6 +64,7 @@ struct http_req {
     char method[16];
     char *body;
     size_t len, cap;
+    size_t seen;               /* body bytes received, kept or not */
     int too_large;
     int fd;                    /* the socket, for the sweeper's peek */
     double t0;
@@ -349,7 +350,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     if (*upload_data_size) {
-        if (append_body(q, upload_data, *upload_data_size))
+        q->seen += *upload_data_size;
+        /* over the cap the rest is read and dropped so that the client can be
+         * told 413 at the end (no answer may be queued mid-upload), but only
+         * so far: an endless chunked body just gets the connection closed */
+        if (append_body(q, upload_data, *upload_data_size) ||
+            q->seen > (size_t)h->s->cfg->max_body_bytes + 65536)
             return MHD_NO;
         *upload_data_size = 0;
         return MHD_YES;

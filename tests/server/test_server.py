@@ -423,6 +423,17 @@ def test_errors():
         r = c.getresponse()
         check(r.status == 413, f"chunked over the cap: {r.status}")
         c.close()
+        # an endless chunked body is cut off rather than read forever
+        sock = s.raw(b"POST /generate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sent = 0
+        try:
+            while sent < 10 ** 7:
+                sock.sendall(b"1000\r\n" + b"a" * 4096 + b"\r\n")
+                sent += 4096
+        except OSError:
+            pass
+        check(sent < 10 ** 7, f"endless body cut off (sent {sent} bytes)")
+        sock.close()
         # unknown paths and wrong methods
         is_error(s.get("/nope"), 404, "/nope")
         is_error(s.post("/nope", "{}"), 404)
