@@ -54,6 +54,14 @@ int cmd_inspect(int argc, char **argv)
     if ((rc = cli_load_model(path, &m, &name)))
         return rc;
     inspect_print(name, m);
+    /* the working set one worker adds to the weights, at the server's default */
+    dit_ctx_settings set;
+    dit_ctx_settings_default(&set);
+    dit_ctx *ctx = NULL;
+    if (dit_ctx_new(&ctx, m, &set) == DIT_OK)
+        printf("context         %.1f MiB for %d rows per forward\n",
+               (double)dit_ctx_bytes(ctx) / (1024.0 * 1024.0), set.max_rows);
+    dit_ctx_free(ctx);
     dit_model_free(m);
     return 0;
 }
