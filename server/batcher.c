@@ -11,8 +11,11 @@
  * steps: a sampler only sees its own rows. With batching off, a job runs
  * alone (the benchmark's baseline).
  *
- * Finished jobs are decoded and PNG-encoded here, between two steps, so no
- * HTTP thread ever does heavy work. All buffers are sized once at start.
+ * Finished jobs are decoded (dit_decode: the VAE of a latent model, run on
+ * the engine's worker pool, or the pixel mapping) and PNG-encoded here,
+ * between two steps, so no HTTP thread ever does heavy work; both are timed
+ * (the job's decode_ms / encode_ms, /metrics ditmoe_decode_seconds and
+ * ditmoe_encode_seconds). All buffers are sized once at start.
  */
 #include "batcher.h"
 
@@ -159,14 +162,13 @@ static void admit(batcher *b)
     }
 }
 
-/* Decodes and encodes a finished job's images. Returns 0 or a message. */
-static const char *encode(batcher *b, job *j)
+/* PNG-encodes the decoded images of j: one PNG (or grid), and one PNG per
+ * image when there are several. Returns 0 or a message. */
+static const char *encode_pngs(batcher *b, job *j)
 {
     srv *s = b->s;
     int n = j->req.num_images, w = s->img_w, h = s->img_h, ch = s->img_ch;
     size_t img = (size_t)w * (size_t)h * (size_t)ch;
-    if (dit_decode(b->ctx, n, dit_sampler_result(j->sampler), b->pixels))
-        return "decoding the images failed";
     if (n == 1)
         return io_png_encode(b->pixels, w, h, ch, &j->png, &j->png_len, NULL, 0)
                    ? "PNG encoding failed" : NULL;
@@ -184,6 +186,26 @@ static const char *encode(batcher *b, job *j)
                           NULL, 0))
             return "PNG encoding failed";
     return NULL;
+}
+
+/* Decodes (the VAE for latent models, pixel mapping otherwise) and
+ * encodes a finished job's images, here on the scheduler thread (the VAE
+ * on the engine's workers), timing each part for the job and /metrics.
+ * Returns 0 or a message. */
+static const char *encode(batcher *b, job *j)
+{
+    srv *s = b->s;
+    double t0 = srv_now();
+    j->t_denoised = t0;
+    if (dit_decode(b->ctx, j->req.num_images, dit_sampler_result(j->sampler), b->pixels))
+        return "decoding the images failed";
+    double t1 = srv_now();
+    const char *msg = encode_pngs(b, j);
+    double t2 = srv_now();
+    j->decode_s = t1 - t0;
+    j->encode_s = t2 - t1;
+    srv_metrics_decode(s->metrics, j->decode_s, msg ? -1 : j->encode_s);
+    return msg;
 }
 
 /* Removes finished, cancelled and timed-out jobs from the batch. */

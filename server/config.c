@@ -9,6 +9,7 @@
  */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
@@ -17,10 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
-#ifndef DITMOE_WEB_ROOT
-#define DITMOE_WEB_ROOT "web"
-#endif
 
 enum { F_INT, F_BOOL, F_DOUBLE, F_STR };
 
@@ -40,10 +37,13 @@ typedef struct field {
 #define S(n, env, help) {#n, F_STR, offsetof(srv_config, n), sizeof(((srv_config *)0)->n), 0, 0, env, help}
 
 static const field FIELDS[] = {
-    S(listen, NULL, "address to listen on (IPv4 or IPv6 literal)"),
+    S(listen, "DITMOE_LISTEN", "address to listen on (IPv4 or IPv6 literal)"),
     I(port, 0, 65535, "DITMOE_PORT", "TCP port; 0 picks a free one (printed at start)"),
     S(model, "DITMOE_MODEL", "model directory or file; empty: the bundled models/fashion-mnist"),
-    S(web_root, NULL, "folder of the demo page served at /"),
+    S(web_root, NULL, "folder of the demo page served at /; empty: the source tree's web/ "
+      "(build-tree binary) or PREFIX/share/ditmoe/web"),
+    S(instance_id, "DITMOE_INSTANCE_ID", "this replica's name: the prefix of its job ids and "
+      "the X-Ditmoe-Instance header (1-32 of A-Z a-z 0-9 _ -); empty: random at start"),
     I(threads, 0, 256, "DITMOE_THREADS", "engine worker threads; 0: one per core"),
     I(blas_threads, 0, 256, NULL, "BLAS threads; 0: cores / threads (threads x blas_threads <= cores)"),
     I(http_threads, 1, 64, NULL, "HTTP polling threads (they never run the model)"),
@@ -69,6 +69,8 @@ static const field FIELDS[] = {
     I(max_body_bytes, 64, 1 << 24, NULL, "largest request body (413 beyond)"),
     I(drain_timeout_s, 0, 3600, NULL, "on SIGTERM/SIGINT, running jobs get this long before cancellation"),
     I(stats_window_s, 1, 86400, NULL, "length of the recent window in /stats"),
+    I(sse_keepalive_s, 0, 3600, NULL, "an event stream silent this long gets a ': keep-alive' "
+      "comment line (for proxies' read timeouts); 0: never"),
     B(access_log, "one line per request on stderr"),
 };
 #define NFIELDS (sizeof FIELDS / sizeof FIELDS[0])
@@ -78,7 +80,6 @@ void srv_config_default(srv_config *c)
     memset(c, 0, sizeof *c);
     strcpy(c->listen, "127.0.0.1");
     c->port = 8080;
-    snprintf(c->web_root, sizeof c->web_root, "%s", DITMOE_WEB_ROOT);
     c->http_threads = 2;
     c->compute_nice = 5;
     c->max_rows = 32;
@@ -96,6 +97,7 @@ void srv_config_default(srv_config *c)
     c->max_body_bytes = 8192;
     c->drain_timeout_s = 10;
     c->stats_window_s = 60;
+    c->sse_keepalive_s = 15;
     c->access_log = 1;
 }
 
@@ -348,13 +350,23 @@ int srv_config_from_args(srv_config *c, int argc, char **argv, FILE *out, char *
         if (srv_config_set(c, name, value, err, errlen))
             return -1;
     }
-    if (!c->web_root[0]) /* "" in a file: the default */
-        snprintf(c->web_root, sizeof c->web_root, "%s", DITMOE_WEB_ROOT);
     return srv_config_check(c, err, errlen);
 }
 
 int srv_config_check(const srv_config *c, char *err, size_t errlen)
 {
+    unsigned char addr[16];
+    if (inet_pton(AF_INET, c->listen, addr) != 1 && inet_pton(AF_INET6, c->listen, addr) != 1) {
+        snprintf(err, errlen, "listen: '%s' is not an IPv4 or IPv6 address", c->listen);
+        return -1;
+    }
+    size_t n = strlen(c->instance_id);
+    if (n > SRV_INSTANCE_MAX || strspn(c->instance_id, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                       "abcdefghijklmnopqrstuvwxyz0123456789_-") != n) {
+        snprintf(err, errlen, "instance_id: '%s' must be at most %d letters, digits, '_' or '-' "
+                 "(it goes into job ids and URLs)", c->instance_id, SRV_INSTANCE_MAX);
+        return -1;
+    }
     if (c->client_ip_header[0] && strcasecmp(c->client_ip_header, "X-Forwarded-For") &&
         strcasecmp(c->client_ip_header, "X-Real-IP")) {
         snprintf(err, errlen, "client_ip_header: '%s' must be empty, X-Forwarded-For or X-Real-IP",

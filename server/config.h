@@ -2,7 +2,8 @@
  *
  * Every setting has a default, may be set in a JSON file (config/server.json,
  * or --config PATH / DITMOE_CONFIG), the common ones by environment variable
- * (DITMOE_PORT, DITMOE_MODEL, DITMOE_THREADS, DITMOE_API_KEY), and all of
+ * (DITMOE_LISTEN, DITMOE_PORT, DITMOE_MODEL, DITMOE_THREADS, DITMOE_API_KEY,
+ * DITMOE_INSTANCE_ID), and all of
  * them on the command line (--name value or --name=value; '-' and '_' are
  * the same). Later sources win: defaults, file, environment, command line.
  * config/README.md documents each field; srv_config_usage prints the same.
@@ -12,11 +13,14 @@
 
 #include <stdio.h>
 
+#define SRV_INSTANCE_MAX 32   /* longest instance_id */
+
 typedef struct srv_config {
     char listen[64];          /* address to bind: IPv4 or IPv6 literal */
     int port;                 /* 0 = any free port (printed at start) */
     char model[1024];         /* model directory or file; "" = the default */
-    char web_root[1024];      /* static files served at / */
+    char web_root[1024];      /* static files served at /; "" = looked up */
+    char instance_id[SRV_INSTANCE_MAX + 1]; /* job id prefix; "" = random */
     int threads;              /* engine worker threads; 0 = auto */
     int blas_threads;         /* BLAS threads per GEMM; 0 = auto */
     int http_threads;         /* libmicrohttpd polling threads */
@@ -39,6 +43,7 @@ typedef struct srv_config {
     int max_body_bytes;       /* request body cap (413 beyond) */
     int drain_timeout_s;      /* on SIGTERM: time given to running jobs */
     int stats_window_s;       /* /stats "recent" window */
+    int sse_keepalive_s;      /* comment line on a silent event stream; 0 = off */
     int access_log;           /* 1: one line per request on stderr */
 } srv_config;
 
@@ -49,7 +54,7 @@ void srv_config_default(srv_config *c);
  * Returns 0, or -1 with err naming the file, field and problem. */
 int srv_config_load_file(srv_config *c, const char *path, char *err, size_t errlen);
 
-/* Applies DITMOE_PORT, DITMOE_MODEL, DITMOE_THREADS, DITMOE_API_KEY. */
+/* Applies the environment variables (DITMOE_LISTEN, DITMOE_PORT, ...). */
 int srv_config_load_env(srv_config *c, char *err, size_t errlen);
 
 /* Sets one field from text (name as in the file, '-' allowed for '_').
@@ -66,8 +71,9 @@ int srv_config_from_args(srv_config *c, int argc, char **argv, FILE *out,
 /* Prints every field with its default and meaning. */
 void srv_config_usage(FILE *out);
 
-/* Checks cross-field constraints (e.g. the client IP header needs trusted
- * proxies). Returns 0 or -1 with err. */
+/* Checks values a field's range cannot (listen is an address, instance_id
+ * is URL-safe) and cross-field constraints (the client IP header needs
+ * trusted proxies). Returns 0 or -1 with err. */
 int srv_config_check(const srv_config *c, char *err, size_t errlen);
 
 #endif

@@ -16,6 +16,11 @@
  * see the client leave. A sweeper thread therefore peeks at the sockets of
  * suspended connections every SWEEP_MS: on end-of-file it marks the request
  * gone and resumes it, and the route cancels the job (freeing its place).
+ * It also resumes a suspended stream whose writer asked to be called again
+ * at a time (srv_req.resume_at: the events' keep-alive comments).
+ *
+ * Every response carries X-Ditmoe-Instance (the instance id that prefixes
+ * job ids), so a client or proxy can tell which replica answered.
  *
  * Lock order: the job table's mutex, then h->mu (wakes come from job
  * watchers). Nothing here calls into jobs while holding h->mu.
@@ -71,6 +76,7 @@ struct http_req {
     int status;                /* sent, for the log; 0: none */
     /* (h->mu) */
     int is_suspended, wake_pending, gone;
+    double resume_at;          /* the sweeper resumes a suspended stream then */
     http_req *prev, *next;
 };
 
@@ -116,6 +122,7 @@ static int http_suspend(http_req *q)
     }
     MHD_suspend_connection(q->conn);
     q->is_suspended = 1;
+    q->resume_at = q->r.resume_at;
     q->next = h->suspended;
     if (q->next)
         q->next->prev = q;
@@ -125,16 +132,20 @@ static int http_suspend(http_req *q)
     return 1;
 }
 
-/* Resumes suspended requests whose client hung up. */
+/* Resumes suspended requests whose client hung up, and streams whose
+ * resume_at has come. */
 static void sweep_locked(http_server *h)
 {
     http_req *q = h->suspended;
+    double now = srv_now();
     while (q) {
         http_req *next = q->next;
         char c;
         ssize_t n = recv(q->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
             q->gone = 1;
+            resume_locked(h, q);
+        } else if (q->resume_at > 0 && now >= q->resume_at) {
             resume_locked(h, q);
         }
         q = next;
@@ -283,6 +294,7 @@ static enum MHD_Result send_reply(http_req *q, srv_reply *rep)
     }
     if (rep->ctype)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, rep->ctype);
+    MHD_add_response_header(resp, "X-Ditmoe-Instance", q->h->s->instance);
     for (int i = 0; i < rep->nhdr; i++)
         MHD_add_response_header(resp, rep->hdr_name[i], rep->hdr_value[i]);
     q->status = rep->status;

@@ -1,10 +1,13 @@
 /* introspect.c: GET /v1/model, GET /stats and GET /metrics.
  *
  * Read-only views of the model and of the server's counters; each builds
- * its document on request (they are small next to an image).
+ * its document on request (they are small next to an image). Paths are
+ * reported by their last component only ("fashion-mnist"): where the
+ * server's files lie is none of a client's business.
  */
 #include <cjson/cJSON.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,6 +44,19 @@ static const int_field LIMIT_INTS[] = {
 };
 #undef F
 
+/* The last component of path ("a/b/" -> "b"), into out. */
+static const char *base_name(const char *path, char *out, size_t n)
+{
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/')
+        len--;
+    size_t start = len;
+    while (start > 0 && path[start - 1] != '/')
+        start--;
+    snprintf(out, n, "%.*s", (int)(len - start), path + start);
+    return out;
+}
+
 static void add_config(cJSON *root, const dit_config *c)
 {
     cJSON *o = cJSON_AddObjectToObject(root, "config");
@@ -51,8 +67,9 @@ static void add_config(cJSON *root, const dit_config *c)
                             c->prediction == DIT_PRED_VELOCITY ? "velocity" : "epsilon");
     if (c->preset)
         cJSON_AddStringToObject(o, "preset", c->preset);
+    char name[256];
     if (c->vae_dir)
-        cJSON_AddStringToObject(o, "vae", c->vae_dir);
+        cJSON_AddStringToObject(o, "vae", base_name(c->vae_dir, name, sizeof name));
 }
 
 static void add_limits(cJSON *root, const srv *s)
@@ -63,6 +80,7 @@ static void add_limits(cJSON *root, const srv *s)
     cJSON_AddNumberToObject(o, "cfg_scale_min", 1.0);
     cJSON_AddNumberToObject(o, "cfg_scale_max", c->max_cfg_scale);
     cJSON *srvj = cJSON_AddObjectToObject(root, "server");
+    cJSON_AddStringToObject(srvj, "instance_id", s->instance);
     cJSON_AddBoolToObject(srvj, "batching", c->batching);
     cJSON_AddNumberToObject(srvj, "threads", s->n_threads);
     cJSON_AddNumberToObject(srvj, "blas_threads", s->blas_threads);
@@ -76,7 +94,8 @@ int routes_model(srv_req *req, srv_reply *out)
     dit_model_info info;
     dit_model_get_info(s->model, &info);
     cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "model", s->model_path);
+    char name[256];
+    cJSON_AddStringToObject(root, "model", base_name(s->model_path, name, sizeof name));
     add_config(root, c);
     cJSON *img = cJSON_AddObjectToObject(root, "image");
     cJSON_AddNumberToObject(img, "width", s->img_w);

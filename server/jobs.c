@@ -53,7 +53,8 @@ static void notify_queue_locked(job_table *t)
         notify_locked(q);
 }
 
-int job_table_new(job_table **out, const srv_config *cfg, int layers, int experts)
+int job_table_new(job_table **out, const srv_config *cfg, const char *instance, int layers,
+                  int experts)
 {
     job_table *t = calloc(1, sizeof *t);
     *out = NULL;
@@ -62,6 +63,7 @@ int job_table_new(job_table **out, const srv_config *cfg, int layers, int expert
     pthread_mutex_init(&t->mu, NULL);
     pthread_cond_init(&t->work, NULL);
     t->cfg = cfg;
+    snprintf(t->instance, sizeof t->instance, "%s", instance);
     t->L = layers;
     t->E = experts;
     t->accepting = 1;
@@ -135,6 +137,7 @@ static int id_taken_locked(job_table *t, const char *id)
     return 0;
 }
 
+/* "INSTANCE-" and 16 random hex digits, unique in the table. */
 static void new_id_locked(job_table *t, char *id, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
@@ -145,11 +148,13 @@ static void new_id_locked(job_table *t, char *id, size_t n)
             uint64_t v = (uint64_t)(srv_now() * 1e9) ^ (uint64_t)(uintptr_t)t;
             memcpy(b, &v, sizeof b);
         }
-        for (size_t i = 0; i < 8 && 2 * i + 2 < n; i++) {
-            id[2 * i] = hex[b[i] >> 4];
-            id[2 * i + 1] = hex[b[i] & 15];
-            id[2 * i + 2] = 0;
+        char digits[17];
+        for (size_t i = 0; i < 8; i++) {
+            digits[2 * i] = hex[b[i] >> 4];
+            digits[2 * i + 1] = hex[b[i] & 15];
         }
+        digits[16] = 0;
+        snprintf(id, n, "%s-%s", t->instance, digits);
     } while (id_taken_locked(t, id));
 }
 
@@ -306,9 +311,14 @@ void job_get_info(job_table *t, job *j, job_info *info)
         info->queue_position = pos;
     }
     double start = j->t_start ? j->t_start : now, end = j->t_end ? j->t_end : now;
+    if (j->state == JOB_DONE && j->t_denoised) { /* (S) fields: the job has finished */
+        end = j->t_denoised;
+        info->decode_ms = j->decode_s * 1e3;
+        info->encode_ms = j->encode_s * 1e3;
+    }
     info->queue_ms = (start - j->t_submit) * 1e3;
     info->compute_ms = j->state == JOB_QUEUED ? 0 : (end - start) * 1e3;
-    info->total_ms = (end - j->t_submit) * 1e3;
+    info->total_ms = ((j->t_end ? j->t_end : now) - j->t_submit) * 1e3;
     info->err_status = j->err_status;
     snprintf(info->err, sizeof info->err, "%s", j->err);
     pthread_mutex_unlock(&t->mu);

@@ -23,6 +23,7 @@
 #include "config.h"
 #include "dit.h"
 #include "request.h"
+#include "srv.h"
 
 typedef enum job_state { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_CANCELLED } job_state;
 
@@ -37,7 +38,7 @@ typedef struct job_watch {
 
 typedef struct job {
     /* immutable once submitted */
-    char id[24];
+    char id[SRV_JOB_ID_MAX];
     srv_gen_req req;
     int rows;                  /* rows per step: images, doubled with guidance */
     double t_submit, deadline; /* srv_now() */
@@ -57,6 +58,8 @@ typedef struct job {
     int listed;
     /* (S), readable by anyone once finished */
     dit_sampler *sampler;
+    double t_denoised;         /* srv_now() after the last step; 0 if none */
+    double decode_s, encode_s; /* dit_decode, PNG encoding (grid and images) */
     uint64_t *experts;         /* (L, E) tokens this job's rows sent to each expert */
     uint8_t *png;              /* the image, or the grid of all images */
     size_t png_len;
@@ -68,6 +71,7 @@ typedef struct job_table {
     pthread_mutex_t mu;
     pthread_cond_t work;       /* the scheduler waits here for jobs */
     const srv_config *cfg;
+    char instance[SRV_INSTANCE_MAX + 1]; /* the job id prefix */
     int L, E;                  /* layers and experts, for job->experts */
     job *q_head, *q_tail;      /* (T) FIFO of queued jobs */
     int q_len;
@@ -84,7 +88,9 @@ typedef struct job_table {
 
 enum { JOB_OK = 0, JOB_E_FULL = -1, JOB_E_STOPPING = -2, JOB_E_NOMEM = -3 };
 
-int job_table_new(job_table **out, const srv_config *cfg, int layers, int experts);
+/* A table whose job ids start with `instance` (copied). */
+int job_table_new(job_table **out, const srv_config *cfg, const char *instance, int layers,
+                  int experts);
 /* Frees the table and every listed job. The scheduler must have stopped. */
 void job_table_free(job_table *t);
 
@@ -112,7 +118,11 @@ typedef struct job_info {
     job_state state;
     int step, steps;
     int queue_position;        /* 1 = next to run; 0 when not queued */
-    double queue_ms, compute_ms, total_ms;
+    /* queued; denoising (so far, while running); the decode (VAE or pixel
+     * mapping) and PNG encoding of a done job (0 otherwise); submission to
+     * the end (so far). total >= the others' sum: the rest is the wait for
+     * other jobs decoded in the same pass. */
+    double queue_ms, compute_ms, decode_ms, encode_ms, total_ms;
     int err_status;
     char err[256];
 } job_info;

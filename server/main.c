@@ -1,9 +1,13 @@
 /* main.c: ditmoe-server, start and shutdown.
  *
- * Start: settings (config.c), then the HTTP front end at once (so /health
- * answers and /ready says "loading"), then the model with every expert
- * resident, the job table, the scheduler thread, and readiness. Engine
- * threads x BLAS threads are kept within the cores.
+ * `ditmoe-server --healthcheck [URL]` only checks a running server
+ * (healthcheck.c) and exits.
+ *
+ * Start: settings (config.c), the instance id (the job id prefix) and the
+ * web root, then the HTTP front end at once (so /health answers and /ready
+ * says "loading"), then the model with every expert resident, the job
+ * table, the scheduler thread, and readiness. Engine threads x BLAS
+ * threads are kept within the cores.
  *
  * Shutdown on SIGTERM or SIGINT (taken with sigwait in this thread; every
  * other thread has them blocked): stop accepting connections and jobs, let
@@ -15,43 +19,67 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "batcher.h"
+#include "healthcheck.h"
 #include "http.h"
 #include "jobs.h"
 #include "metrics.h"
+#include "paths.h"
 #include "srv.h"
 #include "stats.h"
 
-#ifndef DITMOE_MODEL_DIRS
-#define DITMOE_MODEL_DIRS "models/fashion-mnist"
-#endif
-
-/* The model to load: the configured one, else the first bundled
- * models/fashion-mnist that exists (installed data dir, then source tree;
- * DITMOE_MODEL_DIRS is a ':'-separated list set by meson). */
-static void resolve_model(const srv_config *c, char *out, size_t n)
+/* The model to load: the configured one, else the bundled
+ * models/fashion-mnist (paths.c: the source tree for a build-tree binary,
+ * else the install data dir). Returns 0, or -1 with err. */
+static int resolve_model(const srv_config *c, char *out, size_t n, char *err, size_t errlen)
 {
+    char tried[2048];
     if (c->model[0]) {
         snprintf(out, n, "%s", c->model);
+        return 0;
+    }
+    if (srv_find_data("models/fashion-mnist", "config.json", out, n, tried, sizeof tried) == 0)
+        return 0;
+    snprintf(err, errlen, "no model given (--model, DITMOE_MODEL) and the bundled "
+             "models/fashion-mnist is in none of: %s", tried);
+    return -1;
+}
+
+/* The web root: the configured one, else the bundled web/ (as the model).
+ * None found is no error: the API works without the demo page. */
+static void resolve_web_root(srv *s)
+{
+    char tried[2048];
+    struct stat st;
+    if (s->cfg->web_root[0]) {
+        snprintf(s->web_root, sizeof s->web_root, "%s", s->cfg->web_root);
+        if (stat(s->web_root, &st) || !S_ISDIR(st.st_mode))
+            fprintf(stderr, "ditmoe-server: web_root %s is not a folder: / will be 404\n",
+                    s->web_root);
+    } else if (srv_find_data("web", "index.html", s->web_root, sizeof s->web_root, tried,
+                             sizeof tried)) {
+        fprintf(stderr, "ditmoe-server: no web root (web_root unset and no web/index.html in "
+                "%s): / will be 404\n", tried);
+    }
+}
+
+/* instance_id, else 8 random hex digits: the prefix of every job id. */
+static void resolve_instance(srv *s)
+{
+    if (s->cfg->instance_id[0]) {
+        snprintf(s->instance, sizeof s->instance, "%s", s->cfg->instance_id);
         return;
     }
-    const char *dirs = DITMOE_MODEL_DIRS;
-    snprintf(out, n, "%.*s", (int)strcspn(dirs, ":"), dirs);
-    while (*dirs) {
-        char cand[1024], probe[1100];
-        size_t len = strcspn(dirs, ":");
-        snprintf(cand, sizeof cand, "%.*s", (int)len, dirs);
-        snprintf(probe, sizeof probe, "%s/config.json", cand);
-        if (access(probe, R_OK) == 0) {
-            snprintf(out, n, "%s", cand);
-            return;
-        }
-        dirs += len + (dirs[len] == ':');
-    }
+    uint32_t v = 0;
+    if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v)
+        v = (uint32_t)(srv_now() * 1e9) ^ (uint32_t)getpid();
+    snprintf(s->instance, sizeof s->instance, "%08x", v);
 }
 
 /* Engine threads x BLAS threads <= cores (auto when 0). */
@@ -84,7 +112,8 @@ static int load(srv *s, char *err, size_t errlen)
     char msg[512];
     const srv_config *c = s->cfg;
     double t0 = srv_now();
-    resolve_model(c, s->model_path, sizeof s->model_path);
+    if (resolve_model(c, s->model_path, sizeof s->model_path, err, errlen))
+        return -1;
     int rc = dit_model_load(&s->model, s->model_path, msg, sizeof msg);
     if (rc) {
         snprintf(err, errlen, "model %s: %s", s->model_path, msg[0] ? msg : dit_strerror(rc));
@@ -94,7 +123,7 @@ static int load(srv *s, char *err, size_t errlen)
     dit_model_image_size(s->model, &s->img_w, &s->img_h, &s->img_ch);
     if (srv_stats_new(&s->stats, s->mc->depth, s->mc->num_experts, s->mc->num_classes, c->max_rows,
                       c->stats_window_s) ||
-        job_table_new(&s->jobs, c, s->mc->depth, s->mc->num_experts)) {
+        job_table_new(&s->jobs, c, s->instance, s->mc->depth, s->mc->num_experts)) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
@@ -108,6 +137,8 @@ static int load(srv *s, char *err, size_t errlen)
     }
     dit_model_info info;
     dit_model_get_info(s->model, &info);
+    fprintf(stderr, "ditmoe-server: instance %s; web root %s\n", s->instance,
+            s->web_root[0] ? s->web_root : "(none)");
     fprintf(stderr, "ditmoe-server: model %s: %llu parameters (%llu active per token), %.1f MB "
             "of weights, loaded in %.2f s; %d threads x %d BLAS threads, %d rows per step, "
             "batching %s\n", s->model_path, (unsigned long long)info.params_total,
@@ -154,13 +185,18 @@ static void teardown(srv *s)
 int main(int argc, char **argv)
 {
     static srv_config cfg;
-    char err[1600];
+    char err[3000];
+    const char *hc_url = NULL;
+    int hc = srv_healthcheck_arg(&argc, argv, &hc_url);
     int rc = srv_config_from_args(&cfg, argc, argv, stdout, err, sizeof err);
     if (rc) {
         if (rc < 0)
             fprintf(stderr, "ditmoe-server: %s\n", err);
-        return rc < 0 ? 2 : 0;
+        /* a health check exits 0 or 1 only (Docker reserves 2) */
+        return rc < 0 ? (hc ? 1 : 2) : 0;
     }
+    if (hc)
+        return srv_healthcheck(&cfg, hc_url, stderr);
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
@@ -171,6 +207,8 @@ int main(int argc, char **argv)
     static srv s;
     s.cfg = &cfg;
     s.t_start = srv_now();
+    resolve_instance(&s);
+    resolve_web_root(&s);
     http_server *h = NULL;
     if (srv_metrics_new(&s.metrics) || http_start(&h, &s, err, sizeof err)) {
         fprintf(stderr, "ditmoe-server: %s\n", s.metrics ? err : "out of memory");

@@ -31,7 +31,7 @@ struct srv_metrics {
     uint64_t by_status[600];
     uint64_t jobs[N_OUTCOMES];
     uint64_t images;
-    histo http_s, step_s, job_s, rows, jobs_per_step;
+    histo http_s, step_s, job_s, decode_s, encode_s, rows, jobs_per_step;
 };
 
 static void histo_init(histo *h, const double *le, int n)
@@ -58,6 +58,9 @@ int srv_metrics_new(srv_metrics **out)
     static const double step_le[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                                      2.5, 5, 10};
     static const double job_le[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600};
+    /* pixel mapping takes microseconds, a VAE tens of ms to seconds an image */
+    static const double decode_le[] = {0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05,
+                                       0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
     static const double rows_le[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
     srv_metrics *m = calloc(1, sizeof *m);
     *out = m;
@@ -67,6 +70,8 @@ int srv_metrics_new(srv_metrics **out)
     histo_init(&m->http_s, http_le, 16);
     histo_init(&m->step_s, step_le, 13);
     histo_init(&m->job_s, job_le, 13);
+    histo_init(&m->decode_s, decode_le, 16);
+    histo_init(&m->encode_s, decode_le, 16);
     histo_init(&m->rows, rows_le, 11);
     histo_init(&m->jobs_per_step, rows_le, 11);
     return 0;
@@ -94,6 +99,15 @@ void srv_metrics_step(srv_metrics *m, int rows, int jobs, double seconds)
     histo_add(&m->step_s, seconds);
     histo_add(&m->rows, rows);
     histo_add(&m->jobs_per_step, jobs);
+    pthread_mutex_unlock(&m->mu);
+}
+
+void srv_metrics_decode(srv_metrics *m, double decode_s, double encode_s)
+{
+    pthread_mutex_lock(&m->mu);
+    histo_add(&m->decode_s, decode_s);
+    if (encode_s >= 0)
+        histo_add(&m->encode_s, encode_s);
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -186,6 +200,11 @@ char *srv_metrics_text(srv_metrics *m, int queued, int running, int queue_capaci
               "Generation requests: submission to finished images (queue + compute).", &m->job_s);
     put_histo(&b, "ditmoe_step_duration_seconds", "One batched denoising step (one forward).",
               &m->step_s);
+    put_histo(&b, "ditmoe_decode_seconds", "Decoding one job's final samples into pixels "
+              "(dit_decode: the VAE for latent models, pixel mapping otherwise), on the "
+              "scheduler thread.", &m->decode_s);
+    put_histo(&b, "ditmoe_encode_seconds", "PNG-encoding one job's images (and their grid).",
+              &m->encode_s);
     put_histo(&b, "ditmoe_batch_rows", "Rows (images and guidance rows) per denoising step.",
               &m->rows);
     put_histo(&b, "ditmoe_batch_jobs", "Jobs sharing one denoising step.", &m->jobs_per_step);

@@ -16,6 +16,9 @@ void srv_metrics_free(srv_metrics *m);
 void srv_metrics_request(srv_metrics *m, int status, double seconds);
 /* One denoising step of `rows` rows and `jobs` jobs that took `seconds`. */
 void srv_metrics_step(srv_metrics *m, int rows, int jobs, double seconds);
+/* One job's images decoded (dit_decode) in decode_s and PNG-encoded in
+ * encode_s (< 0: the encoding failed, not counted). */
+void srv_metrics_decode(srv_metrics *m, double decode_s, double encode_s);
 /* One job ended ("done", "failed", "cancelled") `seconds` after submission
  * with `images` images. */
 void srv_metrics_job(srv_metrics *m, const char *outcome, double seconds, int images);

@@ -17,7 +17,7 @@
 
 #include "srv.h"
 
-#define SRV_MAX_HEADERS 8
+#define SRV_MAX_HEADERS 12
 
 typedef struct srv_reply {
     int status;
@@ -55,8 +55,11 @@ struct srv_req {
     /* body writer of a streaming reply: bytes written (> 0), 0 when there
      * is nothing yet (http.c suspends until woken), -1 at the end */
     long (*stream)(void *state, char *buf, size_t max);
+    /* a stream with nothing to send is suspended until woken, or until this
+     * srv_now() time if set (for keep-alive comments); set by the writer */
+    double resume_at;
     /* for the access log: the job this request made or read, if any */
-    char job_id[24];
+    char job_id[SRV_JOB_ID_MAX];
 };
 
 enum { ROUTE_DONE = 0, ROUTE_PENDING = 1, ROUTE_CLOSE = 2 };

@@ -31,6 +31,7 @@ typedef struct gen_state {
     int watching;
     int sync;                   /* a waiting /generate: its job dies with it */
     /* server-sent events */
+    double last_out;            /* srv_now() of the last bytes written */
     int sent_state;             /* -1: nothing yet */
     int sent_pos, sent_step, ended;
     char *buf;
@@ -131,6 +132,8 @@ static cJSON *timings_json(const job_info *in)
     cJSON *t = cJSON_CreateObject();
     cJSON_AddNumberToObject(t, "queue_ms", ms3(in->queue_ms));
     cJSON_AddNumberToObject(t, "compute_ms", ms3(in->compute_ms));
+    cJSON_AddNumberToObject(t, "decode_ms", ms3(in->decode_ms));
+    cJSON_AddNumberToObject(t, "encode_ms", ms3(in->encode_ms));
     cJSON_AddNumberToObject(t, "total_ms", ms3(in->total_ms));
     return t;
 }
@@ -222,6 +225,9 @@ static void timing_headers(srv_reply *out, const job *j, const job_info *in)
     srv_reply_header(out, "X-Seed", "%llu", (unsigned long long)j->req.seed);
     srv_reply_header(out, "X-Queue-Ms", "%.1f", in->queue_ms);
     srv_reply_header(out, "X-Compute-Ms", "%.1f", in->compute_ms);
+    srv_reply_header(out, "X-Decode-Ms", "%.3f", in->decode_ms);
+    srv_reply_header(out, "X-Encode-Ms", "%.3f", in->encode_ms);
+    srv_reply_header(out, "X-Total-Ms", "%.1f", in->total_ms);
     srv_reply_header(out, "X-Steps", "%d", in->steps);
 }
 
@@ -352,23 +358,26 @@ int routes_generate(srv_req *req, srv_reply *out, int async)
 
 /* ---- server-sent events -------------------------------------------------- */
 
+/* Room for `more` bytes after g->len (the buffer only grows). */
+static int sse_reserve(gen_state *g, size_t more)
+{
+    size_t need = g->len + more;
+    if (need <= g->cap)
+        return 0;
+    char *b = realloc(g->buf, need * 2);
+    if (!b)
+        return -1;
+    g->buf = b;
+    g->cap = need * 2;
+    return 0;
+}
+
 static void sse_put(gen_state *g, const char *event, cJSON *data)
 {
     char *text = cJSON_PrintUnformatted(data);
     cJSON_Delete(data);
-    if (!text)
-        return;
-    size_t need = g->len + strlen(event) + strlen(text) + 32;
-    if (need > g->cap) {
-        char *b = realloc(g->buf, need * 2);
-        if (!b) {
-            free(text);
-            return;
-        }
-        g->buf = b;
-        g->cap = need * 2;
-    }
-    g->len += (size_t)sprintf(g->buf + g->len, "event: %s\ndata: %s\n\n", event, text);
+    if (text && !sse_reserve(g, strlen(event) + strlen(text) + 32))
+        g->len += (size_t)sprintf(g->buf + g->len, "event: %s\ndata: %s\n\n", event, text);
     free(text);
 }
 
@@ -413,20 +422,39 @@ static void sse_collect(gen_state *g)
     }
 }
 
+/* A ": keep-alive" comment line when the stream has been silent for
+ * sse_keepalive_s, so proxies with read timeouts keep it open while the
+ * job waits in the queue or between slow steps. EventSource ignores it. */
+static void sse_keepalive(gen_state *g, double now)
+{
+    static const char line[] = ": keep-alive\n\n";
+    int ka = g->s->cfg->sse_keepalive_s;
+    if (ka && now >= g->last_out + ka && !sse_reserve(g, sizeof line)) {
+        memcpy(g->buf + g->len, line, sizeof line - 1);
+        g->len += sizeof line - 1;
+    }
+}
+
 static long sse_read(void *state, char *buf, size_t max)
 {
     gen_state *g = state;
+    double now = srv_now();
     if (g->off == g->len) {
         g->off = g->len = 0;
         if (g->ended || g->req->stopping)
             return -1;
         sse_collect(g);
         if (g->len == 0)
+            sse_keepalive(g, now);
+        if (g->len == 0)
             return 0;
     }
     size_t n = g->len - g->off < max ? g->len - g->off : max;
     memcpy(buf, g->buf + g->off, n);
     g->off += n;
+    g->last_out = now;
+    /* http.c resumes the suspended stream then, even if the job is quiet */
+    g->req->resume_at = g->s->cfg->sse_keepalive_s ? now + g->s->cfg->sse_keepalive_s : 0;
     return (long)n;
 }
 
@@ -441,6 +469,8 @@ static int job_events(srv_req *req, srv_reply *out, job *j)
         return ROUTE_DONE;
     }
     req->stream = sse_read;
+    g->last_out = srv_now();
+    req->resume_at = req->s->cfg->sse_keepalive_s ? g->last_out + req->s->cfg->sse_keepalive_s : 0;
     out->status = 200;
     out->ctype = "text/event-stream";
     out->stream = 1;
@@ -470,7 +500,7 @@ int routes_job(srv_req *req, srv_reply *out, const char *id, const char *sub)
     }
     job *j = job_find(s->jobs, id);
     if (!j) {
-        srv_reply_error(out, 404, "not_found", "no job '%.32s' (finished jobs are kept %d s, "
+        srv_reply_error(out, 404, "not_found", "no job '%.64s' (finished jobs are kept %d s, "
                         "at most %d of them)", id, s->cfg->job_retention_s, s->cfg->job_retention_count);
         return ROUTE_DONE;
     }

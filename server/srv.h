@@ -13,6 +13,10 @@
 #include "config.h"
 #include "dit.h"
 
+/* Job ids are "INSTANCE-" and 16 hex digits, so the id says which replica
+ * made the job (docs/server.md: routing /jobs/{id} by it). With the NUL: */
+#define SRV_JOB_ID_MAX (SRV_INSTANCE_MAX + 18)
+
 struct job_table;
 struct batcher;
 struct srv_stats;
@@ -23,6 +27,8 @@ typedef struct srv {
     dit_model *model;
     const dit_config *mc;
     char model_path[1024];
+    char web_root[1024];           /* the configured or found web root; "" = none */
+    char instance[SRV_INSTANCE_MAX + 1]; /* instance_id, or the random one */
     int img_w, img_h, img_ch;      /* decoded image size */
     int n_threads, blas_threads;   /* as resolved from the config */
     struct job_table *jobs;

@@ -1,4 +1,5 @@
-/* static.c: the demo page and its files, from the configured web root.
+/* static.c: the demo page and its files, from the web root (configured,
+ * or found by paths.c at start: srv.web_root).
  *
  * Safe against path traversal twice over: a path segment may not be empty,
  * "." or "..", start with a dot or hold a backslash or control character,
@@ -70,7 +71,8 @@ int routes_static(srv_req *req, srv_reply *out)
         return not_found(req, out);
     int n = snprintf(rel, sizeof rel, "%s%s", path + 1,
                      !path[1] || path[strlen(path) - 1] == '/' ? "index.html" : "");
-    if (n < 0 || (size_t)n >= sizeof rel || !realpath(req->s->cfg->web_root, root))
+    if (n < 0 || (size_t)n >= sizeof rel || !req->s->web_root[0] ||
+        !realpath(req->s->web_root, root))
         return not_found(req, out);
     n = snprintf(full, sizeof full, "%s/%s", root, rel);
     if (n < 0 || (size_t)n >= sizeof full || !realpath(full, real))

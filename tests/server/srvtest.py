@@ -51,14 +51,16 @@ def wait_for(pred, timeout, what, step=0.02):
     return None
 
 
-def make_model(cache, slow=False):
-    """A random-weight test model (make_model.py), made once per build dir."""
-    path = os.path.join(cache, "server-test-model" + ("-slow" if slow else ""))
+def make_model(cache, slow=False, kind=None):
+    """A random-weight test model (make_model.py), made once per build dir:
+    kind None (the small pixel model), "slow" or "latent" (with a VAE)."""
+    kind = kind or ("slow" if slow else None)
+    path = os.path.join(cache, "server-test-model" + ("-" + kind if kind else ""))
     if os.path.exists(os.path.join(path, "config.json")):
         return path
     tmp = tempfile.mkdtemp(dir=cache, prefix="model-tmp-")
     subprocess.run(["/usr/bin/python3", os.path.join(HERE, "make_model.py"), tmp] +
-                   (["--slow"] if slow else []), check=True)
+                   (["--" + kind] if kind else []), check=True)
     try:
         os.rename(tmp, path)  # atomic: a parallel test may have won
     except OSError:
@@ -80,11 +82,11 @@ class Response:
 
 
 class Server:
-    def __init__(self, exe, model, *args, env=None, threads=1, blas=1):
+    def __init__(self, exe, model, *args, env=None, threads=1, blas=1, listen="127.0.0.1"):
         self.log_file = tempfile.NamedTemporaryFile(prefix="ditmoe-server-", suffix=".log",
                                                     delete=False)
-        cmd = [exe, "--listen", "127.0.0.1", "--port", "0", "--threads", str(threads),
-               "--blas-threads", str(blas)]
+        cmd = [exe] + (["--listen", listen] if listen else []) + [
+            "--port", "0", "--threads", str(threads), "--blas-threads", str(blas)]
         if model:
             cmd += ["--model", model]
         cmd += [str(a) for a in args]
@@ -95,7 +97,9 @@ class Server:
         if "listening on" not in line:
             self.proc.wait(10)
             raise RuntimeError(f"server did not start: {line!r}\n{self.log()}")
-        self.port = int(line.rsplit(":", 1)[1])
+        self.host, port = line.split("http://", 1)[1].strip().rsplit(":", 1)
+        self.host = self.host.strip("[]")
+        self.port = int(port)
         wait_for(lambda: self.try_get("/ready") == 200, 60, "/ready")
 
     def log(self):
@@ -109,7 +113,7 @@ class Server:
             return None
 
     def conn(self, timeout=120):
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def request(self, method, path, body=None, headers=None, timeout=120):
         c = self.conn(timeout)
@@ -140,7 +144,7 @@ class Server:
 
     def raw(self, data, timeout=10):
         """A raw socket that has sent data (bytes)."""
-        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        s = socket.create_connection((self.host, self.port), timeout=timeout)
         if data:
             s.sendall(data)
         return s

@@ -12,16 +12,26 @@ small random-weight model (make_model.py) and checks one area:
   auth       API key, trusted proxy header, job retention
   shutdown   SIGTERM drains (finishes or cancels within the bound), exit 0
   limits     idle/slow connection timeout, per-IP connection limit
-  config     settings file, environment and command-line errors
+  config     settings file, environment and command-line errors, DITMOE_LISTEN
   soak       a bounded mixed load (valid, cancelled, malformed, abandoned)
+  decode     decode and PNG-encode timings (JSON, headers, /metrics), on a
+             pixel model and on a latent model with a small VAE
+  instance   instance ids: the job id prefix and X-Ditmoe-Instance
+  keepalive  ': keep-alive' comments on a quiet event stream
+  healthcheck  ditmoe-server --healthcheck [URL]
+  install    meson install: web/, the model and the class names land in
+             PREFIX/share/ditmoe, and the installed binary finds them
 """
 import argparse
 import base64
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -65,6 +75,10 @@ def test_api():
         check(m["sampling_defaults"]["sampler"] == "euler" and m["sampling_defaults"]["steps"] == 8,
               "sampling defaults")
         check(m["limits"]["max_images"] == 16 and "queue_capacity" in m["limits"], "limits")
+        # the model by its folder's name, never the server's filesystem path
+        body = s.get("/v1/model").body.decode()
+        check(m["model"] == os.path.basename(ARGS.model), f"model name {m['model']!r}")
+        check(os.path.dirname(ARGS.model) not in body, "/v1/model leaks the model's path")
 
         # PNG answer with its headers; the same seed gives the same image
         r = s.post("/generate", {"class_label": "Trouser", "seed": 7, "steps": 6})
@@ -731,6 +745,29 @@ def test_config():
     check(r.returncode == 2 and "DITMOE_PORT" in r.stderr, f"DITMOE_PORT: {r.stderr}")
     r = run(["--model", "/nonexistent/model", "--port", "0"])
     check(r.returncode == 1 and "/nonexistent/model" in r.stderr, f"missing model: {r.stderr}")
+    for args, env, word in [([], {"DITMOE_LISTEN": "localhost"}, "listen"),
+                            (["--listen", "1.2.3"], {}, "listen"),
+                            (["--instance-id", "a/b"], {}, "instance_id"),
+                            ([], {"DITMOE_INSTANCE_ID": "x" * 33}, "instance_id"),
+                            (["--sse-keepalive-s", "-1"], {}, "sse_keepalive_s")]:
+        r = run(args + ["--port", "0"], env=env)
+        check(r.returncode == 2 and word in r.stderr, f"{args} {env}: {r.returncode} {r.stderr}")
+    # DITMOE_LISTEN: the address to bind, below the command line
+    s = Server(ARGS.server, ARGS.model, listen=None, env={"DITMOE_LISTEN": "127.0.0.2"})
+    try:
+        check(s.host == "127.0.0.2" and s.get("/health").status == 200, f"DITMOE_LISTEN: {s.host}")
+        try:
+            socket.create_connection(("127.0.0.1", s.port), timeout=5).close()
+            check(False, "DITMOE_LISTEN=127.0.0.2, yet 127.0.0.1 is answered")
+        except OSError:
+            pass
+    finally:
+        s.close()
+    s = Server(ARGS.server, ARGS.model, env={"DITMOE_LISTEN": "127.0.0.2"})  # --listen 127.0.0.1
+    try:
+        check(s.host == "127.0.0.1" and s.get("/health").status == 200, "--listen beats DITMOE_LISTEN")
+    finally:
+        s.close()
     # the example file is valid and holds the defaults
     s = Server(ARGS.server, ARGS.model, "--config", os.path.join(HERE, "..", "..", "config",
                                                                   "server.json"))
@@ -738,7 +775,10 @@ def test_config():
         lim = s.get("/v1/model").json()["limits"]
         check(lim["max_images"] == 16 and lim["max_rows_per_step"] == 32 and
               lim["queue_capacity"] == 64, f"config/server.json: {lim}")
-        check(s.get("/").status in (200, 404), "web root default")
+        # web_root "": a build-tree binary serves the source tree's web/
+        r = s.get("/")
+        with open(os.path.join(HERE, "..", "..", "web", "index.html"), "rb") as f:
+            check(r.status == 200 and r.body == f.read(), f"default web root: GET / {r.status}")
     finally:
         s.close()
     # a good file, overridden by the environment, overridden by the command line
@@ -756,10 +796,289 @@ def test_config():
         s.close()
 
 
+# ---- decode ---------------------------------------------------------------------
+
+def metric_sum(s, prefix):
+    return sum(float(l.split()[-1]) for l in s.get("/metrics").body.decode().splitlines()
+               if l.startswith(prefix))
+
+
+def check_timings(t, what):
+    """Every part present; the parts add up to at most the total (same clock:
+    queue, denoising, decode and encode follow each other within the job)."""
+    keys = ["queue_ms", "compute_ms", "decode_ms", "encode_ms", "total_ms"]
+    if not check(all(isinstance(t.get(k), (int, float)) and t[k] >= 0 for k in keys),
+                 f"{what}: timings {t}"):
+        return
+    parts = t["queue_ms"] + t["compute_ms"] + t["decode_ms"] + t["encode_ms"]
+    check(parts <= t["total_ms"] + 0.005, f"{what}: the parts {parts} exceed total "
+          f"{t['total_ms']}: decode/encode counted inside compute_ms? {t}")
+    check(t["encode_ms"] > 0 and t["compute_ms"] > 0, f"{what}: compute and encode measured {t}")
+
+
+def decode_checks(s, req, size, what):
+    """One JSON and one PNG generation, a job: timings, headers, metrics."""
+    n0 = s.metric("ditmoe_decode_seconds_count")
+    e0 = s.metric("ditmoe_encode_seconds_count")
+    r = s.post("/generate", req, headers={"Accept": "application/json"})
+    d = r.json()
+    check(r.status == 200, f"{what}: {r.status}")
+    check_timings(d["timings"], what + " JSON")
+    w, h, ch, px = png_decode(base64.b64decode(d["data"][0]["b64_json"]))
+    check((w, h, ch) == size, f"{what}: image {w}x{h}x{ch}, expected {size}")
+    r = s.post("/generate", req)
+    hdr = {k: r.header(k) for k in ("x-queue-ms", "x-compute-ms", "x-decode-ms", "x-encode-ms",
+                                    "x-total-ms")}
+    check(all(v is not None for v in hdr.values()), f"{what}: timing headers {hdr}")
+    if all(v is not None for v in hdr.values()):
+        check(float(hdr["x-encode-ms"]) > 0 and float(hdr["x-decode-ms"]) >= 0 and
+              float(hdr["x-total-ms"]) >= float(hdr["x-compute-ms"]), f"{what}: headers {hdr}")
+    jid = s.post("/jobs", req).json()["id"]
+    wait_for(lambda: s.get(f"/jobs/{jid}").json()["status"] == "done", 60, "job done")
+    st = s.get(f"/jobs/{jid}").json()
+    check_timings(st["timings"], what + " job status")
+    # one decode and one encode observed per finished job
+    check(s.metric("ditmoe_decode_seconds_count") == n0 + 3, f"{what}: ditmoe_decode_seconds_count")
+    check(s.metric("ditmoe_encode_seconds_count") == e0 + 3, f"{what}: ditmoe_encode_seconds_count")
+    check(s.metric('ditmoe_decode_seconds_bucket{le="+Inf"}') == n0 + 3, f"{what}: +Inf bucket")
+    return d, px
+
+
+def test_decode():
+    s = start()
+    try:
+        # a job still queued or running has no decode yet
+        jid = s.post("/jobs", {"class_label": 1, "steps": 1000, "num_images": 16}).json()["id"]
+        t = s.get(f"/jobs/{jid}").json()["timings"]
+        check(t["decode_ms"] == 0 and t["encode_ms"] == 0, f"unfinished job timings {t}")
+        s.request("DELETE", f"/jobs/{jid}")
+        wait_for(lambda: s.get(f"/jobs/{jid}").json()["status"] == "cancelled", 30, "cancelled")
+        t = s.get(f"/jobs/{jid}").json()["timings"]
+        check(t["decode_ms"] == 0 and t["encode_ms"] == 0, f"cancelled job timings {t}")
+        decode_checks(s, {"class_label": 2, "steps": 3, "num_images": 3}, (16, 16, 1), "pixel")
+        body = s.get("/metrics").body.decode()
+        check("# TYPE ditmoe_decode_seconds histogram" in body and
+              "# TYPE ditmoe_encode_seconds histogram" in body, "decode/encode histograms typed")
+    finally:
+        s.close()
+    latent = make_model(ARGS.cache, kind="latent")
+    s = Server(ARGS.server, latent)
+    try:
+        m = s.get("/v1/model").json()
+        check(m["image"] == {"width": 16, "height": 16, "channels": 3} and
+              m["config"].get("vae") == "vae", f"latent model: {m['image']} {m['config'].get('vae')}")
+        d, px = decode_checks(s, {"class_label": 4, "seed": 3, "steps": 2, "num_images": 2},
+                              (16, 16, 3), "latent")
+        check(len(set(px)) > 8, "the VAE's picture is not flat")
+        # the VAE costs more than mapping pixels: its decode shows in decode_ms
+        check(d["timings"]["decode_ms"] > 0.01, f"VAE decode measured: {d['timings']}")
+        check(metric_sum(s, "ditmoe_decode_seconds_sum") > 0, "ditmoe_decode_seconds_sum > 0")
+    finally:
+        s.close()
+
+
+# ---- instance ---------------------------------------------------------------------
+
+def test_instance():
+    s = start("--instance-id", "r1", "--web-root", os.path.join(HERE, "..", "..", "web"))
+    try:
+        ids = [s.post("/jobs", {"class_label": 1, "steps": 2}).json()["id"] for _ in range(3)]
+        ids.append(s.post("/generate", {"class_label": 1, "steps": 2}).header("x-job-id"))
+        check(all(re.fullmatch(r"r1-[0-9a-f]{16}", i or "") for i in ids), f"job ids {ids}")
+        check(len(set(ids)) == 4, "job ids are unique")
+        check(s.get("/v1/model").json()["server"]["instance_id"] == "r1", "/v1/model instance_id")
+        # every answer says which instance gave it, errors and streams included
+        for method, path, body in [("GET", "/health", None), ("GET", "/ready", None),
+                                   ("GET", "/", None), ("GET", "/nope", None),
+                                   ("GET", f"/jobs/{ids[0]}", None),
+                                   ("GET", f"/jobs/{ids[0]}/image", None),
+                                   ("GET", f"/jobs/{ids[0]}/events", None),
+                                   ("GET", "/jobs/r2-0123456789abcdef", None),
+                                   ("POST", "/generate", "{"), ("PUT", "/stats", "x"),
+                                   ("POST", "/jobs", "x" * 9000), ("GET", "/metrics", None)]:
+            r = s.request(method, path, body=body)
+            check(r.header("x-ditmoe-instance") == "r1",
+                  f"{method} {path} ({r.status}): X-Ditmoe-Instance {r.header('x-ditmoe-instance')}")
+        st = s.get(f"/jobs/{ids[0]}").json()
+        check(st["id"] == ids[0] and st["image"] == f"/jobs/{ids[0]}/image", f"status {st}")
+    finally:
+        s.close()
+    s = start(env={"DITMOE_INSTANCE_ID": "replica_2-b"})
+    try:
+        r = s.post("/generate", {"class_label": 1, "steps": 2})
+        check(r.header("x-ditmoe-instance") == "replica_2-b" and
+              re.fullmatch(r"replica_2-b-[0-9a-f]{16}", r.header("x-job-id") or ""),
+              f"DITMOE_INSTANCE_ID: {r.header('x-ditmoe-instance')} {r.header('x-job-id')}")
+    finally:
+        s.close()
+    # by default a random id per start: two servers differ
+    a, b = start(), start()
+    try:
+        ia, ib = a.get("/health").header("x-ditmoe-instance"), b.get("/health").header("x-ditmoe-instance")
+        check(re.fullmatch(r"[0-9a-f]{8}", ia or "") and re.fullmatch(r"[0-9a-f]{8}", ib or "")
+              and ia != ib, f"random instance ids {ia} {ib}")
+        jid = a.post("/generate", {"class_label": 1, "steps": 2}).header("x-job-id")
+        check(jid.startswith(ia + "-"), f"job id {jid} has the instance prefix {ia}")
+        is_error(b.get(f"/jobs/{jid}"), 404, jid)  # the other replica does not know it
+    finally:
+        a.close()
+        b.close()
+
+
+# ---- keepalive --------------------------------------------------------------------
+
+def test_keepalive():
+    """A job waiting in the queue has a quiet event stream: with
+    sse_keepalive_s 1 a ': keep-alive' comment comes about every second (a
+    proxy's read timeout would otherwise cut it); EventSource-style parsing
+    still sees the events, the stream still ends with the job."""
+    s = start("--batching", "false", "--sse-keepalive-s", 1, slow=True)
+    try:
+        a = s.post("/jobs", LONG).json()["id"]
+        wait_for(lambda: status(s, a) == "running", 30, "A running")
+        b = s.post("/jobs", LONG).json()["id"]
+        c = s.conn(timeout=30)
+        c.request("GET", f"/jobs/{b}/events")
+        r = c.getresponse()
+        lines, comments = [], 0
+        t0 = time.monotonic()
+        while comments < 3 and time.monotonic() - t0 < 30:
+            line = r.readline().decode()
+            lines.append(line)
+            comments += line == ": keep-alive\n"
+        check(comments == 3, f"3 keep-alive comments within 30 s: {lines[-6:]}")
+        check(lines[0] == "event: queued\n", f"the stream opens with the queued event: {lines[:2]}")
+        check(status(s, b) == "queued", "the job was queued all along")
+        for j in (a, b):
+            s.request("DELETE", f"/jobs/{j}")
+        rest = r.read().decode()
+        c.close()
+        check("event: cancelled" in rest, f"the stream ends with the job: {rest[-200:]!r}")
+    finally:
+        s.close()
+    # off (0): a quiet stream stays quiet
+    s = start("--batching", "false", "--sse-keepalive-s", 0, slow=True)
+    try:
+        a = s.post("/jobs", LONG).json()["id"]
+        wait_for(lambda: status(s, a) == "running", 30, "A running")
+        b = s.post("/jobs", LONG).json()["id"]
+        sock = s.raw(b"GET /jobs/%s/events HTTP/1.1\r\nHost: x\r\n\r\n" % b.encode(), timeout=2.5)
+        data = b""
+        try:
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        sock.close()
+        check(b"event: queued" in data and b"keep-alive" not in data,
+              f"sse_keepalive_s 0: no comments: {data[-200:]!r}")
+        for j in (a, b):
+            s.request("DELETE", f"/jobs/{j}")
+    finally:
+        s.close()
+
+
+# ---- healthcheck -------------------------------------------------------------------
+
+def healthcheck(args, env=None):
+    t0 = time.monotonic()
+    r = run(["--healthcheck"] + [str(a) for a in args], env=env)
+    return r.returncode, r.stderr, time.monotonic() - t0
+
+
+def test_healthcheck():
+    s = start(env={"DITMOE_API_KEY": "k"})  # /health needs no key
+    d = tempfile.mkdtemp(prefix="ditmoe-hc-")
+    try:
+        url = f"http://127.0.0.1:{s.port}"
+        cfg = os.path.join(d, "server.json")
+        with open(cfg, "w") as f:
+            json.dump({"port": s.port, "listen": "0.0.0.0"}, f)
+        for args, env in [([url], None), ([url + "/health"], None), ([url + "/ready"], None),
+                          (["--port", s.port], None), (["--port", s.port, "--listen", "0.0.0.0"], None),
+                          ([], {"DITMOE_PORT": str(s.port)}), ([], {"DITMOE_CONFIG": cfg}),
+                          (["--config", cfg], None)]:
+            rc, err, _ = healthcheck(args, env)
+            check(rc == 0, f"--healthcheck {args} {env}: {rc} {err}")
+        r = run([f"--healthcheck={url}"])
+        check(r.returncode == 0, f"--healthcheck=URL: {r.returncode} {r.stderr}")
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            free = closed.getsockname()[1]
+        # a server that accepts and never answers: unhealthy, after the 2 s deadline
+        mute = socket.socket()
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(4)
+        for args, env, word in [([url + "/nope"], None, "404"),
+                                ([f"http://127.0.0.1:{free}"], None, "refused"),
+                                ([f"http://127.0.0.1:{mute.getsockname()[1]}"], None, "no answer"),
+                                (["ftp://x"], None, "URL"), (["http://:80"], None, "URL"),
+                                (["--port", 0], None, "port"), (["--port", 70000], None, "port"),
+                                ([], {"DITMOE_PORT": str(free)}, "refused")]:
+            rc, err, secs = healthcheck(args, env)
+            check(rc == 1 and word in err, f"--healthcheck {args} {env}: {rc} {err!r}")
+            check(secs < 10, f"--healthcheck {args}: took {secs:.1f} s (deadline 2 s)")
+        mute.close()
+    finally:
+        s.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# ---- install ---------------------------------------------------------------------
+
+def test_install():
+    """meson install into a staging dir: the data lands in PREFIX/share/ditmoe
+    and the installed binary, run from there, finds its web root and the
+    default model in it (not in the source tree)."""
+    meson = shutil.which("meson")
+    if not check(meson and ARGS.build_root, "meson and --build-root are needed"):
+        return
+    dest = tempfile.mkdtemp(prefix="ditmoe-install-")
+    try:
+        r = subprocess.run([meson, "install", "-C", ARGS.build_root, "--no-rebuild",
+                            "--destdir", dest], capture_output=True, text=True, timeout=600)
+        if not check(r.returncode == 0, f"meson install: {r.stdout[-2000:]} {r.stderr[-2000:]}"):
+            return
+        info = json.loads(subprocess.run([meson, "introspect", "--buildoptions", ARGS.build_root],
+                                         capture_output=True, text=True, check=True).stdout)
+        opt = {o["name"]: o["value"] for o in info}
+        prefix = dest + opt["prefix"]
+        data = os.path.join(prefix, opt["datadir"], "ditmoe")
+        src = os.path.join(HERE, "..", "..")
+        for rel in ["web/index.html", "web/app.js", "imagenet_classes.txt"] + \
+                (["models/fashion-mnist/config.json"]
+                 if os.path.exists(os.path.join(src, "models/fashion-mnist/config.json")) else []):
+            check(os.path.isfile(os.path.join(data, rel)), f"installed {rel} under {data}")
+        exe = os.path.join(prefix, opt["bindir"], "ditmoe-server")
+        args = [] if os.path.exists(os.path.join(data, "models/fashion-mnist/config.json")) else \
+            ["--model", ARGS.model]
+        s = Server(exe, None, *args)
+        try:
+            log = s.log()
+            check(f"web root {os.path.join(data, 'web')}\n" in log, f"installed web root: {log}")
+            if not args:
+                check(f"model {os.path.join(data, 'models', 'fashion-mnist')}:" in log,
+                      f"installed default model: {log}")
+                m = s.get("/v1/model")
+                check(m.json()["model"] == "fashion-mnist" and dest not in m.body.decode(),
+                      f"/v1/model names the model only: {m.json()['model']}")
+            r = s.get("/")
+            with open(os.path.join(data, "web", "index.html"), "rb") as f:
+                check(r.status == 200 and r.body == f.read(), f"installed GET / {r.status}")
+        finally:
+            s.close()
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
 GROUPS = {"api": test_api, "batching": test_batching, "queue": test_queue,
           "errors": test_errors, "static": test_static, "auth": test_auth,
           "shutdown": test_shutdown, "limits": test_limits, "config": test_config,
-          "soak": test_soak}
+          "soak": test_soak, "decode": test_decode, "instance": test_instance,
+          "keepalive": test_keepalive, "healthcheck": test_healthcheck, "install": test_install}
 
 
 def main():
@@ -768,6 +1087,7 @@ def main():
     p.add_argument("group", choices=sorted(GROUPS))
     p.add_argument("--server", required=True)
     p.add_argument("--cache", required=True, help="where the test model is made once")
+    p.add_argument("--build-root", help="the build dir (the install group installs from it)")
     ARGS = p.parse_args()
     ARGS.model = make_model(ARGS.cache)
     ARGS.slow_model = make_model(ARGS.cache, slow=True)
