@@ -225,6 +225,10 @@ def run_cli(ditmoe, work):
               f"ditmoe decode --out-npy {ours.shape} matches z / 0.18215 decoded, rel err {err:.2e}")
         # 3 images of 28 x 24 in a 2 x 2 grid with 2-pixel gaps, RGB
         check(png_size(png) == (58, 50, 2), f"grid PNG size/type {png_size(png)}")
+        rc, out = run(ditmoe, "decode", "--vae", d, "--latents", zf, "--out", png,
+                      "--out-npy", npy, "--threads", "3")
+        check(rc == 0 and np.abs(np.load(npy) - ours).max() <= TOL * np.abs(ref).max(),
+              f"ditmoe decode --threads 3 agrees: {out.strip()}")
     np.save(zf, z[0, :3].numpy())
     rc, out = run(ditmoe, "decode", "--vae", d, "--latents", zf, "--out", png)
     check(rc == 1 and "(N, 4, h, w)" in out, f"3-channel latents refused: {out.strip()}")

@@ -13,6 +13,7 @@
 
 #include "cli.h"
 #include "dio.h"
+#include "ops.h"
 #include "vae.h"
 
 static const char decode_usage[] =
@@ -24,7 +25,7 @@ static const char decode_usage[] =
     "                     1 for latents already divided)\n"
     "  --out X.png        the picture, a grid for N > 1\n"
     "  --out-npy RGB.npy  also the decoder's float32 output (N, 3, 8h, 8w), about [-1, 1]\n"
-    "  --threads T        BLAS threads (default 1)\n";
+    "  --threads T        threads (default 1)\n";
 
 typedef struct dec_args {
     const char *vae, *latents, *out, *out_npy;
@@ -90,7 +91,8 @@ done:
     return rc;
 }
 
-static int dec_run(const dec_args *a, const vae_model *v, const io_npy *z)
+static int dec_run(const dec_args *a, const vae_model *v, const io_npy *z,
+                   struct op_pool *pool)
 {
     int h, w, n = dec_check(v, z, a->latents, &h, &w);
     if (n < 0)
@@ -114,7 +116,7 @@ static int dec_run(const dec_args *a, const vae_model *v, const io_npy *z)
     for (size_t i = 0; i < zn; i++)
         zs[i] = (float)(((const float *)z->data)[i] / a->scale);
     double t = cli_now();
-    rc = vae_decode(v, NULL, ws, wsb, n, h, w, zs, rgb);
+    rc = vae_decode(v, pool, ws, wsb, n, h, w, zs, rgb);
     if (rc != DIT_OK) {
         rc = cli_fail("decoding failed: %s", dit_strerror(rc));
         goto done;
@@ -147,7 +149,12 @@ int cmd_decode(int argc, char **argv)
     if ((rc = cli_double("latent-scale", scale_s, 1e-6, 1e6, &a.scale)) ||
         (rc = cli_int("threads", threads_s, 1, 256, &a.threads)))
         return rc;
-    dit_set_blas_threads(a.threads);
+    /* the engine's pool with single-threaded BLAS, as the server decodes:
+     * it beats BLAS's own threads here (bench/vae_bench.py) */
+    struct op_pool *pool = a.threads > 1 ? op_pool_new(a.threads) : NULL;
+    dit_set_blas_threads(1);
+    if (a.threads > 1 && !pool)
+        return cli_fail("cannot start %d threads", a.threads);
     vae_model *v = NULL;
     io_npy z = { 0 };
     char err[1024] = "";
@@ -156,8 +163,9 @@ int cmd_decode(int argc, char **argv)
     else if ((rc = io_npy_read(a.latents, &z, err, sizeof err)) != DIT_OK)
         rc = cli_fail("%s", err[0] ? err : dit_strerror(rc));
     else
-        rc = dec_run(&a, v, &z);
+        rc = dec_run(&a, v, &z, pool);
     io_npy_free(&z);
     vae_free(v);
+    op_pool_free(pool);
     return rc;
 }
