@@ -624,16 +624,19 @@ int js_parse_ex(const char *buf, size_t len, int flags, js_doc **out,
     if (!out)
         return -1;
     *out = NULL;
+    if (!buf && len) {
+        if (err && errlen)
+            snprintf(err, errlen, "byte 0: no buffer");
+        return -1;
+    }
+    if (!buf)
+        buf = ""; /* NULL + 0 is undefined: parse the empty text instead */
     js_doc *d = calloc(1, sizeof *d);
     parser ps = {.p = (const unsigned char *)buf, .start = (const unsigned char *)buf,
                  .end = (const unsigned char *)buf + len, .doc = d, .flags = flags,
                  .err = err, .errlen = errlen};
     if (!d)
         return oom(&ps), -2;
-    if (!buf && len) {
-        js_free(d);
-        return fail(&ps, "no buffer");
-    }
     d->next_cap = 4096;
     int r = parse_value(&ps, &d->root);
     if (!r) {
