@@ -165,7 +165,7 @@ log "build: done"
 cfg=$(buildah inspect --type image --format \
     '{{.Docker.Config.User}} {{.Docker.Config.Entrypoint}} {{.Docker.Config.Cmd}} {{.Docker.Config.Healthcheck.Test}}' \
     localhost/ditmoe:ci)
-[ "$cfg" = "10001:10001 [/usr/bin/ditmoe-server] [--listen 0.0.0.0] [CMD /usr/bin/ditmoe-healthcheck]" ] ||
+[ "$cfg" = "10001:10001 [/usr/bin/ditmoe-server] [--listen 0.0.0.0] [CMD /usr/bin/ditmoe-server --healthcheck]" ] ||
   fail "image config (user, entrypoint, cmd, healthcheck): $cfg"
 
 model_env=()
@@ -196,8 +196,15 @@ for _ in $(seq 600); do
 done
 [ $ready = 1 ] || { cat "$work/server.log"; fail "/ready not 200 within 120 s"; }
 
-buildah run --isolation chroot --network host --env "DITMOE_PORT=$port" "$ctr" -- /usr/bin/ditmoe-healthcheck ||
+buildah run --isolation chroot --network host --env "DITMOE_PORT=$port" "$ctr" -- /usr/bin/ditmoe-server --healthcheck ||
   fail "the image's healthcheck failed against a running server"
+free=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+if buildah run --isolation chroot --network host --env "DITMOE_PORT=$free" "$ctr" -- /usr/bin/ditmoe-server --healthcheck 2>/dev/null; then
+  fail "the image's healthcheck passed with no server on port $free"
+fi
+for f in web/index.html models imagenet_classes.txt; do
+  buildah run --isolation chroot "$ctr" -- test -e "/usr/share/ditmoe/$f" || fail "no /usr/share/ditmoe/$f in the image"
+done
 
 code=$(curl -sS -m 120 -o "$work/out.png" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
     -d '{"class_label": 1, "seed": 7, "steps": 8}' "http://127.0.0.1:$port/generate")
