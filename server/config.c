@@ -385,7 +385,8 @@ void srv_config_usage(FILE *out)
 {
     srv_config d;
     srv_config_default(&d);
-    fprintf(out, "usage: ditmoe-server [--config FILE] [--name value ...]\n\n"
+    fprintf(out, "usage: ditmoe-server [--config FILE] [--name value ...]\n"
+                 "       ditmoe-server --healthcheck [URL] [--config FILE] [--name value ...]\n\n"
                  "Settings (JSON file keys are the names with '_': see config/server.json;\n"
                  "command line: --name value or --name=value):\n");
     for (size_t k = 0; k < NFIELDS; k++) {
@@ -407,4 +408,7 @@ void srv_config_usage(FILE *out)
                 f->env ? "; env " : "", f->env ? f->env : "");
     }
     fprintf(out, "  --%-20s JSON settings file (env DITMOE_CONFIG)\n", "config");
+    fprintf(out, "\nditmoe-server --healthcheck [http://HOST[:PORT][/PATH]] [settings]: exits 0 if "
+                 "GET /health\n(or PATH) on the configured (or given) address answers 200 within "
+                 "2 s, else 1.\n");
 }
