@@ -105,12 +105,12 @@ static uint8_t to_u8(float v)
     return (uint8_t)(u * 255.0f + 0.5f);
 }
 
-/* Maps (C, H, W) floats in [-1, 1] to (H, W, C) 8-bit pixels. */
-static void to_pixels(const float *x, int C, size_t hw, uint8_t *px)
+void dit_to_pixels(const float *x, int n, int C, size_t hw, uint8_t *px)
 {
-    for (size_t p = 0; p < hw; p++)
-        for (int ch = 0; ch < C; ch++)
-            px[p * C + ch] = to_u8(x[(size_t)ch * hw + p]);
+    for (size_t i = 0; x && px && i < (size_t)n; i++)
+        for (size_t p = 0; p < hw; p++)
+            for (int ch = 0; ch < C; ch++)
+                px[(i * hw + p) * C + ch] = to_u8(x[(i * C + ch) * hw + p]);
 }
 
 /* Latent model: z / latent_scale through the VAE, one image at a time. */
@@ -129,7 +129,7 @@ static int decode_latents(dit_ctx *c, int n, const float *x, uint8_t *pixels)
         int rc = vae_decode(m->vae, c->pool, c->vae_ws, vae_bytes, 1, s, s, z, rgb);
         if (rc != DIT_OK)
             return rc;
-        to_pixels(rgb, oc, hw, pixels + (size_t)i * hw * oc);
+        dit_to_pixels(rgb, 1, oc, hw, pixels + (size_t)i * hw * oc);
     }
     return DIT_OK;
 }
@@ -144,8 +144,6 @@ int dit_decode(dit_ctx *c, int n, const float *x, uint8_t *pixels)
     int C = g->in_channels, H = g->input_size;
     if (C != 1 && C != 3)
         return DIT_E_UNSUPPORTED;
-    size_t hw = (size_t)H * H;
-    for (int i = 0; i < n; i++)
-        to_pixels(x + (size_t)i * C * hw, C, hw, pixels + (size_t)i * hw * C);
+    dit_to_pixels(x, n, C, (size_t)H * H, pixels);
     return DIT_OK;
 }

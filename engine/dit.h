@@ -182,6 +182,11 @@ const uint32_t *dit_ctx_routing(const dit_ctx *c);
  * 0..255; latent models run the VAE decoder. n <= max_decode. */
 int dit_decode(dit_ctx *c, int n, const float *x, uint8_t *pixels);
 
+/* Maps n images (N, C, H*W) of floats in [-1, 1] to 8-bit (N, H*W, C) as
+ * upstream's save_image(normalize=True, value_range=(-1, 1)) does:
+ * clamp((x + 1) / 2, 0, 1) * 255 + 0.5, truncated. */
+void dit_to_pixels(const float *x, int n, int channels, size_t hw, uint8_t *pixels);
+
 /* ---- sampling ---------------------------------------------------------- */
 
 typedef struct dit_sample_params {

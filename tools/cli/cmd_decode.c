@@ -50,19 +50,6 @@ static int dec_check(const vae_model *v, const io_npy *z, const char *path, int 
     return (int)n;
 }
 
-/* rgb (N, C, H, W) in [-1, 1] to 8-bit (N, H, W, C) as save_image does:
- * clamp((x + 1) / 2, 0, 1) * 255 + 0.5, truncated. */
-static void dec_pixels(uint8_t *px, const float *rgb, int n, int C, size_t hw)
-{
-    for (size_t i = 0; i < (size_t)n; i++)
-        for (size_t p = 0; p < hw; p++)
-            for (int c = 0; c < C; c++) {
-                float u = (rgb[(i * C + c) * hw + p] + 1.0f) * 0.5f;
-                u = u < 0 ? 0 : u > 1 ? 1 : u;
-                px[(i * hw + p) * C + c] = (uint8_t)(u * 255.0f + 0.5f);
-            }
-}
-
 /* PNG of the n images (a grid when n > 1) and the optional .npy. */
 static int dec_write(const dec_args *a, const float *rgb, int n, int C, int H, int W)
 {
@@ -77,7 +64,7 @@ static int dec_write(const dec_args *a, const float *rgb, int n, int C, int H, i
         cli_fail("out of memory for %d images of %d x %d", n, W, H);
         goto done;
     }
-    dec_pixels(px, rgb, n, C, hw);
+    dit_to_pixels(rgb, n, C, hw, px);
     if (n > 1)
         io_grid_compose(grid, px, n, W, H, C, 0, 2, 0);
     rc = io_png_write(a->out, n > 1 ? grid : px, gw, gh, C, err, sizeof err);
