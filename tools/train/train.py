@@ -228,9 +228,9 @@ def parse_args():
     ap.add_argument("--max-steps", type=int, default=200000)
     ap.add_argument("--ckpt-minutes", type=float, default=5)
     ap.add_argument("--export-minutes", type=float, default=20)
-    ap.add_argument("--eval-per-class", type=int, default=10)
+    ap.add_argument("--eval-per-class", type=int, default=20)
     ap.add_argument("--sample-steps", type=int, default=20)
-    ap.add_argument("--cfg-scale", type=float, default=2.0)
+    ap.add_argument("--cfg-scale", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export-now", action="store_true",
