@@ -4,7 +4,7 @@
 Usage: test_model.py DITMOE CASE     CASE: sampling | determinism | trouser
 
   sampling     `ditmoe generate` from fixed noise (--noise) for a few Euler
-               steps with guidance equals ditmoe_ref.sample_euler on the same
+               steps with guidance equals samplers_ref.sample_euler on the same
                weights: max|engine - ref| / max|ref| <= 1e-4 (measured ~2e-6).
   determinism  `ditmoe generate` without --model (so the default-model
                lookup is exercised) with a fixed seed writes the same PNG
@@ -64,6 +64,7 @@ def case_sampling(ditmoe, tmp):
     import torch
     sys.path.insert(0, os.path.join(ROOT, "tools", "ref"))
     import ditmoe_ref as R
+    import samplers_ref
     torch.set_num_threads(1)
     model, cfg = R.load_model_dir(MODEL)
     cfg_scale = float(cfg.get("sampling", {}).get("cfg_scale", 2.0))
@@ -76,8 +77,8 @@ def case_sampling(ditmoe, tmp):
              "--noise", zpath, "--steps", str(steps), "--sampler", "euler",
              "--cfg-scale", str(cfg_scale), "--out-npy", out])
         ours = np.load(out)
-        ref = R.sample_euler(model, torch.from_numpy(noise), torch.tensor([label, label]),
-                             steps, cfg_scale).numpy()
+        ref = samplers_ref.sample_euler(model, torch.from_numpy(noise),
+                                        torch.tensor([label, label]), steps, cfg_scale).numpy()
         err = float(np.abs(ours - ref).max() / np.abs(ref).max())
         print(f"class {label}: {steps} Euler steps, cfg {cfg_scale}: rel err {err:.2e}")
         worst = max(worst, err)

@@ -269,29 +269,6 @@ class DiTMoE(nn.Module):
         return (out, aux_total) if return_aux else out
 
 
-# ---- sampling ----------------------------------------------------------------
-
-@torch.no_grad()
-def sample_euler(model, noise, labels, steps, cfg_scale=1.0):
-    """Rectified-flow Euler sampler as upstream's RectifiedFlow.sample: t runs
-    from 1 (noise) down by 1/steps; guidance on every velocity channel with
-    the conditional and null-class rows batched together (cond first)."""
-    z = noise.clone().float()
-    n, c = z.shape[0], z.shape[1]
-    null = torch.full_like(labels, model.cfg["num_classes"])
-    guided = cfg_scale != 1.0
-    for i in range(steps, 0, -1):
-        t = torch.full((n,), i / steps)
-        if guided:
-            out = model(torch.cat([z, z]), torch.cat([t, t]), torch.cat([labels, null]))
-            vc, vu = out[:n, :c], out[n:, :c]
-            v = vu + cfg_scale * (vc - vu)
-        else:
-            v = model(z, t, labels)[:, :c]
-        z = z - v / steps
-    return z
-
-
 # ---- random weights for tests --------------------------------------------------
 
 def randomize_(model, seed):

@@ -43,6 +43,7 @@ import torch.nn.functional as F  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tools", "ref"))
 import ditmoe_ref as R  # noqa: E402
+import samplers_ref  # noqa: E402
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -86,7 +87,8 @@ def score_model(model, scorer, per_class, steps, cfg_scale, seed):
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(10).repeat_interleave(per_class)
     noise = torch.randn(len(labels), 1, 28, 28, generator=g)
-    x = torch.cat([R.sample_euler(model, noise[i:i + 50], labels[i:i + 50], steps, cfg_scale)
+    x = torch.cat([samplers_ref.sample_euler(model, noise[i:i + 50], labels[i:i + 50],
+                                             steps, cfg_scale)
                    for i in range(0, len(labels), 50)])
     pred = scorer(x.clamp(-1, 1))
     return (pred == labels).float().mean().item()
