@@ -101,7 +101,7 @@ def plot_loss(csv_path, out, w=640, h=360):
                 draw_text(img, 4, int(py(v)) - 5, f"{v:g}")
     for i in range(len(step) - 1):
         draw_line(img, px(step[i]), py(mse[i]), px(step[i + 1]), py(mse[i + 1]), 170)
-    ss = step[k - 1:]
+    ss = step[k // 2:k // 2 + len(smooth)]  # centred moving average
     for i in range(len(smooth) - 1):
         draw_line(img, px(ss[i]), py(smooth[i]), px(ss[i + 1]), py(smooth[i + 1]), 0)
     draw_line(img, left, bottom, right, bottom, 0)
