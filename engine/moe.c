@@ -21,7 +21,7 @@
 
 /* Rows per expert task: large enough for an efficient GEMM, small enough
  * to balance experts of uneven load over the pool. */
-#define MOE_CHUNK 256
+#define MOE_CHUNK 512
 
 /* Top-k of one probability row: largest first, lower index on ties. */
 static void moe_topk(const float *p, int E, int K, int *idx, float *w)
