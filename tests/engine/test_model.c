@@ -10,17 +10,7 @@
 #include "model.h"
 #include "rng.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                        \
-    do {                                                        \
-        if (!(cond)) {                                          \
-            failures++;                                         \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);         \
-            printf(__VA_ARGS__);                                \
-            printf("\n");                                       \
-        }                                                       \
-    } while (0)
+#include "check.h"
 
 static const char *CONFIG =
     "{\"input_size\": 8, \"patch_size\": 2, \"in_channels\": 2, \"hidden_size\": 24,"
