@@ -102,17 +102,33 @@ typedef struct dit_sampler dit_sampler;
 
 /* ---- model ------------------------------------------------------------- */
 
+typedef struct dit_model_settings {
+    /* 1 (default): at load, copy every weight matrix into the layout of the
+     * engine's own GEMM kernel (AVX-512; ignored on CPUs without it) and
+     * give the mapped file pages back: resident weight memory stays one
+     * copy, in F32 (an F16/BF16 checkpoint then takes twice its file size).
+     * 0: keep matrices as stored in the mapping (F16/BF16 stay half size)
+     * and run them through BLAS, widening per use. */
+    int pack_weights;
+} dit_model_settings;
+
+/* Fills s with the documented defaults. */
+void dit_model_settings_default(dit_model_settings *s);
+
 /* Loads a model from `path`: a directory holding config.json and
  * model.safetensors (or a .pt checkpoint), or a .pt/.safetensors file.
  * Weights are mapped, validated against the config and kept resident.
- * On success *out owns the model; free it with dit_model_free. On failure
- * *out is NULL and err says which file, tensor or field is wrong. */
-int dit_model_load(dit_model **out, const char *path, char *err, size_t errlen);
+ * s may be NULL for the defaults. On success *out owns the model; free it
+ * with dit_model_free. On failure *out is NULL and err says which file,
+ * tensor or field is wrong. */
+int dit_model_load(dit_model **out, const char *path, const dit_model_settings *s,
+                   char *err, size_t errlen);
 
 /* Builds a model with random weights in memory from a preset name (see
- * dit_preset_names), for benchmarks and tests. Same ownership as load. */
+ * dit_preset_names), for benchmarks and tests. Same ownership and
+ * settings as load. */
 int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
-                        char *err, size_t errlen);
+                        const dit_model_settings *s, char *err, size_t errlen);
 
 /* Frees a model. The caller must have freed every ctx and sampler made
  * from it. NULL is a no-op. */
@@ -125,7 +141,8 @@ typedef struct dit_model_info {
     uint64_t params_total;   /* every weight */
     uint64_t params_active;  /* weights one token touches (top-k experts) */
     uint64_t weight_bytes;   /* resident weight memory */
-    const char *weight_dtype;/* "F32", "F16", "BF16" or "mixed" */
+    const char *weight_dtype;/* "F32", "F16", "BF16" or "mixed" (as stored) */
+    int packed;              /* matrices run on the packed kernel */
 } dit_model_info;
 void dit_model_get_info(const dit_model *m, dit_model_info *info);
 

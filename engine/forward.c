@@ -67,7 +67,7 @@ static size_t ctx_layout(dit_ctx *c, char *base)
     c->etasks = carve(base, &pos, 3 * (E + M * K / 64 + 1), sizeof(int));
     c->xe = carve(base, &pos, M * K * D, sizeof(float));
     c->hg = carve(base, &pos, rows * H, sizeof(float));
-    c->hu = carve(base, &pos, rows * H, sizeof(float));
+    c->hu = carve(base, &pos, c->m->packed ? 0 : rows * H, sizeof(float)); /* BLAS path only */
     c->ye = carve(base, &pos, M * K * D, sizeof(float));
     c->patches = carve(base, &pos, M * (size_t)g->in_channels * P2, sizeof(float));
     c->fout = carve(base, &pos, M * (size_t)g->out_channels * P2, sizeof(float));

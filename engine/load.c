@@ -183,7 +183,8 @@ static int read_config(dit_model *m, const char *dir, char *err, size_t errlen)
     return rc;
 }
 
-int dit_model_load(dit_model **out, const char *path, char *err, size_t errlen)
+int dit_model_load(dit_model **out, const char *path, const dit_model_settings *set,
+                   char *err, size_t errlen)
 {
     char dummy[8], dir[4096], file[4096];
     if (!err) {
@@ -214,6 +215,8 @@ int dit_model_load(dit_model **out, const char *path, char *err, size_t errlen)
         rc = read_config(m, dir, err, errlen);
     if (rc == DIT_OK)
         rc = dit_model_bind(m, err, errlen);
+    if (rc == DIT_OK && (rc = dit_model_pack(m, set)))
+        snprintf(err, errlen, "%s: out of memory packing the weights", file);
     if (rc == DIT_OK)
         rc = dit_model_open_vae(m, dir, err, errlen);
     if (rc != DIT_OK) {
@@ -238,6 +241,7 @@ void dit_model_free(dit_model *m)
     dit_model_close_vae(m);
     free(m->vae_dir);
     free(m->f32);
+    free(m->packed);
     st_close(m->weights);
     free(m);
 }
@@ -391,7 +395,7 @@ static void synth_release(void *p, size_t n)
 }
 
 int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
-                        char *err, size_t errlen)
+                        const dit_model_settings *set, char *err, size_t errlen)
 {
     char dummy[8];
     if (!err) {
@@ -425,6 +429,8 @@ int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
         rng_default_init(&s.rng, seed, 0);
         synth_tensors(&s, &m->cfg);
         rc = s.fail ? DIT_E_NOMEM : dit_model_bind(m, err, errlen);
+        if (rc == DIT_OK && (rc = dit_model_pack(m, set)))
+            snprintf(err, errlen, "%s: out of memory packing the weights", p->name);
     }
     if (rc) {
         dit_model_free(m);

@@ -17,6 +17,7 @@
 
 #include "model.h"
 #include "preset.h"
+#include "gemm.h"
 #include "ops.h"
 
 #define ERR(...) (snprintf(err, errlen, __VA_ARGS__), DIT_E_FORMAT)
@@ -86,7 +87,7 @@ static int bind_mat(binder *b, const char *name, int rows, int cols, dit_mat *ou
     const st_tensor *x = bind_find(b, name, 2, shape, why);
     if (!x)
         return DIT_E_FORMAT;
-    *out = (dit_mat){ x->dtype, x->data, rows, cols };
+    *out = (dit_mat){ x->dtype, x->data, rows, cols, NULL };
     if (x->dtype != ST_F32 && rows * cols > b->m->max_mat_elems)
         b->m->max_mat_elems = rows * cols;
     return DIT_OK;
@@ -105,7 +106,7 @@ static int bind_f32(binder *b, const char *name, int ndim, const int64_t *shape,
         return DIT_E_NOMEM;
     float *dst = m->f32 + m->f32_used;
     m->f32_used += n;
-    dit_mat w = { x->dtype, x->data, 1, (int)n };
+    dit_mat w = { x->dtype, x->data, 1, (int)n, NULL };
     if (x->dtype == ST_F32)
         memcpy(dst, x->data, n * sizeof(float));
     else
@@ -187,7 +188,7 @@ static int bind_top(binder *b)
                                     "hidden_size, in_channels, patch_size, patch_size");
     if (!pw)
         return DIT_E_FORMAT;
-    m->patch.w = (dit_mat){ pw->dtype, pw->data, D, C * P * P };
+    m->patch.w = (dit_mat){ pw->dtype, pw->data, D, C * P * P, NULL };
     if (pw->dtype != ST_F32 && D * C * P * P > m->max_mat_elems)
         m->max_mat_elems = D * C * P * P;
     int64_t bshape[1] = { D };
@@ -262,4 +263,82 @@ int dit_model_bind(dit_model *m, char *err, size_t errlen)
 out:
     free(b.used);
     return rc;
+}
+
+/* ---- packing ------------------------------------------------------------ */
+
+void dit_model_settings_default(dit_model_settings *s)
+{
+    if (s)
+        s->pack_weights = 1;
+}
+
+/* Packs w at base + *pos (or only counts when base is NULL). */
+static void pack_mat(dit_model *m, float *base, size_t *pos, dit_mat *w)
+{
+    size_t n = gemm_pack_floats(w->rows, w->cols, 0);
+    if (base) {
+        gemm_pack(base + *pos, w);
+        w->pk = base + *pos;
+        st_drop(m->weights, w->data, (size_t)w->rows * w->cols * st_dtype_size(w->dtype));
+    }
+    *pos += (n + 15) & ~(size_t)15; /* panels stay 64-byte aligned */
+}
+
+/* An expert: gate and up as one GLU pack, down alone. */
+static void pack_expert(dit_model *m, float *base, size_t *pos, dit_expert *e)
+{
+    size_t n = gemm_pack_floats(e->gate.rows, e->gate.cols, 1);
+    if (base) {
+        gemm_pack_glu(base + *pos, &e->gate, &e->up);
+        e->gu_pk = base + *pos;
+        size_t bytes = (size_t)e->gate.rows * e->gate.cols * st_dtype_size(e->gate.dtype);
+        st_drop(m->weights, e->gate.data, bytes);
+        st_drop(m->weights, e->up.data, bytes);
+    }
+    *pos += (n + 15) & ~(size_t)15;
+    pack_mat(m, base, pos, &e->down);
+}
+
+/* Walks every matrix of the model: returns the floats the packs take. */
+static size_t pack_all(dit_model *m, float *base)
+{
+    size_t pos = 0;
+    pack_mat(m, base, &pos, &m->patch.w);
+    pack_mat(m, base, &pos, &m->t_mlp0.w);
+    pack_mat(m, base, &pos, &m->t_mlp2.w);
+    for (int l = 0; l < m->cfg.depth; l++) {
+        dit_block *b = &m->blocks[l];
+        pack_mat(m, base, &pos, &b->ada.w);
+        pack_mat(m, base, &pos, &b->qkv.w);
+        pack_mat(m, base, &pos, &b->proj.w);
+        pack_mat(m, base, &pos, &b->router);
+        for (int e = 0; e < m->cfg.num_experts; e++)
+            pack_expert(m, base, &pos, &b->experts[e]);
+        pack_expert(m, base, &pos, &b->shared);
+    }
+    pack_mat(m, base, &pos, &m->final_ada.w);
+    pack_mat(m, base, &pos, &m->final_lin.w);
+    return pos;
+}
+
+int dit_model_pack(dit_model *m, const dit_model_settings *s)
+{
+    dit_model_settings set;
+    dit_model_settings_default(&set);
+    if (s)
+        set = *s;
+    if (!set.pack_weights || !gemm_available())
+        return DIT_OK;
+    size_t n = pack_all(m, NULL);
+    m->packed = aligned_alloc(64, n * sizeof(float));
+    if (!m->packed)
+        return DIT_E_NOMEM;
+    m->packed_floats = n;
+    pack_all(m, m->packed);
+    m->max_mat_elems = 0; /* nothing is widened per use any more */
+    m->info.packed = 1;
+    /* resident: the packs plus the tensors still read as stored */
+    m->info.weight_bytes = n * sizeof(float) + m->f32_len * sizeof(float);
+    return DIT_OK;
 }

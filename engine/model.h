@@ -21,6 +21,7 @@ typedef struct dit_mat {
     int dtype;          /* enum st_dtype: ST_F32, ST_F16 or ST_BF16 */
     const void *data;   /* rows * cols elements */
     int rows, cols;
+    const float *pk;    /* the same matrix packed for gemm.c, or NULL */
 } dit_mat;
 
 typedef struct dit_linear {
@@ -32,6 +33,7 @@ typedef struct dit_linear {
 typedef struct dit_expert {
     dit_mat gate, up;   /* (He, D) */
     dit_mat down;       /* (D, He) */
+    const float *gu_pk; /* gate and up packed as one GLU product, or NULL */
 } dit_expert;
 
 typedef struct dit_block {
@@ -61,6 +63,8 @@ struct dit_model {
     char *vae_dir;          /* owned copy behind cfg.vae_dir */
     struct vae_model *vae;  /* loaded decoder for latent models, or NULL */
     int max_mat_elems;      /* largest non-F32 matrix: sizes the widen scratch */
+    float *packed;          /* owned: every matrix in gemm.c's layout, or NULL */
+    size_t packed_floats;
     dit_model_info info;
 };
 
@@ -127,5 +131,11 @@ int dit_config_finish(dit_config *cfg, const char *path, char *err, size_t errle
 
 /* Binds and checks every tensor of m->weights against m->cfg. */
 int dit_model_bind(dit_model *m, char *err, size_t errlen);
+
+/* Packs every weight matrix of a bound model into gemm.c's layout (one
+ * allocation the model owns) when settings ask for it and the CPU runs the
+ * kernel; the stored matrices are then not read again and their mapped
+ * pages are given back. */
+int dit_model_pack(dit_model *m, const dit_model_settings *s);
 
 #endif

@@ -83,10 +83,8 @@ static void expert_task(void *arg, int i, int th)
         memcpy(xe + (size_t)r * j->D, j->xn + (size_t)(c->disp[r0 + r] / j->K) * j->D,
                sizeof(float) * (size_t)j->D);
     const dit_expert *x = &j->b->experts[e];
-    op_matmul_task(c, th, hg, xe, &x->gate, rows);
-    op_matmul_task(c, th, hu, xe, &x->up, rows);
-    op_swiglu_forward(hg, hu, (size_t)rows * j->H);
-    op_matmul_task(c, th, ye, hg, &x->down, rows);
+    op_swiglu_task(c, th, hg, hu, xe, x, rows);                      // (rows, He)
+    op_matmul_task(c, th, ye, hg, &x->down, rows);                   // (rows, D)
 }
 
 /* Splits each expert's rows into tasks of about `chunk` rows, so a busy
@@ -140,9 +138,7 @@ static void combine_rows(void *arg, int r0, int r1, int th)
     dit_ctx *c = j->c;
     int rows = r1 - r0, D = j->D;
     float *hg = c->hg + (size_t)r0 * j->H, *hu = c->hu + (size_t)r0 * j->H;
-    op_matmul_task(c, th, hg, j->xn + (size_t)r0 * D, &j->x->gate, rows);
-    op_matmul_task(c, th, hu, j->xn + (size_t)r0 * D, &j->x->up, rows);
-    op_swiglu_forward(hg, hu, (size_t)rows * j->H);
+    op_swiglu_task(c, th, hg, hu, j->xn + (size_t)r0 * D, j->x, rows); // (rows, Hs)
     op_matmul_task(c, th, j->out + (size_t)r0 * D, hg, &j->x->down, rows);
     for (int i = r0; i < r1; i++) {
         float *o = j->out + (size_t)i * D;

@@ -10,6 +10,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "gemm.h"
 #include "ops.h"
 
 float op_f16_to_f32(uint16_t h)
@@ -71,6 +72,7 @@ const float *dit_mat_f32(dit_ctx *c, const dit_mat *w)
     return mat_f32(c, 0, w);
 }
 
+/* out (M, R) = in (M, K) w^T + b through BLAS (w as F32). */
 static void gemm_nt(float *out, const float *in, const float *w, const float *b,
                     int M, int R, int K)
 {
@@ -86,10 +88,35 @@ static void gemm_nt(float *out, const float *in, const float *w, const float *b,
         }
 }
 
+/* The packed-kernel arguments of out (M, w.rows) = in w^T + b. */
+static gemm_args packed_args(float *out, const float *in, const dit_mat *w, const float *b)
+{
+    return (gemm_args){ out, in, w->pk, b, w->rows, w->cols, w->rows, w->cols, 0 };
+}
+
 void op_matmul_task(dit_ctx *c, int th, float *out, const float *in,
                     const dit_mat *w, int M)
 {
+    if (w->pk) {
+        gemm_args a = packed_args(out, in, w, NULL);
+        gemm_tile(&a, 0, M, 0, gemm_panels(w->rows, 0));
+        return;
+    }
     gemm_nt(out, in, mat_f32(c, th, w), NULL, M, w->rows, w->cols);
+}
+
+void op_swiglu_task(dit_ctx *c, int th, float *h, float *hu, const float *in,
+                    const dit_expert *x, int M)
+{
+    if (x->gu_pk) {
+        gemm_args a = { h, in, x->gu_pk, NULL, x->gate.rows, x->gate.cols,
+                        x->gate.rows, x->gate.cols, 1 };
+        gemm_tile(&a, 0, M, 0, gemm_panels(x->gate.rows, 1));
+        return;
+    }
+    op_matmul_task(c, th, h, in, &x->gate, M);
+    op_matmul_task(c, th, hu, in, &x->up, M);
+    op_swiglu_forward(h, hu, (size_t)M * x->gate.rows);
 }
 
 typedef struct rows_job {
@@ -129,11 +156,95 @@ static void linear_rows(void *arg, int r0, int r1, int thread)
             r1 - r0, j->R, j->K);
 }
 
+/* A packed product split into `tasks` slices of panels (by_panels) or of
+ * row tiles. */
+typedef struct packed_job {
+    gemm_args a;
+    int M, panels, tasks, by_panels;
+} packed_job;
+
+static void packed_task(void *arg, int i, int thread)
+{
+    (void)thread;
+    packed_job *j = arg;
+    if (j->by_panels) {
+        gemm_tile(&j->a, 0, j->M, j->panels * i / j->tasks, j->panels * (i + 1) / j->tasks);
+        return;
+    }
+    int tiles = (j->M + 11) / 12; /* the kernel's row tile */
+    int r0 = tiles * i / j->tasks * 12, r1 = tiles * (i + 1) / j->tasks * 12;
+    gemm_tile(&j->a, r0, r1 < j->M ? r1 : j->M, 0, j->panels);
+}
+
 void op_linear_forward(dit_ctx *c, float *out, const float *in,
                        const dit_linear *l, int M)
 {
+    int nt = op_pool_threads(c->pool);
+    if (l->w.pk) {
+        /* slicing the weights keeps each thread's panels in its own cache;
+         * few-panel products (the router, the final layer) slice rows */
+        packed_job j = { packed_args(out, in, &l->w, l->b), M, gemm_panels(l->w.rows, 0), 1, 0 };
+        j.by_panels = j.panels >= 4 * nt || (M < 24 * nt && j.panels >= nt);
+        int most = j.by_panels ? j.panels : (M + 11) / 12;
+        j.tasks = nt < most ? nt : most;
+        op_pool_run(c->pool, j.tasks, packed_task, &j);
+        return;
+    }
     linear_job j = { out, in, mat_f32(c, 0, &l->w), l->b, l->w.rows, l->w.cols };
     op_rows_run(c->pool, M, linear_rows, &j);
+}
+
+/* Sum of x[0..n) in 16 independent lanes, so the loop vectorises without
+ * reassociation flags (a single running sum is one long dependency chain);
+ * the lanes are combined in double. */
+#define OP_LANES 16
+static double lane_sum(const float *x, int n)
+{
+    float acc[OP_LANES] = { 0 };
+    int i = 0;
+    for (; i + OP_LANES <= n; i += OP_LANES)
+        for (int l = 0; l < OP_LANES; l++)
+            acc[l] += x[i + l];
+    double s = 0;
+    for (; i < n; i++)
+        s += x[i];
+    for (int l = 0; l < OP_LANES; l++)
+        s += acc[l];
+    return s;
+}
+
+/* Sum of (x - mu)^2, lanes as lane_sum. */
+static double lane_sq_dev(const float *x, float mu, int n)
+{
+    float acc[OP_LANES] = { 0 };
+    int i = 0;
+    for (; i + OP_LANES <= n; i += OP_LANES)
+        for (int l = 0; l < OP_LANES; l++)
+            acc[l] += (x[i + l] - mu) * (x[i + l] - mu);
+    double s = 0;
+    for (; i < n; i++)
+        s += (double)(x[i] - mu) * (x[i] - mu);
+    for (int l = 0; l < OP_LANES; l++)
+        s += acc[l];
+    return s;
+}
+
+/* Largest of x[0..n) (n >= 1), lanes as lane_sum. */
+static float lane_max(const float *x, int n)
+{
+    float acc[OP_LANES];
+    for (int l = 0; l < OP_LANES; l++)
+        acc[l] = x[0];
+    int i = 0;
+    for (; i + OP_LANES <= n; i += OP_LANES)
+        for (int l = 0; l < OP_LANES; l++)
+            acc[l] = x[i + l] > acc[l] ? x[i + l] : acc[l];
+    float mx = x[0];
+    for (; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    for (int l = 0; l < OP_LANES; l++)
+        mx = acc[l] > mx ? acc[l] : mx;
+    return mx;
 }
 
 void op_layernorm_forward(float *out, const float *in, int M, int D)
@@ -141,17 +252,8 @@ void op_layernorm_forward(float *out, const float *in, int M, int D)
     for (int i = 0; i < M; i++) {
         const float *x = in + (size_t)i * D;
         float *o = out + (size_t)i * D;
-        double mean = 0, var = 0;
-        for (int d = 0; d < D; d++)
-            mean += x[d];
-        mean /= D;
-        for (int d = 0; d < D; d++) {
-            double v = x[d] - mean;
-            var += v * v;
-        }
-        var /= D;
-        float rstd = (float)(1.0 / sqrt(var + 1e-6));
-        float mu = (float)mean;
+        float mu = (float)(lane_sum(x, D) / D); /* two passes: no cancellation */
+        float rstd = (float)(1.0 / sqrt(lane_sq_dev(x, mu, D) / D + 1e-6));
         for (int d = 0; d < D; d++)
             o[d] = (x[d] - mu) * rstd;
     }
@@ -259,15 +361,10 @@ void op_unpatchify_forward(float *out, const float *tok, int N, int Co, int H, i
 void op_softmax_forward(float *x, int M, int E)
 {
     for (int i = 0; i < M; i++) {
-        float *r = x + (size_t)i * E;
-        float mx = r[0], sum = 0;
-        for (int e = 1; e < E; e++)
-            mx = r[e] > mx ? r[e] : mx;
-        for (int e = 0; e < E; e++) {
+        float *r = x + (size_t)i * E, mx = lane_max(r, E);
+        for (int e = 0; e < E; e++) /* separate from the sum: vectorises */
             r[e] = op_exp(r[e] - mx);
-            sum += r[e];
-        }
-        float inv = 1.0f / sum;
+        float inv = (float)(1.0 / lane_sum(r, E));
         for (int e = 0; e < E; e++)
             r[e] *= inv;
     }

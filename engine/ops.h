@@ -2,9 +2,10 @@
  *
  * llm.c style: op_NAME_forward(out, in, weights, dims). Shapes use the
  * letters of dit.h: N rows, T tokens, D hidden, M = N*T token rows.
- * Matmuls go through cblas_sgemm; when the context has a worker pool the
- * rows of a matmul and the (row, head) pairs of attention are split over
- * its threads (BLAS then runs single-threaded inside each task).
+ * Weight matmuls run on gemm.c's kernel when the model is packed, else on
+ * cblas_sgemm; when the context has a worker pool a matmul is split over
+ * its threads (by weight panels or by rows), as are the (row, head) pairs
+ * of attention (BLAS then runs single-threaded inside each task).
  */
 #ifndef DIT_OPS_H
 #define DIT_OPS_H
@@ -20,6 +21,12 @@ void op_linear_forward(dit_ctx *c, float *out, const float *in,
  * widen scratch: used inside pool tasks (the experts). */
 void op_matmul_task(dit_ctx *c, int th, float *out, const float *in,
                     const dit_mat *w, int M);
+
+/* h (M, He) = silu(in x->gate^T) * (in x->up^T): an expert's hidden layer,
+ * single-threaded on thread `th` (one packed pass, or two BLAS products
+ * with hu (M, He) as scratch). */
+void op_swiglu_task(dit_ctx *c, int th, float *h, float *hu, const float *in,
+                    const dit_expert *x, int M);
 
 /* out (M, D) = LayerNorm(in) with eps 1e-6, no affine. out may equal in. */
 void op_layernorm_forward(float *out, const float *in, int M, int D);

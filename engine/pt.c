@@ -293,6 +293,7 @@ int pt_load_pickle(st_table **out, const char *path, const void *pkl, size_t len
     }
     l.owned->map = map;
     l.owned->map_len = map_len;
+    st_table_set_map(l.t, map, map_len);
     *out = l.t;
 done:
     pt_pickle_free(p);

@@ -52,6 +52,8 @@ struct st_table {
     int *index;          /* slot -> tensor + 1, 0 = empty; size index_mask + 1 */
     size_t index_mask;
     void *copies;        /* aligned copies of misaligned tensors */
+    const char *map;     /* the read-only file mapping tensors point into */
+    size_t map_len;
 };
 
 /* ---- dtypes ------------------------------------------------------------ */
@@ -124,6 +126,25 @@ st_table *st_table_new(const char *path, void *backing, size_t backing_len,
     t->backing_len = backing_len;
     t->release = release;
     return t;
+}
+
+void st_table_set_map(st_table *t, const void *map, size_t len)
+{
+    t->map = map;
+    t->map_len = len;
+}
+
+void st_drop(const st_table *t, const void *data, size_t nbytes)
+{
+    const char *p = data;
+    if (!t || !t->map || p < t->map || nbytes > t->map_len ||
+        (size_t)(p - t->map) > t->map_len - nbytes)
+        return;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(uintptr_t)(page - 1);
+    uintptr_t b = ((uintptr_t)p + nbytes) & ~(uintptr_t)(page - 1);
+    if (b > a) /* private read-only file pages: re-read from the file if touched */
+        madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
 void st_close(st_table *t)
@@ -530,6 +551,8 @@ static int build_table(const reader *r, const js_value *root, void *map, size_t 
     st_table *t = NULL;
     if (!rc && !(t = st_table_new(r->path, map, size, unmap)))
         rc = rfail(r, DIT_E_NOMEM, NULL, "out of memory");
+    if (t)
+        st_table_set_map(t, map, size);
     for (size_t i = 0; i < nt && !rc; i++)
         if (st_table_add(t, e[i].name, e[i].dtype, e[i].ndim, e[i].shape,
                          data + e[i].begin))

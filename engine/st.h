@@ -66,6 +66,15 @@ int st_vfail(char *err, size_t errlen, int code, const char *where,
  * table by `release(backing, backing_len)`. Returns NULL on no memory. */
 st_table *st_table_new(const char *path, void *backing, size_t backing_len,
                        void (*release)(void *, size_t));
+/* Records that tensors may point into `map` (len bytes), a read-only
+ * private file mapping the table owns (set by the readers). */
+void st_table_set_map(st_table *t, const void *map, size_t len);
+
+/* The caller will not read [data, data + nbytes) again: when it lies in
+ * the table's file mapping its whole pages are handed back to the OS (they
+ * would be re-read from the file if touched). Otherwise a no-op. */
+void st_drop(const st_table *t, const void *data, size_t nbytes);
+
 /* Adds a tensor (name copied). Returns 0, or -1 on no memory. */
 int st_table_add(st_table *t, const char *name, int dtype, int ndim,
                  const int64_t *shape, const void *data);

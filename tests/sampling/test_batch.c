@@ -168,8 +168,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s MODEL_DIR\n", argv[0]);
         return 2;
     }
-    if (dit_model_load(&m, argv[1], err, sizeof err) ||
-        dit_model_load(&other, argv[1], err, sizeof err)) {
+    if (dit_model_load(&m, argv[1], NULL, err, sizeof err) ||
+        dit_model_load(&other, argv[1], NULL, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         dit_model_free(m);
         return 2;

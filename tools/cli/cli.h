@@ -63,9 +63,10 @@ int cli_double(const char *name, const char *s, double lo, double hi, double *ou
  * first of them that exists), or NULL when there is none. Static buffer. */
 const char *cli_default_model(void);
 
-/* Loads `path`, or the default model when path is NULL. Prints the
+/* Loads `path`, or the default model when path is NULL; no_pack keeps the
+ * weights as stored (BLAS path, see dit_model_settings). Prints the
  * failure and returns CLI_EFAIL; *name says what was loaded. */
-int cli_load_model(const char *path, dit_model **m, const char **name);
+int cli_load_model(const char *path, int no_pack, dit_model **m, const char **name);
 
 /* Seconds on a monotonic clock. */
 double cli_now(void);

@@ -171,10 +171,13 @@ const char *cli_default_model(void)
     return NULL;
 }
 
-int cli_load_model(const char *path, dit_model **m, const char **name)
+int cli_load_model(const char *path, int no_pack, dit_model **m, const char **name)
 {
     char err[512] = "";
+    dit_model_settings set;
     int rc;
+    dit_model_settings_default(&set);
+    set.pack_weights = !no_pack;
     *m = NULL;
     if (!path) {
         path = cli_default_model();
@@ -184,7 +187,7 @@ int cli_load_model(const char *path, dit_model **m, const char **name)
                             DITMOE_SOURCE_DIR);
     }
     *name = path;
-    rc = dit_model_load(m, path, err, sizeof err);
+    rc = dit_model_load(m, path, &set, err, sizeof err);
     if (rc != DIT_OK)
         return cli_fail("%s", err[0] ? err : dit_strerror(rc));
     return 0;

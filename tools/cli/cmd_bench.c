@@ -16,12 +16,13 @@
 
 static const char bench_usage[] =
     "usage: ditmoe bench [--model DIR | --synthetic NAME] --batch B [--iters K]\n"
-    "                    [--threads T] [--gemm N]\n"
+    "                    [--threads T] [--gemm N] [--no-pack]\n"
     "  --batch B       rows per forward, 1..1024\n"
     "  --iters K       timed forwards after one warm-up (default 5)\n"
     "  --threads T     engine threads, and BLAS threads for the sgemm (default 1)\n"
     "  --synthetic NAME  random weights of a preset (e.g. s2) instead of a model\n"
-    "  --gemm N        size of the square sgemm yardstick (default 1024)\n";
+    "  --gemm N        size of the square sgemm yardstick (default 1024)\n"
+    "  --no-pack       keep weights as stored and use BLAS (default: packed kernel)\n";
 
 /* FLOPs of one forward of n rows, less the routed experts. */
 static double bench_dense_flops(const dit_config *c, int n)
@@ -161,14 +162,17 @@ int cmd_bench(int argc, char **argv)
 {
     const char *path = NULL, *synth = NULL, *batch_s = NULL, *iters_s = "5", *threads_s = "1";
     const char *gemm_s = "1024", *name = NULL;
+    int no_pack = 0;
     const cli_opt opts[] = {
         { "model", &path, NULL }, { "synthetic", &synth, NULL }, { "batch", &batch_s, NULL },
         { "iters", &iters_s, NULL }, { "threads", &threads_s, NULL }, { "gemm", &gemm_s, NULL },
+        { "no-pack", NULL, &no_pack },
     };
+    dit_model_settings set;
     dit_model *m = NULL;
     char err[512] = "";
     bench_opts o;
-    int rc = cli_parse(argc, argv, opts, 6, bench_usage);
+    int rc = cli_parse(argc, argv, opts, 7, bench_usage);
     if (rc)
         return rc < 0 ? 0 : rc;
     if (!batch_s) {
@@ -191,10 +195,12 @@ int cmd_bench(int argc, char **argv)
         return cli_fail("out of memory for the %d x %d sgemm", o.gemm_n, o.gemm_n);
     if (synth) {
         name = synth;
-        rc = dit_model_synthetic(&m, synth, 1, err, sizeof err);
+        dit_model_settings_default(&set);
+        set.pack_weights = !no_pack;
+        rc = dit_model_synthetic(&m, synth, 1, &set, err, sizeof err);
         if (rc != DIT_OK)
             return cli_fail("%s", err[0] ? err : dit_strerror(rc));
-    } else if ((rc = cli_load_model(path, &m, &name))) {
+    } else if ((rc = cli_load_model(path, no_pack, &m, &name))) {
         return rc;
     }
     rc = bench_run(m, name, &o);

@@ -307,7 +307,7 @@ static int conv_write(const conv_opts *o, const st_table *t, const dit_config *c
         rc = conv_write_config(cfg_path, c, names, vae);
     if (!rc) {
         dit_model *m = NULL;
-        if (dit_model_load(&m, o->out, err, sizeof err) != DIT_OK)
+        if (dit_model_load(&m, o->out, NULL, err, sizeof err) != DIT_OK)
             rc = cli_fail("the converted model does not load: %s", err);
         dit_model_free(m);
     }

@@ -5,8 +5,9 @@
 #include "cli.h"
 
 static const char inspect_usage[] =
-    "usage: ditmoe inspect [--model DIR]\n"
-    "  --model DIR   model directory or weight file (default: the embedded model)\n";
+    "usage: ditmoe inspect [--model DIR] [--no-pack]\n"
+    "  --model DIR   model directory or weight file (default: the embedded model)\n"
+    "  --no-pack     weights as stored, BLAS path (default: packed for the kernel)\n";
 
 static void inspect_print(const char *name, const dit_model *m)
 {
@@ -34,8 +35,10 @@ static void inspect_print(const char *name, const dit_model *m)
            c->class_dropout_prob);
     printf("parameters      %llu total, %llu active per token\n",
            (unsigned long long)info.params_total, (unsigned long long)info.params_active);
-    printf("weights         %.1f MiB %s\n", (double)info.weight_bytes / (1024.0 * 1024.0),
-           info.weight_dtype ? info.weight_dtype : "?");
+    printf("weights         %.1f MiB resident, stored %s%s\n",
+           (double)info.weight_bytes / (1024.0 * 1024.0),
+           info.weight_dtype ? info.weight_dtype : "?",
+           info.packed ? ", packed F32 for the GEMM kernel" : ", run through BLAS");
     if (c->vae_dir)
         printf("latents         decoded by %s (latents / %g)\n", c->vae_dir, c->latent_scale);
     printf("image           %d x %d, %d channel%s\n", w, h, ch, ch == 1 ? "" : "s");
@@ -46,12 +49,13 @@ static void inspect_print(const char *name, const dit_model *m)
 int cmd_inspect(int argc, char **argv)
 {
     const char *path = NULL, *name = NULL;
-    const cli_opt opts[] = { { "model", &path, NULL } };
+    int no_pack = 0;
+    const cli_opt opts[] = { { "model", &path, NULL }, { "no-pack", NULL, &no_pack } };
     dit_model *m = NULL;
-    int rc = cli_parse(argc, argv, opts, 1, inspect_usage);
+    int rc = cli_parse(argc, argv, opts, 2, inspect_usage);
     if (rc)
         return rc < 0 ? 0 : rc;
-    if ((rc = cli_load_model(path, &m, &name)))
+    if ((rc = cli_load_model(path, no_pack, &m, &name)))
         return rc;
     inspect_print(name, m);
     /* the working set one worker adds to the weights, at the server's default */

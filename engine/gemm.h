@@ -1,0 +1,67 @@
+/* gemm.h: the engine's own matrix product over pre-packed weights
+ * (engine-internal).
+ *
+ * Every weight GEMM of a forward pass is out (M, N) = in (M, K) W^T with
+ * W fixed for the life of the model, so W is rearranged once, at load,
+ * into panels of GEMM_NR output columns, each panel (K, GEMM_NR) row-major:
+ * the layout the micro-kernel streams. BLAS instead re-packs W on every
+ * call, which for the many small GEMMs of a MoE layer (a few hundred
+ * tokens per expert) costs as much as the product itself.
+ *
+ * A GLU pack interleaves two matrices of the same shape (an expert's gate
+ * and up projections): panel p holds gate rows [16p, 16p+16) in its first
+ * 16 columns and the same up rows in the last 16, and the kernel's epilogue
+ * writes silu(gate) * up, so a SwiGLU hidden layer is one pass.
+ *
+ * The kernel needs AVX-512F; gemm_available() says whether this CPU has
+ * it. Without it the model keeps its weights as stored and the ops use
+ * BLAS.
+ */
+#ifndef DIT_GEMM_H
+#define DIT_GEMM_H
+
+#include <stddef.h>
+
+#include "model.h"
+
+#define GEMM_NR 32
+
+/* 1 when this CPU (and OS) runs the packed kernel, else 0. */
+int gemm_available(void);
+
+/* Floats a pack of w (rows N, cols K) takes; glu: of a gate/up pair. */
+size_t gemm_pack_floats(int N, int K, int glu);
+
+/* Packs w into dst (gemm_pack_floats(w->rows, w->cols, 0) floats, 64-byte
+ * aligned), widening F16/BF16; panel columns past N are zero. */
+void gemm_pack(float *dst, const dit_mat *w);
+
+/* Packs gate and up (same shape) interleaved into dst
+ * (gemm_pack_floats(rows, cols, 1) floats). */
+void gemm_pack_glu(float *dst, const dit_mat *gate, const dit_mat *up);
+
+/* Output columns one panel covers: 32, or 16 for a GLU pack. */
+static inline int gemm_panel_cols(int glu)
+{
+    return glu ? GEMM_NR / 2 : GEMM_NR;
+}
+
+/* One GEMM over packed weights, single-threaded:
+ *   out (M, ldo) columns [0, N) = in (M, K) (row stride ldi) W^T (+ bias)
+ * restricted to rows [m0, m1) and panels [p0, p1), so callers can split
+ * one product over threads. glu: out = silu(in G^T) * (in U^T), N hidden
+ * units. bias (N) or NULL (not with glu). */
+typedef struct gemm_args {
+    float *out;
+    const float *in, *w, *bias;
+    int ldo, ldi, N, K, glu;
+} gemm_args;
+void gemm_tile(const gemm_args *a, int m0, int m1, int p0, int p1);
+
+/* Panels of a product with N output columns. */
+static inline int gemm_panels(int N, int glu)
+{
+    return (N + gemm_panel_cols(glu) - 1) / gemm_panel_cols(glu);
+}
+
+#endif
