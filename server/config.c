@@ -51,6 +51,8 @@ static const field FIELDS[] = {
       "threads stay responsive under load; 0: same priority"),
     I(max_rows, 1, 4096, NULL, "most rows (images + CFG rows) in one denoising step"),
     B(batching, "true: all running jobs share each step; false: one job at a time"),
+    B(pack_weights, "true: weights repacked at load for the engine's AVX-512 GEMM kernel "
+      "(resident as F32); false: kept as stored (F16 stays half size) and run through BLAS"),
     I(queue_capacity, 1, 1000000, NULL, "queued jobs before 429"),
     I(max_steps, 1, 100000, NULL, "most denoising steps per request"),
     I(max_images, 1, 4096, NULL, "most images per request"),
@@ -84,6 +86,7 @@ void srv_config_default(srv_config *c)
     c->compute_nice = 5;
     c->max_rows = 32;
     c->batching = 1;
+    c->pack_weights = 1;
     c->queue_capacity = 64;
     c->max_steps = 1000;
     c->max_images = 16;

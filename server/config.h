@@ -27,6 +27,7 @@ typedef struct srv_config {
     int compute_nice;         /* nice value of the model's threads (0..19) */
     int max_rows;             /* rows per denoising step, CFG rows included */
     int batching;             /* 1: jobs share steps; 0: one job at a time */
+    int pack_weights;         /* dit_model_settings.pack_weights */
     int queue_capacity;       /* queued (not yet running) jobs */
     int max_steps;            /* per request */
     int max_images;           /* per request */

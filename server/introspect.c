@@ -111,6 +111,7 @@ int routes_model(srv_req *req, srv_reply *out)
     cJSON_AddNumberToObject(p, "active_per_token", (double)info.params_active);
     cJSON_AddNumberToObject(p, "weight_bytes", (double)info.weight_bytes);
     cJSON_AddStringToObject(p, "weight_dtype", info.weight_dtype ? info.weight_dtype : "?");
+    cJSON_AddBoolToObject(p, "weights_packed", info.packed);
     cJSON *d = cJSON_AddObjectToObject(root, "sampling_defaults");
     cJSON_AddStringToObject(d, "sampler", dit_sampler_name(c->default_sampler));
     cJSON_AddNumberToObject(d, "steps", c->default_steps);

@@ -114,7 +114,10 @@ static int load(srv *s, char *err, size_t errlen)
     double t0 = srv_now();
     if (resolve_model(c, s->model_path, sizeof s->model_path, err, errlen))
         return -1;
-    int rc = dit_model_load(&s->model, s->model_path, msg, sizeof msg);
+    dit_model_settings ms;
+    dit_model_settings_default(&ms);
+    ms.pack_weights = c->pack_weights;
+    int rc = dit_model_load(&s->model, s->model_path, &ms, msg, sizeof msg);
     if (rc) {
         snprintf(err, errlen, "model %s: %s", s->model_path, msg[0] ? msg : dit_strerror(rc));
         return -1;
@@ -140,9 +143,10 @@ static int load(srv *s, char *err, size_t errlen)
     fprintf(stderr, "ditmoe-server: instance %s; web root %s\n", s->instance,
             s->web_root[0] ? s->web_root : "(none)");
     fprintf(stderr, "ditmoe-server: model %s: %llu parameters (%llu active per token), %.1f MB "
-            "of weights, loaded in %.2f s; %d threads x %d BLAS threads, %d rows per step, "
+            "of weights%s, loaded in %.2f s; %d threads x %d BLAS threads, %d rows per step, "
             "batching %s\n", s->model_path, (unsigned long long)info.params_total,
-            (unsigned long long)info.params_active, info.weight_bytes / 1e6, srv_now() - t0,
+            (unsigned long long)info.params_active, info.weight_bytes / 1e6,
+            info.packed ? " (packed)" : "", srv_now() - t0,
             s->n_threads, s->blas_threads, c->max_rows, c->batching ? "on" : "off");
     return 0;
 }
