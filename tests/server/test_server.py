@@ -269,9 +269,18 @@ def test_batching():
                 continue
             d = max_pixel_diff(b.body, solo.body)
             check(d is not None and d <= 1, f"request {i}: batched vs solo differ by {d} levels")
-        # with batching off, one job runs at a time
-        s2 = start("--batching", "false")
+        # with batching off, one job runs at a time; weights unpacked (BLAS)
+        # give the same images
+        s2 = start("--batching", "false", "--pack-weights", "false")
         try:
+            avx512 = " avx512f" in open("/proc/cpuinfo").read()
+            check(s.get("/v1/model").json()["parameters"]["weights_packed"] is avx512,
+                  "weights packed exactly when the CPU has AVX-512")
+            check(s2.get("/v1/model").json()["parameters"]["weights_packed"] is False,
+                  "pack_weights false: weights as stored")
+            for req in REQS[:2]:
+                d = max_pixel_diff(s2.post("/generate", req).body, s.post("/generate", req).body)
+                check(d is not None and d <= 1, f"unpacked vs packed differ by {d} levels")
             ts = [threading.Thread(target=lambda i=i: s2.post("/generate", REQS[i]))
                   for i in range(4)]
             for t in ts:
