@@ -307,7 +307,10 @@ static int conv_write(const conv_opts *o, const st_table *t, const dit_config *c
         rc = conv_write_config(cfg_path, c, names, vae);
     if (!rc) {
         dit_model *m = NULL;
-        if (dit_model_load(&m, o->out, NULL, err, sizeof err) != DIT_OK)
+        dit_model_settings set;
+        dit_model_settings_default(&set);
+        set.pack_weights = 0; /* only a check: no need to copy a G/2 once more */
+        if (dit_model_load(&m, o->out, &set, err, sizeof err) != DIT_OK)
             rc = cli_fail("the converted model does not load: %s", err);
         dit_model_free(m);
     }
