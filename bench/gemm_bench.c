@@ -9,7 +9,9 @@
  * best round of each in GFLOP/s with their ratio, and the largest
  * difference between the two results. A GLU row times the fused gate/up
  * pass against the two sgemm calls it replaces (SwiGLU sweep not counted
- * on the BLAS side). Needs AVX-512F (else it says so and exits 77).
+ * on the BLAS side). Rows marked F16/BF16 run the same product on a
+ * 16-bit pack (the kernel widens in registers; BLAS gets the widened
+ * values as F32). Needs AVX-512F (else it says so and exits 77).
  */
 #include <cblas.h>
 #include <math.h>
@@ -19,6 +21,7 @@
 #include <time.h>
 
 #include "gemm.h"
+#include "ops.h"
 
 static double now(void)
 {
@@ -28,20 +31,24 @@ static double now(void)
 }
 
 typedef struct shape {
-    int M, N, K, glu;
+    int M, N, K, glu, dtype;
     const char *what;
 } shape;
 
 static const shape SHAPES[] = {
-    { 512, 1536, 384, 1, "S/2 batch 8: one expert's gate+up (GLU)" },
-    { 512, 384, 1536, 0, "S/2 batch 8: one expert's down" },
-    { 2048, 1152, 384, 0, "S/2 batch 8: qkv" },
-    { 2048, 384, 384, 0, "S/2 batch 8: attention proj" },
-    { 392, 256, 128, 1, "default model, 32 rows: expert gate+up (GLU)" },
-    { 392, 128, 256, 0, "default model, 32 rows: expert down" },
-    { 25, 256, 128, 1, "default model, 2 rows: expert gate+up (GLU)" },
-    { 98, 384, 128, 0, "default model, 2 rows: qkv" },
-    { 1024, 1024, 1024, 0, "square" },
+    { 512, 1536, 384, 1, ST_F32, "S/2 batch 8: one expert's gate+up (GLU)" },
+    { 512, 384, 1536, 0, ST_F32, "S/2 batch 8: one expert's down" },
+    { 2048, 1152, 384, 0, ST_F32, "S/2 batch 8: qkv" },
+    { 2048, 384, 384, 0, ST_F32, "S/2 batch 8: attention proj" },
+    { 392, 256, 128, 1, ST_F32, "default model, 32 rows: expert gate+up (GLU)" },
+    { 392, 128, 256, 0, ST_F32, "default model, 32 rows: expert down" },
+    { 25, 256, 128, 1, ST_F32, "default model, 2 rows: expert gate+up (GLU)" },
+    { 98, 384, 128, 0, ST_F32, "default model, 2 rows: qkv" },
+    { 1024, 1024, 1024, 0, ST_F32, "square" },
+    { 512, 1536, 384, 1, ST_F16, "S/2 batch 8: gate+up (GLU), F16 pack" },
+    { 512, 384, 1536, 0, ST_F16, "S/2 batch 8: down, F16 pack" },
+    { 512, 1536, 384, 1, ST_BF16, "S/2 batch 8: gate+up (GLU), BF16 pack" },
+    { 512, 384, 1536, 0, ST_BF16, "S/2 batch 8: down, BF16 pack" },
 };
 
 static float *randv(size_t n, unsigned seed)
@@ -54,20 +61,45 @@ static float *randv(size_t n, unsigned seed)
     return v;
 }
 
+/* Rounds w to 16 bits in place (truncation: the values only need to be
+ * the same on both sides) and returns the 16-bit copy, or NULL for F32. */
+static uint16_t *to_half(float *w, size_t n, int dtype)
+{
+    uint16_t *h = dtype == ST_F32 ? NULL : malloc(n * sizeof *h);
+    for (size_t i = 0; h && i < n; i++) {
+        uint32_t b;
+        memcpy(&b, &w[i], 4);
+        if (dtype == ST_BF16) {
+            h[i] = (uint16_t)(b >> 16);
+            w[i] = op_bf16_to_f32(h[i]);
+        } else { /* |w| < 0.5: normal or flushed */
+            uint32_t e = (b >> 23) & 0xff;
+            h[i] = (uint16_t)(((b >> 16) & 0x8000) |
+                              (e < 113 ? 0 : ((e - 112) << 10) | ((b >> 13) & 0x3ff)));
+            w[i] = op_f16_to_f32(h[i]);
+        }
+    }
+    return h;
+}
+
 static int run(const shape *s, int rounds)
 {
     int M = s->M, N = s->N, K = s->K, W = s->glu ? 2 * N : N;
     float *in = randv((size_t)M * K, 1), *w = randv((size_t)W * K, 2);
+    uint16_t *h = w ? to_half(w, (size_t)W * K, s->dtype) : NULL;
+    const void *wd = h ? (const void *)h : (const void *)w;
+    size_t esz = h ? 2 : 4;
     float *ref = malloc(sizeof(float) * (size_t)M * W), *out = malloc(sizeof(float) * (size_t)M * N);
-    float *pk = aligned_alloc(64, gemm_pack_floats(N, K, s->glu) * sizeof(float));
-    if (!in || !w || !ref || !out || !pk)
+    void *pk = aligned_alloc(64, gemm_pack_bytes(N, K, s->glu, s->dtype));
+    if (!in || !w || !ref || !out || !pk || (s->dtype != ST_F32 && !h))
         return 1;
-    dit_mat g = { 0, w, N, K, NULL }, u = { 0, w + (size_t)N * K, N, K, NULL };
+    dit_mat g = { s->dtype, wd, N, K, NULL, 0 };
+    dit_mat u = { s->dtype, (const char *)wd + (size_t)N * K * esz, N, K, NULL, 0 };
     if (s->glu)
-        gemm_pack_glu(pk, &g, &u);
+        gemm_pack_glu(pk, s->dtype, &g, &u);
     else
-        gemm_pack(pk, &g);
-    gemm_args a = { out, in, pk, NULL, N, K, N, K, s->glu };
+        gemm_pack(pk, s->dtype, &g);
+    gemm_args a = { out, in, NULL, pk, s->dtype, N, K, N, K, s->glu };
     double flops = 2.0 * M * W * K, tb = 1e30, tp = 1e30;
     int iters = (int)(2e9 / flops) + 1;
     for (int r = 0; r < rounds; r++) {
@@ -90,9 +122,10 @@ static int run(const shape *s, int rounds)
                 want = want / (1 + exp(-want)) * ref[(size_t)i * W + N + j];
             err = fmax(err, fabs(out[(size_t)i * N + j] - want));
         }
-    printf("| %d x %d x %d%s | %.1f | %.1f | %.2fx | %.1e | %s |\n", M, N, K,
-           s->glu ? " GLU" : "", flops / tb * 1e-9, flops / tp * 1e-9, tb / tp, err, s->what);
-    free(in), free(w), free(ref), free(out), free(pk);
+    printf("| %d x %d x %d%s %s | %.1f | %.1f | %.2fx | %.1e | %s |\n", M, N, K,
+           s->glu ? " GLU" : "", st_dtype_name(s->dtype), flops / tb * 1e-9, flops / tp * 1e-9,
+           tb / tp, err, s->what);
+    free(in), free(w), free(h), free(ref), free(out), free(pk);
     return 0;
 }
 

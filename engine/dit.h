@@ -103,12 +103,12 @@ typedef struct dit_sampler dit_sampler;
 /* ---- model ------------------------------------------------------------- */
 
 typedef struct dit_model_settings {
-    /* 1 (default): at load, copy every weight matrix into the layout of the
-     * engine's own GEMM kernel (AVX-512; ignored on CPUs without it) and
-     * give the mapped file pages back: resident weight memory stays one
-     * copy, in F32 (an F16/BF16 checkpoint then takes twice its file size).
-     * 0: keep matrices as stored in the mapping (F16/BF16 stay half size)
-     * and run them through BLAS, widening per use. */
+    /* 1 (default): at load, copy every weight matrix, in its stored
+     * precision, into the layout of the engine's own GEMM kernel (AVX-512;
+     * ignored on CPUs without it) and give the mapped file pages back, so
+     * the weights stay resident once. 0: keep matrices as stored in the
+     * mapping and run them through BLAS (F16/BF16 widened per use), the
+     * slower path, kept for comparison and for CPUs without AVX-512. */
     int pack_weights;
 } dit_model_settings;
 

@@ -21,9 +21,15 @@
 #define GEMM_MR 12
 #define GEMM_L2_BYTES (512 * 1024) /* the panel block the row tiles share */
 
-size_t gemm_pack_floats(int N, int K, int glu)
+int gemm_pack_dtype(const dit_mat *w, const dit_mat *up)
 {
-    return (size_t)gemm_panels(N, glu) * (size_t)K * GEMM_NR;
+    return !up || up->dtype == w->dtype ? w->dtype : ST_F32;
+}
+
+size_t gemm_pack_bytes(int N, int K, int glu, int dtype)
+{
+    /* a 16-bit panel row is 64 bytes, so every panel stays 64-byte aligned */
+    return (size_t)gemm_panels(N, glu) * (size_t)K * GEMM_NR * (dtype == ST_F32 ? 4 : 2);
 }
 
 static float mat_at(const dit_mat *w, size_t i)
@@ -34,31 +40,39 @@ static float mat_at(const dit_mat *w, size_t i)
     return w->dtype == ST_F16 ? op_f16_to_f32(h) : op_bf16_to_f32(h);
 }
 
-/* Columns [j0, j0 + n) of panel (K, GEMM_NR) dst take rows r0.. of w. */
-static void pack_cols(float *dst, const dit_mat *w, int r0, int j0, int n)
+/* Columns [j0, j0 + n) of panel p (K rows of GEMM_NR) of a pack in dtype
+ * take rows r0.. of w: 16-bit values are copied as they are (the pack's
+ * dtype is w's then), anything else is widened to F32. */
+static void pack_cols(void *dst, int dtype, size_t p, const dit_mat *w, int r0, int j0, int n)
 {
     int K = w->cols;
+    size_t base = p * (size_t)K * GEMM_NR;
     for (int j = 0; j < n; j++) {
         int r = r0 + j;
-        for (int k = 0; k < K; k++)
-            dst[(size_t)k * GEMM_NR + j0 + j] = r < w->rows ? mat_at(w, (size_t)r * K + k) : 0.0f;
+        for (int k = 0; k < K; k++) {
+            size_t at = base + (size_t)k * GEMM_NR + (size_t)(j0 + j);
+            size_t from = (size_t)r * K + k;
+            if (dtype == ST_F32)
+                ((float *)dst)[at] = r < w->rows ? mat_at(w, from) : 0.0f;
+            else
+                ((uint16_t *)dst)[at] = r < w->rows ? ((const uint16_t *)w->data)[from] : 0;
+        }
     }
 }
 
-void gemm_pack(float *dst, const dit_mat *w)
+void gemm_pack(void *dst, int dtype, const dit_mat *w)
 {
     int np = gemm_panels(w->rows, 0);
     for (int p = 0; p < np; p++)
-        pack_cols(dst + (size_t)p * w->cols * GEMM_NR, w, p * GEMM_NR, 0, GEMM_NR);
+        pack_cols(dst, dtype, (size_t)p, w, p * GEMM_NR, 0, GEMM_NR);
 }
 
-void gemm_pack_glu(float *dst, const dit_mat *gate, const dit_mat *up)
+void gemm_pack_glu(void *dst, int dtype, const dit_mat *gate, const dit_mat *up)
 {
     int np = gemm_panels(gate->rows, 1), h = GEMM_NR / 2;
     for (int p = 0; p < np; p++) {
-        float *panel = dst + (size_t)p * gate->cols * GEMM_NR;
-        pack_cols(panel, gate, p * h, 0, h);
-        pack_cols(panel, up, p * h, h, h);
+        pack_cols(dst, dtype, (size_t)p, gate, p * h, 0, h);
+        pack_cols(dst, dtype, (size_t)p, up, p * h, h, h);
     }
 }
 
@@ -108,11 +122,22 @@ static inline __mmask16 cols_mask(int n)
     return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
 }
 
+/* 16 weights of a panel row as floats: F16 and BF16 widen in registers. */
+GEMM_INLINE __m512 load_w(const void *panel, size_t at, int dtype)
+{
+    if (dtype == ST_F32)
+        return _mm512_load_ps((const float *)panel + at);
+    __m256i h = _mm256_load_si256((const __m256i *)((const uint16_t *)panel + at));
+    if (dtype == ST_F16)
+        return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
 /* out (mr, 32) tile = in (mr, K) x panel (K, 32), then the epilogue;
- * `left` output columns remain from this panel's first one. mr is a
- * constant in every caller, so the accumulators stay in registers. */
-GEMM_INLINE void kernel(int mr, const gemm_args *a, const float *in, const float *panel,
-                        float *out, int left, const float *bias)
+ * `left` output columns remain from this panel's first one. mr and dtype
+ * are constants in every caller, so the accumulators stay in registers. */
+GEMM_INLINE void kernel(int mr, int dtype, const gemm_args *a, const float *in,
+                        const void *panel, float *out, int left, const float *bias)
 {
     __m512 c0[GEMM_MR], c1[GEMM_MR];
     int K = a->K, ldi = a->ldi, ldo = a->ldo;
@@ -120,8 +145,8 @@ GEMM_INLINE void kernel(int mr, const gemm_args *a, const float *in, const float
     for (int i = 0; i < mr; i++)
         c0[i] = c1[i] = _mm512_setzero_ps();
     for (int k = 0; k < K; k++) {
-        __m512 b0 = _mm512_load_ps(panel + (size_t)k * GEMM_NR);
-        __m512 b1 = _mm512_load_ps(panel + (size_t)k * GEMM_NR + 16);
+        __m512 b0 = load_w(panel, (size_t)k * GEMM_NR, dtype);
+        __m512 b1 = load_w(panel, (size_t)k * GEMM_NR + 16, dtype);
 #pragma GCC unroll 12
         for (int i = 0; i < mr; i++) {
             __m512 x = _mm512_set1_ps(in[(size_t)i * ldi + k]);
@@ -149,17 +174,18 @@ GEMM_INLINE void kernel(int mr, const gemm_args *a, const float *in, const float
 }
 
 /* Rows [m, m + mr) against panels [p0, p1): one kernel instance per mr. */
-GEMM_TARGET static void row_tile(const gemm_args *a, int m, int mr, int p0, int p1)
+GEMM_INLINE void row_tile(int dtype, const gemm_args *a, int m, int mr, int p0, int p1)
 {
     int cols = gemm_panel_cols(a->glu);
+    size_t panel_elems = (size_t)a->K * GEMM_NR, esize = dtype == ST_F32 ? 4 : 2;
     const float *in = a->in + (size_t)m * a->ldi;
     for (int p = p0; p < p1; p++) {
-        const float *panel = a->w + (size_t)p * a->K * GEMM_NR;
+        const void *panel = (const char *)a->w + (size_t)p * panel_elems * esize;
         float *out = a->out + (size_t)m * a->ldo + (size_t)p * cols;
         const float *bias = a->bias ? a->bias + (size_t)p * cols : NULL;
         int left = a->N - p * cols;
         switch (mr) {
-#define GEMM_CASE(n) case n: kernel(n, a, in, panel, out, left, bias); break;
+#define GEMM_CASE(n) case n: kernel(n, dtype, a, in, panel, out, left, bias); break;
         GEMM_CASE(1) GEMM_CASE(2) GEMM_CASE(3) GEMM_CASE(4) GEMM_CASE(5) GEMM_CASE(6)
         GEMM_CASE(7) GEMM_CASE(8) GEMM_CASE(9) GEMM_CASE(10) GEMM_CASE(11) GEMM_CASE(12)
 #undef GEMM_CASE
@@ -168,15 +194,33 @@ GEMM_TARGET static void row_tile(const gemm_args *a, int m, int mr, int p0, int 
     }
 }
 
+/* One function per weight dtype, each with its 12 kernel instances. */
+GEMM_TARGET static void row_tile_f32(const gemm_args *a, int m, int mr, int p0, int p1)
+{
+    row_tile(ST_F32, a, m, mr, p0, p1);
+}
+
+GEMM_TARGET static void row_tile_f16(const gemm_args *a, int m, int mr, int p0, int p1)
+{
+    row_tile(ST_F16, a, m, mr, p0, p1);
+}
+
+GEMM_TARGET static void row_tile_bf16(const gemm_args *a, int m, int mr, int p0, int p1)
+{
+    row_tile(ST_BF16, a, m, mr, p0, p1);
+}
+
 void gemm_tile(const gemm_args *a, int m0, int m1, int p0, int p1)
 {
-    size_t panel_bytes = (size_t)a->K * GEMM_NR * sizeof(float);
+    void (*tile)(const gemm_args *, int, int, int, int) =
+        a->wdtype == ST_F16 ? row_tile_f16 : a->wdtype == ST_BF16 ? row_tile_bf16 : row_tile_f32;
+    size_t panel_bytes = (size_t)a->K * GEMM_NR * (a->wdtype == ST_F32 ? 4 : 2);
     int block = (int)(GEMM_L2_BYTES / panel_bytes);
     block = block < 1 ? 1 : block;
     for (int pb = p0; pb < p1; pb += block) {
         int pe = pb + block < p1 ? pb + block : p1;
         for (int m = m0; m < m1; m += GEMM_MR)
-            row_tile(a, m, m1 - m < GEMM_MR ? m1 - m : GEMM_MR, pb, pe);
+            tile(a, m, m1 - m < GEMM_MR ? m1 - m : GEMM_MR, pb, pe);
     }
 }
 

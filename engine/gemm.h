@@ -13,9 +13,11 @@
  * 16 columns and the same up rows in the last 16, and the kernel's epilogue
  * writes silu(gate) * up, so a SwiGLU hidden layer is one pass.
  *
- * The kernel needs AVX-512F; gemm_available() says whether this CPU has
- * it. Without it the model keeps its weights as stored and the ops use
- * BLAS.
+ * A pack keeps the weights' precision: F32 stays F32, F16 and BF16 stay
+ * 16-bit (the kernel widens each panel row in registers, which costs a
+ * little time and saves half the memory). The kernel needs AVX-512F;
+ * gemm_available() says whether this CPU has it. Without it the model
+ * keeps its weights as stored and the ops use BLAS.
  */
 #ifndef DIT_GEMM_H
 #define DIT_GEMM_H
@@ -29,16 +31,23 @@
 /* 1 when this CPU (and OS) runs the packed kernel, else 0. */
 int gemm_available(void);
 
-/* Floats a pack of w (rows N, cols K) takes; glu: of a gate/up pair. */
-size_t gemm_pack_floats(int N, int K, int glu);
+/* The dtype (enum st_dtype) a pack of w, or of the GLU pair w and up
+ * (up may be NULL), is stored in: theirs when they agree, else F32. */
+int gemm_pack_dtype(const dit_mat *w, const dit_mat *up);
 
-/* Packs w into dst (gemm_pack_floats(w->rows, w->cols, 0) floats, 64-byte
- * aligned), widening F16/BF16; panel columns past N are zero. */
-void gemm_pack(float *dst, const dit_mat *w);
+/* Bytes a pack of a (rows N, cols K) matrix takes in dtype; glu: of a
+ * gate/up pair. A multiple of 64. */
+size_t gemm_pack_bytes(int N, int K, int glu, int dtype);
+
+/* Packs w into dst (gemm_pack_bytes(w->rows, w->cols, 0, dtype) bytes,
+ * 64-byte aligned) as dtype (gemm_pack_dtype(w, NULL)); panel columns
+ * past N are zero. */
+void gemm_pack(void *dst, int dtype, const dit_mat *w);
 
 /* Packs gate and up (same shape) interleaved into dst
- * (gemm_pack_floats(rows, cols, 1) floats). */
-void gemm_pack_glu(float *dst, const dit_mat *gate, const dit_mat *up);
+ * (gemm_pack_bytes(rows, cols, 1, dtype) bytes, dtype from
+ * gemm_pack_dtype(gate, up)). */
+void gemm_pack_glu(void *dst, int dtype, const dit_mat *gate, const dit_mat *up);
 
 /* Output columns one panel covers: 32, or 16 for a GLU pack. */
 static inline int gemm_panel_cols(int glu)
@@ -50,10 +59,12 @@ static inline int gemm_panel_cols(int glu)
  *   out (M, ldo) columns [0, N) = in (M, K) (row stride ldi) W^T (+ bias)
  * restricted to rows [m0, m1) and panels [p0, p1), so callers can split
  * one product over threads. glu: out = silu(in G^T) * (in U^T), N hidden
- * units. bias (N) or NULL (not with glu). */
+ * units. bias (N) or NULL (not with glu). w is a pack in wdtype. */
 typedef struct gemm_args {
     float *out;
-    const float *in, *w, *bias;
+    const float *in, *bias;
+    const void *w;
+    int wdtype;
     int ldo, ldi, N, K, glu;
 } gemm_args;
 void gemm_tile(const gemm_args *a, int m0, int m1, int p0, int p1);

@@ -87,7 +87,7 @@ static int bind_mat(binder *b, const char *name, int rows, int cols, dit_mat *ou
     const st_tensor *x = bind_find(b, name, 2, shape, why);
     if (!x)
         return DIT_E_FORMAT;
-    *out = (dit_mat){ x->dtype, x->data, rows, cols, NULL };
+    *out = (dit_mat){ x->dtype, x->data, rows, cols, NULL, 0 };
     if (x->dtype != ST_F32 && rows * cols > b->m->max_mat_elems)
         b->m->max_mat_elems = rows * cols;
     return DIT_OK;
@@ -106,7 +106,7 @@ static int bind_f32(binder *b, const char *name, int ndim, const int64_t *shape,
         return DIT_E_NOMEM;
     float *dst = m->f32 + m->f32_used;
     m->f32_used += n;
-    dit_mat w = { x->dtype, x->data, 1, (int)n, NULL };
+    dit_mat w = { x->dtype, x->data, 1, (int)n, NULL, 0 };
     if (x->dtype == ST_F32)
         memcpy(dst, x->data, n * sizeof(float));
     else
@@ -188,7 +188,7 @@ static int bind_top(binder *b)
                                     "hidden_size, in_channels, patch_size, patch_size");
     if (!pw)
         return DIT_E_FORMAT;
-    m->patch.w = (dit_mat){ pw->dtype, pw->data, D, C * P * P, NULL };
+    m->patch.w = (dit_mat){ pw->dtype, pw->data, D, C * P * P, NULL, 0 };
     if (pw->dtype != ST_F32 && D * C * P * P > m->max_mat_elems)
         m->max_mat_elems = D * C * P * P;
     int64_t bshape[1] = { D };
@@ -274,34 +274,36 @@ void dit_model_settings_default(dit_model_settings *s)
 }
 
 /* Packs w at base + *pos (or only counts when base is NULL). */
-static void pack_mat(dit_model *m, float *base, size_t *pos, dit_mat *w)
+static void pack_mat(dit_model *m, char *base, size_t *pos, dit_mat *w)
 {
-    size_t n = gemm_pack_floats(w->rows, w->cols, 0);
+    int dtype = gemm_pack_dtype(w, NULL);
     if (base) {
-        gemm_pack(base + *pos, w);
+        gemm_pack(base + *pos, dtype, w);
         w->pk = base + *pos;
+        w->pk_dtype = dtype;
         st_drop(m->weights, w->data, (size_t)w->rows * w->cols * st_dtype_size(w->dtype));
     }
-    *pos += (n + 15) & ~(size_t)15; /* panels stay 64-byte aligned */
+    *pos += gemm_pack_bytes(w->rows, w->cols, 0, dtype);
 }
 
 /* An expert: gate and up as one GLU pack, down alone. */
-static void pack_expert(dit_model *m, float *base, size_t *pos, dit_expert *e)
+static void pack_expert(dit_model *m, char *base, size_t *pos, dit_expert *e)
 {
-    size_t n = gemm_pack_floats(e->gate.rows, e->gate.cols, 1);
+    int dtype = gemm_pack_dtype(&e->gate, &e->up);
     if (base) {
-        gemm_pack_glu(base + *pos, &e->gate, &e->up);
+        gemm_pack_glu(base + *pos, dtype, &e->gate, &e->up);
         e->gu_pk = base + *pos;
-        size_t bytes = (size_t)e->gate.rows * e->gate.cols * st_dtype_size(e->gate.dtype);
-        st_drop(m->weights, e->gate.data, bytes);
-        st_drop(m->weights, e->up.data, bytes);
+        e->gu_dtype = dtype;
+        size_t n = (size_t)e->gate.rows * e->gate.cols;
+        st_drop(m->weights, e->gate.data, n * st_dtype_size(e->gate.dtype));
+        st_drop(m->weights, e->up.data, n * st_dtype_size(e->up.dtype));
     }
-    *pos += (n + 15) & ~(size_t)15;
+    *pos += gemm_pack_bytes(e->gate.rows, e->gate.cols, 1, dtype);
     pack_mat(m, base, pos, &e->down);
 }
 
-/* Walks every matrix of the model: returns the floats the packs take. */
-static size_t pack_all(dit_model *m, float *base)
+/* Walks every matrix of the model: returns the bytes the packs take. */
+static size_t pack_all(dit_model *m, char *base)
 {
     size_t pos = 0;
     pack_mat(m, base, &pos, &m->patch.w);
@@ -331,14 +333,14 @@ int dit_model_pack(dit_model *m, const dit_model_settings *s)
     if (!set.pack_weights || !gemm_available())
         return DIT_OK;
     size_t n = pack_all(m, NULL);
-    m->packed = aligned_alloc(64, n * sizeof(float));
+    m->packed = aligned_alloc(64, n);
     if (!m->packed)
         return DIT_E_NOMEM;
-    m->packed_floats = n;
+    m->packed_bytes = n;
     pack_all(m, m->packed);
     m->max_mat_elems = 0; /* nothing is widened per use any more */
     m->info.packed = 1;
-    /* resident: the packs plus the tensors still read as stored */
-    m->info.weight_bytes = n * sizeof(float) + m->f32_len * sizeof(float);
+    /* resident: the packs plus the small tensors widened at bind */
+    m->info.weight_bytes = n + m->f32_len * sizeof(float);
     return DIT_OK;
 }

@@ -21,7 +21,8 @@ typedef struct dit_mat {
     int dtype;          /* enum st_dtype: ST_F32, ST_F16 or ST_BF16 */
     const void *data;   /* rows * cols elements */
     int rows, cols;
-    const float *pk;    /* the same matrix packed for gemm.c, or NULL */
+    const void *pk;     /* the same matrix packed for gemm.c, or NULL */
+    int pk_dtype;       /* the pack's dtype (gemm_pack_dtype) */
 } dit_mat;
 
 typedef struct dit_linear {
@@ -33,7 +34,8 @@ typedef struct dit_linear {
 typedef struct dit_expert {
     dit_mat gate, up;   /* (He, D) */
     dit_mat down;       /* (D, He) */
-    const float *gu_pk; /* gate and up packed as one GLU product, or NULL */
+    const void *gu_pk;  /* gate and up packed as one GLU product, or NULL */
+    int gu_dtype;       /* that pack's dtype */
 } dit_expert;
 
 typedef struct dit_block {
@@ -63,8 +65,8 @@ struct dit_model {
     char *vae_dir;          /* owned copy behind cfg.vae_dir */
     struct vae_model *vae;  /* loaded decoder for latent models, or NULL */
     int max_mat_elems;      /* largest non-F32 matrix: sizes the widen scratch */
-    float *packed;          /* owned: every matrix in gemm.c's layout, or NULL */
-    size_t packed_floats;
+    void *packed;           /* owned: every matrix in gemm.c's layout, or NULL */
+    size_t packed_bytes;
     dit_model_info info;
 };
 

@@ -91,7 +91,7 @@ static void gemm_nt(float *out, const float *in, const float *w, const float *b,
 /* The packed-kernel arguments of out (M, w.rows) = in w^T + b. */
 static gemm_args packed_args(float *out, const float *in, const dit_mat *w, const float *b)
 {
-    return (gemm_args){ out, in, w->pk, b, w->rows, w->cols, w->rows, w->cols, 0 };
+    return (gemm_args){ out, in, b, w->pk, w->pk_dtype, w->rows, w->cols, w->rows, w->cols, 0 };
 }
 
 void op_matmul_task(dit_ctx *c, int th, float *out, const float *in,
@@ -109,7 +109,7 @@ void op_swiglu_task(dit_ctx *c, int th, float *h, float *hu, const float *in,
                     const dit_expert *x, int M)
 {
     if (x->gu_pk) {
-        gemm_args a = { h, in, x->gu_pk, NULL, x->gate.rows, x->gate.cols,
+        gemm_args a = { h, in, NULL, x->gu_pk, x->gu_dtype, x->gate.rows, x->gate.cols,
                         x->gate.rows, x->gate.cols, 1 };
         gemm_tile(&a, 0, M, 0, gemm_panels(x->gate.rows, 1));
         return;

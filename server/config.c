@@ -51,8 +51,8 @@ static const field FIELDS[] = {
       "threads stay responsive under load; 0: same priority"),
     I(max_rows, 1, 4096, NULL, "most rows (images + CFG rows) in one denoising step"),
     B(batching, "true: all running jobs share each step; false: one job at a time"),
-    B(pack_weights, "true: weights repacked at load for the engine's AVX-512 GEMM kernel "
-      "(resident as F32); false: kept as stored (F16 stays half size) and run through BLAS"),
+    B(pack_weights, "true: weights repacked at load, in their precision, for the engine's "
+      "AVX-512 GEMM kernel; false: kept as stored and run through BLAS (slower)"),
     I(queue_capacity, 1, 1000000, NULL, "queued jobs before 429"),
     I(max_steps, 1, 100000, NULL, "most denoising steps per request"),
     I(max_images, 1, 4096, NULL, "most images per request"),

@@ -1,8 +1,8 @@
 /* test_gemm.c: the packed GEMM kernel (engine/gemm.c) against a plain
  * double-precision product, on shapes that exercise every edge: row
  * counts that are not multiples of the kernel's 12-row tile, column counts
- * that are not multiples of a panel, K of 1, F16/BF16 weights widened by
- * the packer, bias, the GLU epilogue, and products split into row and
+ * that are not multiples of a panel, K of 1, F16/BF16 packs widened by
+ * the kernel, a GLU pair of mixed dtypes, bias, the GLU epilogue, and products split into row and
  * panel tiles the way the pool splits them. */
 #include <math.h>
 #include <stdio.h>
@@ -59,7 +59,7 @@ static dit_mat make_mat(int dtype, int rows, int cols, void **store, float *wide
         }
         wide[i] = v;
     }
-    return (dit_mat){ dtype, *store, rows, cols, NULL };
+    return (dit_mat){ dtype, *store, rows, cols, NULL, 0 };
 }
 
 static double silu(double v)
@@ -89,7 +89,9 @@ static double check_product(const float *out, const float *a, const float *w, co
     return worst;
 }
 
-static void run_case(int dtype, int M, int N, int K, int glu, int with_bias)
+/* dtype: of the weights; up_dtype: of the GLU's up matrix (a pair that
+ * disagrees packs as F32). */
+static void run_case2(int dtype, int up_dtype, int M, int N, int K, int glu, int with_bias)
 {
     float *a = malloc(sizeof(float) * (size_t)M * K);
     float *wg = malloc(sizeof(float) * (size_t)N * K), *wu = malloc(sizeof(float) * (size_t)N * K);
@@ -102,13 +104,17 @@ static void run_case(int dtype, int M, int N, int K, int glu, int with_bias)
         bias[j] = rnd();
     dit_mat g = make_mat(dtype, N, K, &sg, wg), u = { 0 };
     if (glu)
-        u = make_mat(dtype, N, K, &su, wu);
-    float *pk = aligned_alloc(64, (gemm_pack_floats(N, K, glu) * sizeof(float) + 63) & ~(size_t)63);
+        u = make_mat(up_dtype, N, K, &su, wu);
+    int pd = gemm_pack_dtype(&g, glu ? &u : NULL);
+    CHECK(pd == (dtype == up_dtype ? dtype : ST_F32), "pack dtype %d for %d/%d", pd, dtype, up_dtype);
+    size_t bytes = gemm_pack_bytes(N, K, glu, pd);
+    CHECK(bytes % 64 == 0, "pack size a multiple of 64: %zu", bytes);
+    void *pk = aligned_alloc(64, bytes);
     if (glu)
-        gemm_pack_glu(pk, &g, &u);
+        gemm_pack_glu(pk, pd, &g, &u);
     else
-        gemm_pack(pk, &g);
-    gemm_args args = { out, a, pk, with_bias ? bias : NULL, N, K, N, K, glu };
+        gemm_pack(pk, pd, &g);
+    gemm_args args = { out, a, with_bias ? bias : NULL, pk, pd, N, K, N, K, glu };
     int np = gemm_panels(N, glu);
     out[(size_t)M * N] = 12345.0f; /* guard: nothing may be written past the end */
     /* whole product, then the same split into 2 x 2 tiles at odd places */
@@ -131,6 +137,11 @@ static void run_case(int dtype, int M, int N, int K, int glu, int with_bias)
     free(a), free(wg), free(wu), free(bias), free(out), free(sg), free(su), free(pk);
 }
 
+static void run_case(int dtype, int M, int N, int K, int glu, int with_bias)
+{
+    run_case2(dtype, dtype, M, N, K, glu, with_bias);
+}
+
 int main(void)
 {
     if (!gemm_available()) {
@@ -142,14 +153,15 @@ int main(void)
     static const int Ks[] = { 1, 3, 16, 67 };
     for (size_t i = 0; i < sizeof Ms / sizeof *Ms; i++)
         for (size_t j = 0; j < sizeof Ns / sizeof *Ns; j++)
-            for (size_t k = 0; k < sizeof Ks / sizeof *Ks; k++) {
-                run_case(ST_F32, Ms[i], Ns[j], Ks[k], 0, (int)(i + j) % 2);
-                run_case(ST_F32, Ms[i], Ns[j], Ks[k], 1, 0);
-            }
-    run_case(ST_F16, 13, 70, 67, 0, 1);
-    run_case(ST_BF16, 25, 33, 16, 1, 0);
+            for (size_t k = 0; k < sizeof Ks / sizeof *Ks; k++)
+                for (int d = ST_F32; d <= ST_BF16; d++) { /* packs keep 16-bit weights */
+                    run_case(d, Ms[i], Ns[j], Ks[k], 0, (int)(i + j) % 2);
+                    run_case(d, Ms[i], Ns[j], Ks[k], 1, 0);
+                }
+    run_case2(ST_F16, ST_BF16, 25, 33, 16, 1, 0); /* a mixed GLU pair packs as F32 */
     run_case(ST_F16, 30, 40, 200, 1, 0);
     run_case(ST_F32, 200, 300, 600, 0, 1); /* several panel blocks */
+    run_case(ST_BF16, 40, 300, 1200, 0, 1);
     printf("%s\n", failures ? "test_gemm: FAILED" : "test_gemm: ok");
     return failures ? 1 : 0;
 }

@@ -38,7 +38,7 @@ static void inspect_print(const char *name, const dit_model *m)
     printf("weights         %.1f MiB resident, stored %s%s\n",
            (double)info.weight_bytes / (1024.0 * 1024.0),
            info.weight_dtype ? info.weight_dtype : "?",
-           info.packed ? ", packed F32 for the GEMM kernel" : ", run through BLAS");
+           info.packed ? ", packed for the GEMM kernel" : ", run through BLAS");
     if (c->vae_dir)
         printf("latents         decoded by %s (latents / %g)\n", c->vae_dir, c->latent_scale);
     printf("image           %d x %d, %d channel%s\n", w, h, ch, ch == 1 ? "" : "s");
