@@ -46,6 +46,34 @@ float op_bf16_to_f32(uint16_t h)
     return f;
 }
 
+uint16_t op_f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffff;
+    if (ax > 0x7f800000) /* NaN: quiet, top payload bits kept */
+        return (uint16_t)(sign | 0x7e00 | ((ax >> 13) & 0x3ff));
+    if (ax >= 0x477ff000) /* from halfway above 65504 up: infinity */
+        return (uint16_t)(sign | 0x7c00);
+    if (ax < 0x38800000) { /* below 2^-14: a subnormal half, units of 2^-24 */
+        float a;
+        memcpy(&a, &ax, sizeof a);
+        return (uint16_t)(sign | (uint32_t)nearbyintf(a * 16777216.0f));
+    }
+    uint32_t h = ((ax >> 23) - 112) << 10 | (ax >> 13 & 0x3ff), rem = ax & 0x1fff;
+    h += rem > 0x1000 || (rem == 0x1000 && (h & 1)); /* a carry may bump the exponent */
+    return (uint16_t)(sign | h);
+}
+
+uint16_t op_f32_to_bf16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    if ((x & 0x7fffffff) > 0x7f800000)
+        return (uint16_t)(x >> 16 | 0x40); /* NaN: quiet */
+    return (uint16_t)((x + 0x7fff + (x >> 16 & 1)) >> 16);
+}
+
 static void widen(float *dst, const dit_mat *w)
 {
     size_t n = (size_t)w->rows * (size_t)w->cols;

@@ -112,5 +112,10 @@ void op_rows_run(struct op_pool *p, int M, op_rows_fn fn, void *arg);
 /* half and bfloat16 to float */
 float op_f16_to_f32(uint16_t h);
 float op_bf16_to_f32(uint16_t h);
+/* float to half and bfloat16, rounding to nearest even as PyTorch's
+ * .half() and .bfloat16() do; half overflows to infinity (callers that
+ * must not lose values check first), NaN stays NaN. */
+uint16_t op_f32_to_f16(float f);
+uint16_t op_f32_to_bf16(float f);
 
 #endif

@@ -12,9 +12,11 @@
 #include "st_write.h"
 
 #include "dit.h"
+#include "ops.h"
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -185,4 +187,93 @@ int st_write(const char *path, const st_table *t, const char *const *meta,
     free(hdr);
     free(order);
     return rc;
+}
+
+/* ---- dtype conversion ---------------------------------------------------- */
+
+static int is_float(int dtype)
+{
+    return dtype == ST_F32 || dtype == ST_F16 || dtype == ST_BF16;
+}
+
+static float elem_f32(const st_tensor *x, uint64_t i)
+{
+    if (x->dtype == ST_F32) {
+        float f;
+        memcpy(&f, (const char *)x->data + i * 4, 4); /* data may be unaligned */
+        return f;
+    }
+    uint16_t h;
+    memcpy(&h, (const char *)x->data + i * 2, 2);
+    return x->dtype == ST_F16 ? op_f16_to_f32(h) : op_bf16_to_f32(h);
+}
+
+/* Converts tensor x into dst (numel elements of dtype). */
+static int cast_one(const st_tensor *x, int dtype, void *dst, const char *path, char *err,
+                    size_t errlen)
+{
+    uint64_t n = st_numel(x);
+    for (uint64_t i = 0; i < n; i++) {
+        float f = elem_f32(x, i);
+        if (dtype == ST_F32) {
+            ((float *)dst)[i] = f;
+        } else if (dtype == ST_BF16) {
+            ((uint16_t *)dst)[i] = op_f32_to_bf16(f);
+        } else {
+            uint16_t h = op_f32_to_f16(f);
+            if ((h & 0x7fff) == 0x7c00 && isfinite(f))
+                return wfail(err, errlen, DIT_E_INVAL, "%s: tensor '%s': value %g at element "
+                             "%" PRIu64 " does not fit F16 (largest 65504); BF16 keeps F32's "
+                             "range", path, x->name, (double)f, i);
+            ((uint16_t *)dst)[i] = h;
+        }
+    }
+    return DIT_OK;
+}
+
+static void cast_release(void *p, size_t n)
+{
+    (void)n;
+    free(p);
+}
+
+int st_cast(const st_table *t, int dtype, st_table **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (!is_float(dtype))
+        return wfail(err, errlen, DIT_E_INVAL, "st_cast: not a floating-point dtype");
+    size_t total = 0, esize = st_dtype_size(dtype);
+    for (int i = 0; i < st_count(t); i++) {
+        const st_tensor *x = st_at(t, i);
+        if (is_float(x->dtype) && x->dtype != dtype)
+            total += ((size_t)st_numel(x) * esize + 63) & ~(size_t)63;
+    }
+    char *buf = malloc(total ? total : 1);
+    st_table *c = buf ? st_table_new(st_path(t), buf, total, cast_release) : NULL;
+    if (!c) {
+        free(buf);
+        return wfail(err, errlen, DIT_E_NOMEM, "%s: out of memory converting to %s",
+                     st_path(t), st_dtype_name(dtype));
+    }
+    int rc = DIT_OK;
+    size_t pos = 0;
+    for (int i = 0; i < st_count(t) && rc == DIT_OK; i++) {
+        const st_tensor *x = st_at(t, i);
+        const void *data = x->data;
+        int d = x->dtype;
+        if (is_float(x->dtype) && x->dtype != dtype) {
+            rc = cast_one(x, dtype, buf + pos, st_path(t), err, errlen);
+            data = buf + pos;
+            d = dtype;
+            pos += ((size_t)st_numel(x) * esize + 63) & ~(size_t)63;
+        }
+        if (rc == DIT_OK && st_table_add(c, x->name, d, x->ndim, x->shape, data))
+            rc = wfail(err, errlen, DIT_E_NOMEM, "%s: out of memory", st_path(t));
+    }
+    if (rc != DIT_OK) {
+        st_close(c);
+        return rc;
+    }
+    *out = c;
+    return DIT_OK;
 }

@@ -22,6 +22,14 @@
 int st_write(const char *path, const st_table *t, const char *const *meta,
              char *err, size_t errlen);
 
+/* Makes *out, a table with t's tensors in order where every floating-point
+ * tensor (F32, F16, BF16) is converted to `dtype` (one of those three,
+ * rounding to nearest even, as PyTorch's .half()/.bfloat16() do); other
+ * tensors, and those already in dtype, point at t's data, so t must
+ * outlive *out. A finite value beyond F16's range is an error naming the
+ * tensor and the value (nothing is made then). Free with st_close. */
+int st_cast(const st_table *t, int dtype, st_table **out, char *err, size_t errlen);
+
 /* Writes s as a JSON string (quoted, escaped) to f. Returns 0, or -1 when
  * s is not valid UTF-8 (nothing written then). */
 int st_write_json_string(FILE *f, const char *s);

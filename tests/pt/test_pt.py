@@ -549,9 +549,53 @@ def case_convert(tools, tmp):
     r = run([tools.ditmoe, "convert", "--in", pt, "--out", out, "--num-heads", 2])
     check(r.returncode != 0 and b"exists" in r.stderr,
           f"convert refuses to overwrite: {r.stderr.decode().strip()}")
+    convert_dtypes(tools, tmp, pt, e, x, t, y)
     r = run([tools.ditmoe, "convert", "--in", os.path.join(tmp, "nope.pt"), "--out",
              os.path.join(tmp, "o")])
     check(r.returncode != 0 and b"nope.pt" in r.stderr, "convert names a missing input")
+
+
+def convert_dtypes(tools, tmp, pt, ema, x, t, y):
+    """`convert --dtype`: bytes as torch rounds them, the same forward as
+    PyTorch on the rounded weights, F16 overflow refused by name."""
+    import copy
+    import torch
+    for name, dt in (("f16", torch.float16), ("bf16", torch.bfloat16)):
+        out = os.path.join(tmp, "out_" + name)
+        r = run([tools.ditmoe, "convert", "--in", pt, "--out", out, "--num-heads", 2,
+                 "--prediction", "epsilon", "--dtype", name])
+        msg = (r.stdout + r.stderr).decode(errors="replace").strip()
+        if not check(r.returncode == 0, f"convert --dtype {name}: {msg[:300]}"):
+            continue
+        sd = {k: v.to(dt) if v.is_floating_point() else v for k, v in ema.state_dict().items()}
+        got, err = tools.dump(os.path.join(out, "model.safetensors"))
+        check(got == expected_dump(sd), f"--dtype {name}: every tensor as torch's .to({dt}) {err}")
+        rounded = copy.deepcopy(ema)
+        with torch.no_grad():
+            for v in rounded.state_dict().values():
+                if v.is_floating_point():
+                    v.copy_(v.to(dt).float())
+        ours, err = engine_forward(tools, tmp, out, x, t, y)
+        e_rel = rel_err(ours, torch_forward(rounded, x, t, y)) if ours is not None else None
+        check(e_rel is not None and e_rel <= 1e-4,
+              f"--dtype {name} model vs PyTorch on the same rounded weights: {e_rel} {err}")
+    big = small_model(3)
+    with torch.no_grad():
+        big.final_layer.linear.bias[1] = 1e6
+    path = os.path.join(tmp, "big.pt")
+    torch.save(big.state_dict(), path)
+    out = os.path.join(tmp, "out_big")
+    r = run([tools.ditmoe, "convert", "--in", path, "--out", out, "--num-heads", 2,
+             "--dtype", "f16"])
+    msg = r.stderr.decode(errors="replace")
+    check(r.returncode != 0 and "final_layer.linear.bias" in msg and "65504" in msg
+          and not os.path.exists(os.path.join(out, "model.safetensors")),
+          f"--dtype f16 refuses a value beyond F16's range, naming the tensor: {msg.strip()}")
+    r = run([tools.ditmoe, "convert", "--in", path, "--out", out, "--num-heads", 2,
+             "--dtype", "bf16"])
+    check(r.returncode == 0, f"--dtype bf16 keeps F32's range: {r.stderr.decode()[:200]}")
+    r = run([tools.ditmoe, "convert", "--in", path, "--out", out + "2", "--dtype", "f8"])
+    check(r.returncode == 2 and b"f8" in r.stderr, f"--dtype f8 refused: {r.stderr.decode()}")
 
 
 def case_generate(tools, tmp):

@@ -2,7 +2,9 @@
  *
  * Reads a .pt (or .safetensors) weight file with the engine's own readers,
  * infers the DiT-MoE config from the tensor shapes, and writes DIR/config.json
- * and DIR/model.safetensors (tensors as stored: no dtype change). Shapes fix
+ * and DIR/model.safetensors (tensors as stored, or every floating-point one
+ * converted with --dtype: F16 or BF16 halve the memory a model needs, and
+ * the engine's kernel runs them at F32 speed). Shapes fix
  * everything but the attention head count, top-k, the class-dropout
  * convention and the training objective: those come from the published
  * preset the shapes match, else from options (--num-heads is then required;
@@ -34,6 +36,7 @@ static const char convert_usage[] =
     "usage: ditmoe convert --in CHECKPOINT.pt --out DIR [--num-heads H]\n"
     "                      [--prediction epsilon|velocity] [--top-k K]\n"
     "                      [--class-dropout-prob P] [--class-names FILE] [--vae PATH]\n"
+    "                      [--dtype f32|f16|bf16]\n"
     "  --in FILE          torch.save checkpoint (state_dict, or {\"ema\"|\"model\": ...})\n"
     "  --out DIR          writes DIR/config.json and DIR/model.safetensors (DIR may\n"
     "                     exist, but not those files)\n"
@@ -42,10 +45,12 @@ static const char convert_usage[] =
     "  --top-k K          experts per token (default: preset's, else 2)\n"
     "  --class-dropout-prob P  > 0 when the label table has a null-class row (default 0.1)\n"
     "  --class-names FILE one class name per line (default for 1000 classes: ImageNet's)\n"
-    "  --vae PATH         VAE directory for latent models, written as config \"vae\"\n";
+    "  --vae PATH         VAE directory for latent models, written as config \"vae\"\n"
+    "  --dtype D          convert every float tensor to f32, f16 or bf16, rounding to\n"
+    "                     nearest even as torch's .half()/.bfloat16() (default: as stored)\n";
 
 typedef struct conv_opts {
-    const char *in, *out, *heads, *pred, *topk, *dropout, *names, *vae;
+    const char *in, *out, *heads, *pred, *topk, *dropout, *names, *vae, *dtype;
 } conv_opts;
 
 /* The tensor `name` with ndim dimensions, or NULL after printing why. */
@@ -352,6 +357,21 @@ static int has_suffix(const char *s, const char *suf)
     return a >= b && !strcmp(s + a - b, suf);
 }
 
+/* *cast = t with every float tensor in --dtype's type. */
+static int conv_cast(const conv_opts *o, const st_table *t, st_table **cast)
+{
+    static const char *const names[] = { "f32", "f16", "bf16" };
+    static const int dtypes[] = { ST_F32, ST_F16, ST_BF16 };
+    char err[512] = "";
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(o->dtype, names[i])) {
+            int rc = st_cast(t, dtypes[i], cast, err, sizeof err);
+            return rc ? cli_fail("--dtype %s: %s", o->dtype, err) : 0;
+        }
+    cli_fail("--dtype: '%s' is not one of f32, f16, bf16", o->dtype);
+    return CLI_EUSAGE;
+}
+
 int cmd_convert(int argc, char **argv)
 {
     conv_opts o = { 0 };
@@ -359,7 +379,7 @@ int cmd_convert(int argc, char **argv)
         { "in", &o.in, NULL }, { "out", &o.out, NULL }, { "num-heads", &o.heads, NULL },
         { "prediction", &o.pred, NULL }, { "top-k", &o.topk, NULL },
         { "class-dropout-prob", &o.dropout, NULL }, { "class-names", &o.names, NULL },
-        { "vae", &o.vae, NULL },
+        { "vae", &o.vae, NULL }, { "dtype", &o.dtype, NULL },
     };
     int rc = cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), convert_usage);
     if (rc)
@@ -369,11 +389,20 @@ int cmd_convert(int argc, char **argv)
         return CLI_EUSAGE;
     }
     char err[512] = "";
-    st_table *t = NULL;
+    st_table *t = NULL, *src = NULL;
     rc = has_suffix(o.in, ".safetensors") ? st_open(&t, o.in, err, sizeof err)
                                           : pt_open(&t, o.in, err, sizeof err);
     if (rc)
         return cli_fail("%s", err[0] ? err : dit_strerror(rc));
+    if (o.dtype) {
+        st_table *cast = NULL;
+        if ((rc = conv_cast(&o, t, &cast))) {
+            st_close(t);
+            return rc;
+        }
+        src = t; /* the converted tensors that did not change point into it */
+        t = cast;
+    }
     dit_config c;
     memset(&c, 0, sizeof c);
     char **names = NULL;
@@ -391,5 +420,6 @@ int cmd_convert(int argc, char **argv)
                names ? " (named)" : "");
     conv_free_names(names);
     st_close(t);
+    st_close(src);
     return rc;
 }
