@@ -521,10 +521,22 @@ def case_convert(tools, tmp):
     m, e = small_model(1), small_model(2)
     ck = train_checkpoint(m, e)
     src = pt_model_dir(tmp, "src", ck, SMALL)
-    pt = os.path.join(src, "checkpoint.pt")
     x, t, y = forward_inputs(SMALL)
     want, err = engine_forward(tools, tmp, src, x, t, y)
     check(want is not None, f"forward on the source .pt {err}")
+    # a checkpoint in a model directory: its config.json's choices carry over
+    # (options still override them)
+    out = os.path.join(tmp, "out_dir")
+    r = run([tools.ditmoe, "convert", "--in", os.path.join(src, "checkpoint.pt"), "--out", out,
+             "--top-k", 1])
+    msg = (r.stdout + r.stderr).decode(errors="replace").strip()
+    if check(r.returncode == 0 and "config.json" in msg, f"convert inside a model dir: {msg[:300]}"):
+        with open(os.path.join(out, "config.json")) as f:
+            cfg = json.load(f)
+        bad = [k for k in SMALL if k != "num_experts_per_tok" and cfg.get(k) != SMALL[k]]
+        check(not bad and cfg["num_experts_per_tok"] == 1,
+              f"config.json beside the input carries over, --top-k overrides (wrong: {bad})")
+    pt = os.path.join(pt_model_dir(tmp, "bare", ck, None), "checkpoint.pt")
     out = os.path.join(tmp, "out")
     r = run([tools.ditmoe, "convert", "--in", pt, "--out", out])
     check(r.returncode != 0 and b"--num-heads" in r.stderr,

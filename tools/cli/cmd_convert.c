@@ -10,7 +10,10 @@
  * preset the shapes match, else from options (--num-heads is then required;
  * prediction defaults to epsilon, top-k to 2, class_dropout_prob to 0.1, as
  * upstream). Models with 1000 classes get the ImageNet class names embedded
- * when config/imagenet_classes.txt is found (or --class-names FILE).
+ * when config/imagenet_classes.txt is found (or --class-names FILE). When a
+ * config.json sits beside the input (a model directory), its choices,
+ * class names and VAE carry over instead, so `--dtype` converts a model
+ * directory whole.
  * The result is read back with st_open and compared tensor by tensor, then
  * loaded as a model; on any failure the written files are removed.
  */
@@ -121,8 +124,25 @@ static int conv_shapes(const st_table *t, dit_config *c)
     return 0;
 }
 
-/* Fills what the shapes do not say: preset, then options. */
-static int conv_choices(const conv_opts *o, const st_table *t, dit_config *c)
+/* The choices shapes do not fix, from the config.json beside the input:
+ * what that model directory already said. */
+static void conv_from_base(const dit_config *b, dit_config *c)
+{
+    c->num_heads = b->num_heads;
+    c->num_experts_per_tok = b->num_experts_per_tok;
+    c->class_dropout_prob = b->class_dropout_prob;
+    c->prediction = b->prediction;
+    c->default_sampler = b->default_sampler;
+    c->default_steps = b->default_steps;
+    c->default_cfg_scale = b->default_cfg_scale;
+    if (b->vae_dir) /* a pixel model's config has no use for one */
+        c->latent_scale = b->latent_scale;
+}
+
+/* Fills what the shapes do not say: preset, then the input directory's
+ * config.json (base, may be NULL), then options. */
+static int conv_choices(const conv_opts *o, const st_table *t, const dit_model *base,
+                        dit_config *c)
 {
     const dit_preset *p = dit_preset_match(c->depth, c->hidden_size, c->num_experts);
     c->num_experts_per_tok = 2;
@@ -140,10 +160,12 @@ static int conv_choices(const conv_opts *o, const st_table *t, dit_config *c)
         c->default_cfg_scale = p->cfg;
         c->preset = p->name;
     }
+    if (base)
+        conv_from_base(dit_model_config(base), c);
     int rc = 0;
     if (o->heads)
         rc = cli_int("num-heads", o->heads, 1, c->hidden_size, &c->num_heads);
-    else if (!p)
+    else if (!p && !base)
         return cli_fail("%s: the shapes (depth %d, hidden %d, %d experts) match no published "
                         "preset, so the head count is unknown: pass --num-heads",
                         st_path(t), c->depth, c->hidden_size, c->num_experts);
@@ -160,7 +182,7 @@ static int conv_choices(const conv_opts *o, const st_table *t, dit_config *c)
             c->default_sampler = c->prediction ? DIT_SAMPLER_EULER : DIT_SAMPLER_DDPM;
             c->default_steps = c->prediction ? 50 : 250;
         }
-    } else if (!rc && !p) {
+    } else if (!rc && !p && !base) {
         fprintf(stderr, "ditmoe: note: no preset matches; assuming prediction epsilon "
                 "(DDPM, as upstream train.py; --prediction velocity for rectified flow)\n");
     }
@@ -191,8 +213,9 @@ static int conv_read_names(const char *path, char **names, int n)
 }
 
 /* Class names into *out (NULL-terminated, or NULL for none): --class-names,
- * else ImageNet's for 1000 classes when the data file is found. */
-static int conv_names(const conv_opts *o, int n, char ***out)
+ * else the input directory's config.json's, else ImageNet's for 1000
+ * classes when the data file is found. */
+static int conv_names(const conv_opts *o, const dit_model *base, int n, char ***out)
 {
     static const char *const found[] = { DITMOE_SOURCE_DIR "/config/imagenet_classes.txt",
                                          DITMOE_DATADIR "/imagenet_classes.txt" };
@@ -205,6 +228,10 @@ static int conv_names(const conv_opts *o, int n, char ***out)
         if ((k = conv_read_names(o->names, names, n)) != n)
             rc = cli_fail("--class-names %s: %s %d names for %d classes", o->names,
                           k < 0 ? "cannot read it, or it has no" : "has", k < 0 ? 0 : k, n);
+    } else if (base && dit_model_class_name(base, 0)) {
+        for (k = 0; k < n && dit_model_class_name(base, k); k++)
+            if (!(names[k] = strdup(dit_model_class_name(base, k))))
+                break;
     } else if (n == 1000) {
         for (int i = 0; i < 2 && k != n; i++)
             k = conv_read_names(found[i], names, n);
@@ -330,13 +357,21 @@ static int conv_write(const conv_opts *o, const st_table *t, const dit_config *c
  * "sd-vae-ft-mse" folder beside the checkpoint, as the engine looks for one
  * beside a bare .pt (written as an absolute path, since the converted model
  * lives elsewhere). NULL, after a note, when there is none. */
-static const char *conv_vae(const conv_opts *o, const dit_config *c, char *buf, size_t len)
+static const char *conv_vae(const conv_opts *o, const dit_model *base, const dit_config *c,
+                            char *buf, size_t len)
 {
+    const char *slash = strrchr(o->in, '/');
+    char path[4096];
+    if (!o->vae && base && dit_model_config(base)->vae_dir) {
+        /* the input directory's own VAE, as a path that works from anywhere */
+        const char *v = dit_model_config(base)->vae_dir;
+        snprintf(path, sizeof path, "%.*s%s", v[0] != '/' && slash ? (int)(slash - o->in + 1) : 0,
+                 o->in, v);
+        return realpath(path, buf) && strlen(buf) < len ? buf : v;
+    }
     if (o->vae || !c->preset)
         return o->vae;
     static const char *const guess[] = { "vae", "sd-vae-ft-mse" };
-    const char *slash = strrchr(o->in, '/');
-    char path[4096];
     for (int i = 0; i < 2; i++) {
         snprintf(path, sizeof path, "%.*s%s", slash ? (int)(slash - o->in + 1) : 0, o->in,
                  guess[i]);
@@ -355,6 +390,27 @@ static int has_suffix(const char *s, const char *suf)
 {
     size_t a = strlen(s), b = strlen(suf);
     return a >= b && !strcmp(s + a - b, suf);
+}
+
+/* The model the input already belongs to: when a config.json sits beside
+ * it, the input loads as that model directory would (weights not packed),
+ * and its choices (heads, top-k, prediction, sampling, class names, VAE)
+ * carry over unless options say otherwise. *base is NULL without one. */
+static int conv_base(const conv_opts *o, dit_model **base)
+{
+    const char *slash = strrchr(o->in, '/');
+    char cfg[4096], err[512] = "";
+    *base = NULL;
+    snprintf(cfg, sizeof cfg, "%.*sconfig.json", slash ? (int)(slash - o->in + 1) : 0, o->in);
+    if (!conv_exists(cfg))
+        return 0;
+    dit_model_settings set;
+    dit_model_settings_default(&set);
+    set.pack_weights = 0;
+    if (dit_model_load(base, o->in, &set, err, sizeof err))
+        return cli_fail("%s is beside the input but does not describe it: %s", cfg, err);
+    fprintf(stderr, "ditmoe: note: choices from %s (options override them)\n", cfg);
+    return 0;
 }
 
 /* *cast = t with every float tensor in --dtype's type. */
@@ -405,20 +461,23 @@ int cmd_convert(int argc, char **argv)
     }
     dit_config c;
     memset(&c, 0, sizeof c);
-    char **names = NULL;
-    rc = conv_shapes(t, &c);
+    char **names = NULL, vae_buf[4096];
+    dit_model *base = NULL;
+    rc = conv_base(&o, &base);
     if (!rc)
-        rc = conv_choices(&o, t, &c);
+        rc = conv_shapes(t, &c);
     if (!rc)
-        rc = conv_names(&o, c.num_classes, &names);
-    char vae_buf[4096];
+        rc = conv_choices(&o, t, base, &c);
     if (!rc)
-        rc = conv_write(&o, t, &c, names, conv_vae(&o, &c, vae_buf, sizeof vae_buf));
+        rc = conv_names(&o, base, c.num_classes, &names);
+    if (!rc)
+        rc = conv_write(&o, t, &c, names, conv_vae(&o, base, &c, vae_buf, sizeof vae_buf));
     if (!rc)
         printf("%s -> %s: %d tensors, %s%s, %d classes%s\n", o.in, o.out, st_count(t),
                c.preset ? "preset " : "custom shapes", c.preset ? c.preset : "", c.num_classes,
                names ? " (named)" : "");
     conv_free_names(names);
+    dit_model_free(base);
     st_close(t);
     st_close(src);
     return rc;
