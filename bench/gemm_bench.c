@@ -95,10 +95,14 @@ static int run(const shape *s, int rounds)
         return 1;
     dit_mat g = { s->dtype, wd, N, K, NULL, 0 };
     dit_mat u = { s->dtype, (const char *)wd + (size_t)N * K * esz, N, K, NULL, 0 };
+    float *row = malloc(sizeof(float) * (size_t)K);
+    if (!row)
+        return 1;
     if (s->glu)
-        gemm_pack_glu(pk, s->dtype, &g, &u);
+        gemm_pack_glu(pk, s->dtype, &g, &u, row);
     else
-        gemm_pack(pk, s->dtype, &g);
+        gemm_pack(pk, s->dtype, &g, row);
+    free(row);
     gemm_args a = { out, in, NULL, pk, s->dtype, N, K, N, K, s->glu };
     double flops = 2.0 * M * W * K, tb = 1e30, tp = 1e30;
     int iters = (int)(2e9 / flops) + 1;

@@ -33,47 +33,60 @@ size_t gemm_pack_bytes(int N, int K, int glu, int dtype)
     return (size_t)gemm_panels(N, glu) * (size_t)K * GEMM_NR * (dtype == ST_F32 ? 4 : 2);
 }
 
-static float mat_at(const dit_mat *w, size_t i)
+/* Row r of w widened to F32 into row (K). */
+static void widen_row(float *row, const dit_mat *w, int r)
 {
+    size_t K = (size_t)w->cols, at = (size_t)r * K;
+    const uint16_t *h = (const uint16_t *)w->data + at;
     if (w->dtype == ST_F32)
-        return ((const float *)w->data)[i];
-    uint16_t h = ((const uint16_t *)w->data)[i];
-    return w->dtype == ST_F16 ? op_f16_to_f32(h) : op_bf16_to_f32(h);
+        memcpy(row, (const float *)w->data + at, K * sizeof(float));
+    else if (w->dtype == ST_F16)
+        for (size_t k = 0; k < K; k++)
+            row[k] = op_f16_to_f32(h[k]);
+    else
+        for (size_t k = 0; k < K; k++)
+            row[k] = op_bf16_to_f32(h[k]);
 }
 
 /* Columns [j0, j0 + n) of panel p (K rows of GEMM_NR) of a pack in dtype
- * take rows r0.. of w: 16-bit values are copied as they are (the pack's
- * dtype is w's then), anything else is widened to F32. */
-static void pack_cols(void *dst, int dtype, size_t p, const dit_mat *w, int r0, int j0, int n)
+ * take rows r0.. of w (zeros past its last row): 16-bit values are copied
+ * as they are (the pack's dtype is w's then), anything else is widened to
+ * F32 (through `row`, K floats of scratch). */
+static void pack_cols(void *dst, int dtype, size_t p, const dit_mat *w, int r0, int j0, int n,
+                      float *row)
 {
-    int K = w->cols;
-    size_t base = p * (size_t)K * GEMM_NR;
+    size_t K = (size_t)w->cols, base = p * K * GEMM_NR;
     for (int j = 0; j < n; j++) {
         int r = r0 + j;
-        for (int k = 0; k < K; k++) {
-            size_t at = base + (size_t)k * GEMM_NR + (size_t)(j0 + j);
-            size_t from = (size_t)r * K + k;
-            if (dtype == ST_F32)
-                ((float *)dst)[at] = r < w->rows ? mat_at(w, from) : 0.0f;
-            else
-                ((uint16_t *)dst)[at] = r < w->rows ? ((const uint16_t *)w->data)[from] : 0;
+        size_t col = base + (size_t)(j0 + j);
+        if (dtype == ST_F32) {
+            float *d = (float *)dst + col;
+            if (r < w->rows)
+                widen_row(row, w, r);
+            for (size_t k = 0; k < K; k++)
+                d[k * GEMM_NR] = r < w->rows ? row[k] : 0.0f;
+        } else {
+            uint16_t *d = (uint16_t *)dst + col;
+            const uint16_t *h = r < w->rows ? (const uint16_t *)w->data + (size_t)r * K : NULL;
+            for (size_t k = 0; k < K; k++)
+                d[k * GEMM_NR] = h ? h[k] : 0;
         }
     }
 }
 
-void gemm_pack(void *dst, int dtype, const dit_mat *w)
+void gemm_pack(void *dst, int dtype, const dit_mat *w, float *row)
 {
     int np = gemm_panels(w->rows, 0);
     for (int p = 0; p < np; p++)
-        pack_cols(dst, dtype, (size_t)p, w, p * GEMM_NR, 0, GEMM_NR);
+        pack_cols(dst, dtype, (size_t)p, w, p * GEMM_NR, 0, GEMM_NR, row);
 }
 
-void gemm_pack_glu(void *dst, int dtype, const dit_mat *gate, const dit_mat *up)
+void gemm_pack_glu(void *dst, int dtype, const dit_mat *gate, const dit_mat *up, float *row)
 {
     int np = gemm_panels(gate->rows, 1), h = GEMM_NR / 2;
     for (int p = 0; p < np; p++) {
-        pack_cols(dst, dtype, (size_t)p, gate, p * h, 0, h);
-        pack_cols(dst, dtype, (size_t)p, up, p * h, h, h);
+        pack_cols(dst, dtype, (size_t)p, gate, p * h, 0, h, row);
+        pack_cols(dst, dtype, (size_t)p, up, p * h, h, h, row);
     }
 }
 

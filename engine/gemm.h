@@ -41,13 +41,13 @@ size_t gemm_pack_bytes(int N, int K, int glu, int dtype);
 
 /* Packs w into dst (gemm_pack_bytes(w->rows, w->cols, 0, dtype) bytes,
  * 64-byte aligned) as dtype (gemm_pack_dtype(w, NULL)); panel columns
- * past N are zero. */
-void gemm_pack(void *dst, int dtype, const dit_mat *w);
+ * past N are zero. row: scratch of w->cols floats. */
+void gemm_pack(void *dst, int dtype, const dit_mat *w, float *row);
 
 /* Packs gate and up (same shape) interleaved into dst
  * (gemm_pack_bytes(rows, cols, 1, dtype) bytes, dtype from
- * gemm_pack_dtype(gate, up)). */
-void gemm_pack_glu(void *dst, int dtype, const dit_mat *gate, const dit_mat *up);
+ * gemm_pack_dtype(gate, up)). row: scratch of gate->cols floats. */
+void gemm_pack_glu(void *dst, int dtype, const dit_mat *gate, const dit_mat *up, float *row);
 
 /* Output columns one panel covers: 32, or 16 for a GLU pack. */
 static inline int gemm_panel_cols(int glu)

@@ -273,55 +273,63 @@ void dit_model_settings_default(dit_model_settings *s)
         s->pack_weights = 1;
 }
 
-/* Packs w at base + *pos (or only counts when base is NULL). */
-static void pack_mat(dit_model *m, char *base, size_t *pos, dit_mat *w)
+/* Where the packs go: base (NULL: only count) + pos; row: widening
+ * scratch as long as the widest matrix row. */
+typedef struct packer {
+    dit_model *m;
+    char *base;
+    size_t pos;
+    float *row;
+} packer;
+
+/* Packs w at the packer's position. */
+static void pack_mat(packer *k, dit_mat *w)
 {
     int dtype = gemm_pack_dtype(w, NULL);
-    if (base) {
-        gemm_pack(base + *pos, dtype, w);
-        w->pk = base + *pos;
+    if (k->base) {
+        gemm_pack(k->base + k->pos, dtype, w, k->row);
+        w->pk = k->base + k->pos;
         w->pk_dtype = dtype;
-        st_drop(m->weights, w->data, (size_t)w->rows * w->cols * st_dtype_size(w->dtype));
+        st_drop(k->m->weights, w->data, (size_t)w->rows * w->cols * st_dtype_size(w->dtype));
     }
-    *pos += gemm_pack_bytes(w->rows, w->cols, 0, dtype);
+    k->pos += gemm_pack_bytes(w->rows, w->cols, 0, dtype);
 }
 
 /* An expert: gate and up as one GLU pack, down alone. */
-static void pack_expert(dit_model *m, char *base, size_t *pos, dit_expert *e)
+static void pack_expert(packer *k, dit_expert *e)
 {
     int dtype = gemm_pack_dtype(&e->gate, &e->up);
-    if (base) {
-        gemm_pack_glu(base + *pos, dtype, &e->gate, &e->up);
-        e->gu_pk = base + *pos;
+    if (k->base) {
+        gemm_pack_glu(k->base + k->pos, dtype, &e->gate, &e->up, k->row);
+        e->gu_pk = k->base + k->pos;
         e->gu_dtype = dtype;
         size_t n = (size_t)e->gate.rows * e->gate.cols;
-        st_drop(m->weights, e->gate.data, n * st_dtype_size(e->gate.dtype));
-        st_drop(m->weights, e->up.data, n * st_dtype_size(e->up.dtype));
+        st_drop(k->m->weights, e->gate.data, n * st_dtype_size(e->gate.dtype));
+        st_drop(k->m->weights, e->up.data, n * st_dtype_size(e->up.dtype));
     }
-    *pos += gemm_pack_bytes(e->gate.rows, e->gate.cols, 1, dtype);
-    pack_mat(m, base, pos, &e->down);
+    k->pos += gemm_pack_bytes(e->gate.rows, e->gate.cols, 1, dtype);
+    pack_mat(k, &e->down);
 }
 
-/* Walks every matrix of the model: returns the bytes the packs take. */
-static size_t pack_all(dit_model *m, char *base)
+/* Walks every matrix of the model; k->pos ends at the bytes the packs take. */
+static void pack_all(packer *k)
 {
-    size_t pos = 0;
-    pack_mat(m, base, &pos, &m->patch.w);
-    pack_mat(m, base, &pos, &m->t_mlp0.w);
-    pack_mat(m, base, &pos, &m->t_mlp2.w);
+    dit_model *m = k->m;
+    pack_mat(k, &m->patch.w);
+    pack_mat(k, &m->t_mlp0.w);
+    pack_mat(k, &m->t_mlp2.w);
     for (int l = 0; l < m->cfg.depth; l++) {
         dit_block *b = &m->blocks[l];
-        pack_mat(m, base, &pos, &b->ada.w);
-        pack_mat(m, base, &pos, &b->qkv.w);
-        pack_mat(m, base, &pos, &b->proj.w);
-        pack_mat(m, base, &pos, &b->router);
+        pack_mat(k, &b->ada.w);
+        pack_mat(k, &b->qkv.w);
+        pack_mat(k, &b->proj.w);
+        pack_mat(k, &b->router);
         for (int e = 0; e < m->cfg.num_experts; e++)
-            pack_expert(m, base, &pos, &b->experts[e]);
-        pack_expert(m, base, &pos, &b->shared);
+            pack_expert(k, &b->experts[e]);
+        pack_expert(k, &b->shared);
     }
-    pack_mat(m, base, &pos, &m->final_ada.w);
-    pack_mat(m, base, &pos, &m->final_lin.w);
-    return pos;
+    pack_mat(k, &m->final_ada.w);
+    pack_mat(k, &m->final_lin.w);
 }
 
 int dit_model_pack(dit_model *m, const dit_model_settings *s)
@@ -332,12 +340,26 @@ int dit_model_pack(dit_model *m, const dit_model_settings *s)
         set = *s;
     if (!set.pack_weights || !gemm_available())
         return DIT_OK;
-    size_t n = pack_all(m, NULL);
-    m->packed = aligned_alloc(64, n);
-    if (!m->packed)
+    const dit_config *g = &m->cfg;
+    int widest = g->hidden_size > 256 ? g->hidden_size : 256; /* t_mlp0 reads 256 */
+    widest = g->expert_hidden > widest ? g->expert_hidden : widest;
+    widest = g->shared_hidden > widest ? g->shared_hidden : widest;
+    widest = g->in_channels * g->patch_size * g->patch_size > widest
+                 ? g->in_channels * g->patch_size * g->patch_size : widest;
+    packer k = { m, NULL, 0, malloc(sizeof(float) * (size_t)widest) };
+    if (k.row)
+        pack_all(&k); /* counts */
+    size_t n = k.pos;
+    m->packed = k.row ? aligned_alloc(64, n) : NULL;
+    if (!m->packed) {
+        free(k.row);
         return DIT_E_NOMEM;
+    }
     m->packed_bytes = n;
-    pack_all(m, m->packed);
+    k.base = m->packed;
+    k.pos = 0;
+    pack_all(&k);
+    free(k.row);
     m->max_mat_elems = 0; /* nothing is widened per use any more */
     m->info.packed = 1;
     /* resident: the packs plus the small tensors widened at bind */

@@ -110,10 +110,12 @@ static void run_case2(int dtype, int up_dtype, int M, int N, int K, int glu, int
     size_t bytes = gemm_pack_bytes(N, K, glu, pd);
     CHECK(bytes % 64 == 0, "pack size a multiple of 64: %zu", bytes);
     void *pk = aligned_alloc(64, bytes);
+    float *row = malloc(sizeof(float) * (size_t)K);
     if (glu)
-        gemm_pack_glu(pk, pd, &g, &u);
+        gemm_pack_glu(pk, pd, &g, &u, row);
     else
-        gemm_pack(pk, pd, &g);
+        gemm_pack(pk, pd, &g, row);
+    free(row);
     gemm_args args = { out, a, with_bias ? bias : NULL, pk, pd, N, K, N, K, glu };
     int np = gemm_panels(N, glu);
     out[(size_t)M * N] = 12345.0f; /* guard: nothing may be written past the end */
