@@ -18,11 +18,42 @@
 
 #include "dit.h"
 
-static const char *const FIELDS[] = {
-    "class_label", "seed", "steps", "cfg_scale", "sampler", "num_images", "cfg_mode", "rng",
+/* Every field either dialect knows: its JSON name, what it sets, and the
+ * dialects (bit 1 << enum srv_dialect) that accept it. */
+enum field_id {
+    F_CLASS, F_SEED, F_STEPS, F_CFG, F_SAMPLER, F_IMAGES, F_CFG_MODE, F_RNG, F_SIZE, F_FORMAT,
+    F_IGNORED,
 };
+#define N_ (1 << SRV_NATIVE)
+#define O_ (1 << SRV_OPENAI)
+static const struct field {
+    const char *name;
+    enum field_id id;
+    int dialects;
+} FIELDS[] = {
+    {"class_label", F_CLASS, N_}, {"prompt", F_CLASS, O_},
+    {"seed", F_SEED, N_ | O_}, {"steps", F_STEPS, N_ | O_}, {"cfg_scale", F_CFG, N_ | O_},
+    {"sampler", F_SAMPLER, N_ | O_},
+    {"num_images", F_IMAGES, N_}, {"n", F_IMAGES, O_},
+    {"cfg_mode", F_CFG_MODE, N_ | O_}, {"rng", F_RNG, N_ | O_},
+    {"size", F_SIZE, O_}, {"response_format", F_FORMAT, O_},
+    {"model", F_IGNORED, O_}, {"user", F_IGNORED, O_}, {"quality", F_IGNORED, O_},
+    {"style", F_IGNORED, O_},
+};
+#undef N_
+#undef O_
 #define NFIELDS (int)(sizeof FIELDS / sizeof FIELDS[0])
-#define ALLOWED "class_label, seed, steps, cfg_scale, sampler, num_images, cfg_mode, rng"
+
+/* "a, b, c": the fields the dialect accepts, for messages. */
+static void allowed_fields(int dialect, char *buf, size_t len)
+{
+    buf[0] = 0;
+    for (int k = 0; k < NFIELDS; k++)
+        if (FIELDS[k].dialects & (1 << dialect)) {
+            size_t l = strlen(buf);
+            snprintf(buf + l, len - l, "%s%s", l ? ", " : "", FIELDS[k].name);
+        }
+}
 
 static const char *type_of(const cJSON *v)
 {
@@ -53,7 +84,8 @@ static int get_int(const cJSON *v, const char *name, double lo, double hi, doubl
     return 0;
 }
 
-static int get_class(const cJSON *v, const srv_limits *lim, int *out, char *err, size_t errlen)
+static int get_class(const cJSON *v, const char *name, const srv_limits *lim, int *out,
+                     char *err, size_t errlen)
 {
     double d;
     if (cJSON_IsString(v)) {
@@ -68,17 +100,18 @@ static int get_class(const cJSON *v, const srv_limits *lim, int *out, char *err,
             *out = (int)n;
             return 0;
         }
-        snprintf(err, errlen, "class_label: unknown class '%.64s': must be an integer in [0, %d] "
-                 "or a class name (GET /v1/model lists them)", v->valuestring, lim->num_classes - 1);
+        snprintf(err, errlen, "%s: unknown class '%.64s': must be an integer in [0, %d] "
+                 "or a class name (GET /v1/model lists them)", name, v->valuestring,
+                 lim->num_classes - 1);
         return -1;
     }
     if (cJSON_IsNumber(v)) {
-        if (get_int(v, "class_label", 0, lim->num_classes - 1, &d, err, errlen))
+        if (get_int(v, name, 0, lim->num_classes - 1, &d, err, errlen))
             return -1;
         *out = (int)d;
         return 0;
     }
-    snprintf(err, errlen, "class_label: must be an integer in [0, %d] or a class name, got %s",
+    snprintf(err, errlen, "%s: must be an integer in [0, %d] or a class name, got %s", name,
              lim->num_classes - 1, type_of(v));
     return -1;
 }
@@ -120,76 +153,110 @@ static int get_sampler(const cJSON *v, int *out, char *err, size_t errlen)
     return 0;
 }
 
-static int apply_field(int k, const cJSON *v, const srv_limits *lim, srv_gen_req *r, char *err,
-                       size_t errlen)
+/* "size": "WxH", the one size the model makes. */
+static int get_size(const cJSON *v, const srv_limits *lim, char *err, size_t errlen)
+{
+    char want[32];
+    snprintf(want, sizeof want, "%dx%d", lim->image_w, lim->image_h);
+    if (cJSON_IsString(v) && !strcmp(v->valuestring, want))
+        return 0;
+    if (cJSON_IsString(v))
+        snprintf(err, errlen, "size: '%.32s' is not a size this model makes: must be \"%s\"",
+                 v->valuestring, want);
+    else
+        snprintf(err, errlen, "size: must be the string \"%s\", got %s", want, type_of(v));
+    return -1;
+}
+
+static int get_cfg(const cJSON *v, const srv_limits *lim, double *out, char *err, size_t errlen)
+{
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < 1.0 ||
+        v->valuedouble > lim->max_cfg) {
+        if (cJSON_IsNumber(v))
+            snprintf(err, errlen, "cfg_scale: %.17g is out of range: must be a number in "
+                     "[1, %g] (1 = no guidance)", v->valuedouble, lim->max_cfg);
+        else
+            snprintf(err, errlen, "cfg_scale: must be a number in [1, %g], got %s",
+                     lim->max_cfg, type_of(v));
+        return -1;
+    }
+    *out = v->valuedouble;
+    return 0;
+}
+
+static int apply_field(const struct field *f, const cJSON *v, const srv_limits *lim,
+                       srv_gen_req *r, char *err, size_t errlen)
 {
     static const char *const CFG_MODES[] = {"upstream", "all", NULL};
     static const char *const RNGS[] = {"default", "torch", NULL};
+    static const char *const FORMATS[] = {"b64_json", NULL}; /* no URLs: nothing is stored */
+    int ignored;
     double d;
-    switch (k) {
-    case 0: return get_class(v, lim, &r->class_label, err, errlen);
-    case 1:
+    switch (f->id) {
+    case F_CLASS: return get_class(v, f->name, lim, &r->class_label, err, errlen);
+    case F_SEED:
         if (get_int(v, "seed", 0, SRV_SEED_MAX, &d, err, errlen)) return -1;
         r->seed = (uint64_t)d;
         r->seed_given = 1;
         return 0;
-    case 2:
+    case F_STEPS:
         if (get_int(v, "steps", 1, lim->max_steps, &d, err, errlen)) return -1;
         r->steps = (int)d;
         return 0;
-    case 3:
-        if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < 1.0 ||
-            v->valuedouble > lim->max_cfg) {
-            if (cJSON_IsNumber(v))
-                snprintf(err, errlen, "cfg_scale: %.17g is out of range: must be a number in "
-                         "[1, %g] (1 = no guidance)", v->valuedouble, lim->max_cfg);
-            else
-                snprintf(err, errlen, "cfg_scale: must be a number in [1, %g], got %s",
-                         lim->max_cfg, type_of(v));
-            return -1;
-        }
-        r->cfg_scale = v->valuedouble;
-        return 0;
-    case 4: return get_sampler(v, &r->sampler, err, errlen);
-    case 5:
-        if (get_int(v, "num_images", 1, lim->max_images, &d, err, errlen)) return -1;
+    case F_CFG: return get_cfg(v, lim, &r->cfg_scale, err, errlen);
+    case F_SAMPLER: return get_sampler(v, &r->sampler, err, errlen);
+    case F_IMAGES:
+        if (get_int(v, f->name, 1, lim->max_images, &d, err, errlen)) return -1;
         r->num_images = (int)d;
         return 0;
-    case 6: return get_enum(v, "cfg_mode", CFG_MODES, &r->cfg_mode, err, errlen);
-    default: return get_enum(v, "rng", RNGS, &r->rng, err, errlen);
+    case F_CFG_MODE: return get_enum(v, "cfg_mode", CFG_MODES, &r->cfg_mode, err, errlen);
+    case F_RNG: return get_enum(v, "rng", RNGS, &r->rng, err, errlen);
+    case F_SIZE: return get_size(v, lim, err, errlen);
+    case F_FORMAT: return get_enum(v, "response_format", FORMATS, &ignored, err, errlen);
+    default:
+        if (cJSON_IsString(v) || cJSON_IsNull(v))
+            return 0;
+        snprintf(err, errlen, "%s: must be a string (it has no effect here), got %s", f->name,
+                 type_of(v));
+        return -1;
     }
 }
 
-static int parse_fields(const cJSON *root, const srv_limits *lim, srv_gen_req *r, char *err,
-                        size_t errlen)
+static int parse_fields(const cJSON *root, const srv_limits *lim, int dialect, srv_gen_req *r,
+                        char *err, size_t errlen)
 {
-    int seen[NFIELDS] = {0};
+    int seen[NFIELDS] = {0}, have_class = 0;
     const cJSON *it;
     cJSON_ArrayForEach(it, root) {
         int k = 0;
-        while (k < NFIELDS && strcmp(FIELDS[k], it->string ? it->string : ""))
+        while (k < NFIELDS && (!(FIELDS[k].dialects & (1 << dialect)) ||
+                               strcmp(FIELDS[k].name, it->string ? it->string : "")))
             k++;
         if (k == NFIELDS) {
-            snprintf(err, errlen, "unknown field '%.48s': allowed fields are " ALLOWED,
-                     it->string ? it->string : "");
+            char allowed[256];
+            allowed_fields(dialect, allowed, sizeof allowed);
+            snprintf(err, errlen, "unknown field '%.48s': allowed fields are %s",
+                     it->string ? it->string : "", allowed);
             return -1;
         }
         if (seen[k]++) {
-            snprintf(err, errlen, "%s: given more than once", FIELDS[k]);
+            snprintf(err, errlen, "%s: given more than once", FIELDS[k].name);
             return -1;
         }
-        if (apply_field(k, it, lim, r, err, errlen))
+        if (apply_field(&FIELDS[k], it, lim, r, err, errlen))
             return -1;
+        have_class |= FIELDS[k].id == F_CLASS;
     }
-    if (!seen[0]) {
-        snprintf(err, errlen, "class_label: required: an integer in [0, %d] or a class name",
-                 lim->num_classes - 1);
+    if (!have_class) {
+        snprintf(err, errlen, "%s: required: an integer in [0, %d] or a class name",
+                 dialect == SRV_OPENAI ? "prompt" : "class_label", lim->num_classes - 1);
         return -1;
     }
     int rows = r->num_images * (r->cfg_scale > 1.0 ? 2 : 1);
     if (rows > lim->max_rows) {
-        snprintf(err, errlen, "num_images: %d images%s need %d rows per step, more than the "
-                 "server's %d: must be at most %d", r->num_images,
+        snprintf(err, errlen, "%s: %d images%s need %d rows per step, more than the "
+                 "server's %d: must be at most %d", dialect == SRV_OPENAI ? "n" : "num_images",
+                 r->num_images,
                  r->cfg_scale > 1.0 ? " with guidance (cfg_scale > 1)" : "", rows, lim->max_rows,
                  r->cfg_scale > 1.0 ? lim->max_rows / 2 : lim->max_rows);
         return -1;
@@ -197,15 +264,21 @@ static int parse_fields(const cJSON *root, const srv_limits *lim, srv_gen_req *r
     return 0;
 }
 
-int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, srv_gen_req *out,
-                       char *err, size_t errlen)
+int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, int dialect,
+                       srv_gen_req *out, char *err, size_t errlen)
 {
     srv_gen_req r = {
         .steps = lim->default_steps, .cfg_scale = lim->default_cfg,
         .sampler = lim->default_sampler, .num_images = 1,
     };
+    if (dialect != SRV_NATIVE && dialect != SRV_OPENAI) {
+        snprintf(err, errlen, "srv_parse_generate: unknown dialect %d", dialect);
+        return SRV_PARSE_JSON;
+    }
     if (!body || len == 0) {
-        snprintf(err, errlen, "empty body: expected a JSON object with fields " ALLOWED);
+        char allowed[256];
+        allowed_fields(dialect, allowed, sizeof allowed);
+        snprintf(err, errlen, "empty body: expected a JSON object with fields %s", allowed);
         return SRV_PARSE_JSON;
     }
     /* cJSON's parser writes a process-wide error position: one at a time. */
@@ -235,7 +308,7 @@ int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, srv_
         cJSON_Delete(root);
         return SRV_PARSE_JSON;
     }
-    int rc = parse_fields(root, lim, &r, err, errlen);
+    int rc = parse_fields(root, lim, dialect, &r, err, errlen);
     cJSON_Delete(root);
     if (rc)
         return SRV_PARSE_FIELD;

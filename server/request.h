@@ -21,6 +21,7 @@ typedef struct srv_limits {
     int default_steps;
     int default_sampler;     /* enum dit_sampler_kind */
     double default_cfg;
+    int image_w, image_h;    /* the size an OpenAI-style "size" must name */
     /* class name -> label or -1 (may be NULL: names are refused) */
     int (*find_class)(void *user, const char *name);
     void *user;
@@ -40,13 +41,21 @@ typedef struct srv_gen_req {
 
 enum { SRV_PARSE_OK = 0, SRV_PARSE_JSON = -1, SRV_PARSE_FIELD = -2 };
 
+/* The two shapes of a request body:
+ *   NATIVE  POST /generate, /jobs: class_label (required), seed, steps,
+ *           cfg_scale, sampler, num_images, cfg_mode, rng;
+ *   OPENAI  POST /v1/images/generations, OpenAI's image API: prompt (the
+ *           class, required), n, size ("WxH", the model's), response_format
+ *           ("b64_json"), model, user, quality, style (accepted, no
+ *           effect), plus seed, steps, cfg_scale, sampler, cfg_mode, rng. */
+enum srv_dialect { SRV_NATIVE = 0, SRV_OPENAI = 1 };
+
 /* Parses body[0..len) (not necessarily NUL-terminated): one JSON object
- * with the fields class_label (required), seed, steps, cfg_scale, sampler,
- * num_images, cfg_mode, rng. Unknown and repeated fields are refused.
+ * with the dialect's fields. Unknown and repeated fields are refused.
  * Returns SRV_PARSE_OK and fills *out, or SRV_PARSE_JSON (not a JSON
  * object) / SRV_PARSE_FIELD (a field is wrong) with err naming the field
  * and the allowed values. Allocates nothing that outlives the call. */
-int srv_parse_generate(const char *body, size_t len, const srv_limits *lim,
+int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, int dialect,
                        srv_gen_req *out, char *err, size_t errlen);
 
 #endif

@@ -55,13 +55,19 @@ static int r_metrics(srv_req *req, srv_reply *out, const char *id, const char *s
 static int r_generate(srv_req *req, srv_reply *out, const char *id, const char *sub)
 {
     (void)id, (void)sub;
-    return routes_generate(req, out, 0);
+    return routes_generate(req, out, ROUTE_GEN_WAIT);
 }
 
 static int r_jobs(srv_req *req, srv_reply *out, const char *id, const char *sub)
 {
     (void)id, (void)sub;
-    return routes_generate(req, out, 1);
+    return routes_generate(req, out, ROUTE_GEN_ASYNC);
+}
+
+static int r_openai(srv_req *req, srv_reply *out, const char *id, const char *sub)
+{
+    (void)id, (void)sub;
+    return routes_generate(req, out, ROUTE_GEN_OPENAI);
 }
 
 static int r_job(srv_req *req, srv_reply *out, const char *id, const char *sub)
@@ -81,6 +87,7 @@ static const struct route {
     {"/stats", "GET, HEAD", 0, r_stats},
     {"/metrics", "GET, HEAD", 0, r_metrics},
     {"/generate", "POST", 0, r_generate},
+    {"/v1/images/generations", "POST", 0, r_openai},
     {"/jobs", "POST", 0, r_jobs},
     {"/jobs/*", "GET, HEAD, DELETE", 0, r_job},
     {"/jobs/*/image", "GET, HEAD", 0, r_job},

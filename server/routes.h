@@ -91,8 +91,14 @@ void srv_reply_error(srv_reply *r, int status, const char *type, const char *fmt
 
 /* ---- route groups ------------------------------------------------------ */
 
-/* routes_jobs.c: POST /generate, POST /jobs, /jobs/{id}[/image|/events]. */
-int routes_generate(srv_req *req, srv_reply *out, int async);
+/* routes_jobs.c: POST /generate, POST /jobs, POST /v1/images/generations,
+ * /jobs/{id}[/image|/events]. how: one of enum route_gen. */
+enum route_gen {
+    ROUTE_GEN_WAIT = 0,   /* /generate: wait, answer PNG (or JSON by Accept) */
+    ROUTE_GEN_ASYNC = 1,  /* /jobs: 202 at once */
+    ROUTE_GEN_OPENAI = 2, /* /v1/images/generations: OpenAI's body, wait, JSON */
+};
+int routes_generate(srv_req *req, srv_reply *out, int how);
 int routes_job(srv_req *req, srv_reply *out, const char *id, const char *sub);
 
 /* static.c: GET/HEAD of files under the web root. */

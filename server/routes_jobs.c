@@ -4,6 +4,10 @@
  *                         never blocking an HTTP thread) and answers the PNG,
  *                         or JSON with Accept: application/json
  *   POST /jobs            queues the job and answers 202 at once
+ *   POST /v1/images/generations
+ *                         OpenAI's image API over the same jobs: the prompt
+ *                         names the class; waits like /generate, answers
+ *                         {"created", "data": [{"b64_json"}...]} (+ ours)
  *   GET/DELETE /jobs/{id}, GET /jobs/{id}/image, GET /jobs/{id}/events (SSE)
  *
  * A request is checked twice before it is queued: by request.c (types and
@@ -19,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include "jobs.h"
 #include "routes.h"
@@ -30,6 +35,8 @@ typedef struct gen_state {
     job_watch w;
     int watching;
     int sync;                   /* a waiting /generate: its job dies with it */
+    int openai;                 /* answer in OpenAI's shape */
+    long long created;          /* its "created": Unix time of the request */
     /* server-sent events */
     double last_out;            /* srv_now() of the last bytes written */
     int sent_state;             /* -1: nothing yet */
@@ -79,8 +86,9 @@ static int find_class_cb(void *user, const char *name)
     return dit_model_find_class(user, name);
 }
 
-/* Parses and checks the body; on failure fills out with a 400. */
-static int check_request(srv_req *req, srv_gen_req *r, srv_reply *out)
+/* Parses and checks the body (enum srv_dialect); on failure fills out
+ * with a 400. */
+static int check_request(srv_req *req, int dialect, srv_gen_req *r, srv_reply *out)
 {
     srv *s = req->s;
     const srv_config *c = s->cfg;
@@ -88,10 +96,11 @@ static int check_request(srv_req *req, srv_gen_req *r, srv_reply *out)
         .num_classes = s->mc->num_classes, .max_steps = c->max_steps,
         .max_images = c->max_images, .max_rows = c->max_rows, .max_cfg = c->max_cfg_scale,
         .default_steps = s->mc->default_steps, .default_sampler = s->mc->default_sampler,
-        .default_cfg = s->mc->default_cfg_scale, .find_class = find_class_cb, .user = s->model,
+        .default_cfg = s->mc->default_cfg_scale, .image_w = s->img_w, .image_h = s->img_h,
+        .find_class = find_class_cb, .user = s->model,
     };
     char err[512];
-    int rc = srv_parse_generate(req->body, req->body_len, &lim, r, err, sizeof err);
+    int rc = srv_parse_generate(req->body, req->body_len, &lim, dialect, r, err, sizeof err);
     if (rc) {
         srv_reply_error(out, 400, rc == SRV_PARSE_JSON ? "invalid_json" : "invalid_request", "%s", err);
         return -1;
@@ -245,9 +254,17 @@ static int reply_png(srv_reply *out, const job *j, const job_info *in)
     return ROUTE_DONE;
 }
 
-static int reply_generated_json(srv_reply *out, const srv *s, const job *j, const job_info *in)
+/* The JSON answer of a done job; g (may be NULL) says whether it goes out
+ * in OpenAI's shape ("created" first, each image's class as its
+ * revised_prompt); our fields follow either way. */
+static int reply_generated_json(srv_reply *out, const srv *s, const job *j, const job_info *in,
+                                const gen_state *g)
 {
-    cJSON *root = cJSON_CreateObject(), *data = cJSON_AddArrayToObject(root, "data");
+    cJSON *root = cJSON_CreateObject();
+    if (g && g->openai)
+        cJSON_AddNumberToObject(root, "created", (double)g->created);
+    cJSON *data = cJSON_AddArrayToObject(root, "data");
+    const char *name = dit_model_class_name(s->model, j->req.class_label);
     cJSON_AddStringToObject(root, "id", j->id);
     for (int i = 0; i < j->req.num_images; i++) {
         const uint8_t *png = j->pngs ? j->pngs[i] : j->png;
@@ -261,6 +278,8 @@ static int reply_generated_json(srv_reply *out, const srv *s, const job *j, cons
             return ROUTE_DONE;
         }
         free(b64);
+        if (g && g->openai && name)
+            cJSON_AddStringToObject(item, "revised_prompt", name);
         cJSON_AddItemToArray(data, item);
     }
     cJSON_AddNumberToObject(root, "seed", (double)j->req.seed);
@@ -281,8 +300,10 @@ static int wants_json(srv_req *req)
 /* The answer to a finished job's waiting /generate. */
 static int reply_finished(srv_req *req, srv_reply *out, job *j, const job_info *in)
 {
+    const gen_state *g = req->state;
     if (in->state == JOB_DONE)
-        return wants_json(req) ? reply_generated_json(out, req->s, j, in) : reply_png(out, j, in);
+        return (g && g->openai) || wants_json(req) ? reply_generated_json(out, req->s, j, in, g)
+                                                   : reply_png(out, j, in);
     if (in->state == JOB_CANCELLED)
         srv_reply_error(out, 409, "cancelled", "job %s was cancelled (DELETE /jobs/%s)", j->id, j->id);
     else
@@ -314,13 +335,13 @@ static int generate_wait(srv_req *req, srv_reply *out)
     return ROUTE_PENDING;
 }
 
-int routes_generate(srv_req *req, srv_reply *out, int async)
+int routes_generate(srv_req *req, srv_reply *out, int how)
 {
     if (req->state)
         return generate_wait(req, out);
     srv *s = req->s;
     srv_gen_req r;
-    if (check_request(req, &r, out))
+    if (check_request(req, how == ROUTE_GEN_OPENAI ? SRV_OPENAI : SRV_NATIVE, &r, out))
         return ROUTE_DONE;
     job *j = NULL;
     int rc = job_submit(s->jobs, &r, &j);
@@ -336,7 +357,7 @@ int routes_generate(srv_req *req, srv_reply *out, int async)
         return ROUTE_DONE;
     }
     snprintf(req->job_id, sizeof req->job_id, "%s", j->id);
-    if (async) {
+    if (how == ROUTE_GEN_ASYNC) {
         job_info in;
         job_get_info(s->jobs, j, &in);
         srv_reply_header(out, "Location", "/jobs/%s", j->id);
@@ -352,6 +373,8 @@ int routes_generate(srv_req *req, srv_reply *out, int async)
         return ROUTE_DONE;
     }
     g->sync = 1;
+    g->openai = how == ROUTE_GEN_OPENAI;
+    g->created = (long long)time(NULL);
     /* the job may have ended before the watch was registered */
     return generate_wait(req, out);
 }

@@ -13,7 +13,9 @@ name=$(basename "$target")
 case "$name" in
   fuzz_st) /usr/bin/python3 "$here/make_seeds.py" "$corpus" >/dev/null 2>&1 || true ;;
   fuzz_pickle) /usr/bin/python3 "$here/pickle_seeds.py" "$corpus" >/dev/null 2>&1 || true ;;
-  fuzz_request) printf '{"class_label": 1, "seed": 7, "steps": 20, "cfg_scale": 2.5, "sampler": "euler", "num_images": 2}' > "$corpus/a" ;;
+  fuzz_request)
+    printf '{"class_label": 1, "seed": 7, "steps": 20, "cfg_scale": 2.5, "sampler": "euler", "num_images": 2}' > "$corpus/a"
+    printf '{"prompt": "trouser", "n": 2, "size": "28x28", "response_format": "b64_json", "model": "m", "seed": 3}' > "$corpus/b" ;;
 esac
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 set -- -max_total_time="$seconds" -max_len=4096 -rss_limit_mb=1536 -artifact_prefix="$corpus/"

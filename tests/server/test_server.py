@@ -5,6 +5,7 @@ Each group starts its own server(s) on an ephemeral loopback port with a
 small random-weight model (make_model.py) and checks one area:
 
   api        every endpoint's happy path and document shapes
+  openai     POST /v1/images/generations: OpenAI's image API over the same jobs
   batching   8 concurrent requests share steps and equal their solo runs
   queue      queue-full 429, cancel frees a place, client disconnect cancels
   errors     bad input: each a 4xx JSON error naming the field, no 5xx
@@ -293,6 +294,59 @@ def test_batching():
             s2.close()
     finally:
         s.close()
+
+
+# ---- OpenAI image API ----------------------------------------------------------
+
+OPENAI = "/v1/images/generations"
+
+
+def test_openai():
+    s = start()
+    try:
+        req = {"prompt": "Trouser", "n": 2, "size": "16x16", "response_format": "b64_json",
+               "model": "any", "user": "u1", "quality": "standard", "seed": 11, "steps": 6}
+        t0 = time.time()
+        r = s.post(OPENAI, req)
+        check(r.status == 200 and r.header("content-type").startswith("application/json"),
+              f"openai: 200 JSON, got {r.status} {r.header('content-type')}")
+        d = r.json() if r.status == 200 else {}
+        check(isinstance(d.get("created"), int) and t0 - 2 <= d["created"] <= time.time() + 2,
+              f"openai: created is the request's Unix time: {d.get('created')}")
+        data = d.get("data", [])
+        check(len(data) == 2 and all(x.get("revised_prompt") == "Trouser" for x in data),
+              f"openai: n images, each naming its class: {[x.get('revised_prompt') for x in data]}")
+        for x in data:
+            w, h, ch, _ = png_decode(base64.b64decode(x["b64_json"]))
+            check((w, h, ch) == (16, 16, 1), f"openai: each image a 16x16 PNG, got {w}x{h}x{ch}")
+        same = s.post("/generate", {"class_label": 1, "num_images": 2, "seed": 11, "steps": 6},
+                      headers={"Accept": "application/json"}).json()
+        check([x["b64_json"] for x in same["data"]] == [x["b64_json"] for x in data],
+              "openai: the same request through /generate gives the same images")
+        r = s.post(OPENAI, {"prompt": "1"}, headers={"Accept": "image/png"})
+        check(r.status == 200 and len(r.json()["data"]) == 1 and r.json()["seed"] >= 0,
+              "openai: defaults (n 1, any size, seed chosen), JSON whatever Accept says")
+        for body, status, field in [
+                ({"prompt": "cat"}, 400, "prompt"),
+                ({"n": 1}, 400, "prompt"),
+                ({"prompt": "Trouser", "size": "1024x1024"}, 400, "16x16"),
+                ({"prompt": "Trouser", "response_format": "url"}, 400, "response_format"),
+                ({"prompt": "Trouser", "n": 99}, 400, "n"),
+                ({"class_label": 1}, 400, "class_label"),
+                ({"prompt": "Trouser", "model": 3}, 400, "model"),
+                ("{\"prompt\": ", 400, None)]:
+            is_error(s.post(OPENAI, body), status, field)
+        is_error(s.get(OPENAI), 405)
+    finally:
+        s.close()
+    k = start("--api-key", "sk-test")
+    try:
+        is_error(k.post(OPENAI, {"prompt": "Trouser"}), 401)
+        r = k.post(OPENAI, {"prompt": "Trouser", "steps": 2},
+                   headers={"Authorization": "Bearer sk-test"})
+        check(r.status == 200, f"openai: the API key as an OpenAI client sends it: {r.status}")
+    finally:
+        k.close()
 
 
 # ---- queue -------------------------------------------------------------------
@@ -1086,7 +1140,7 @@ def test_install():
         shutil.rmtree(dest, ignore_errors=True)
 
 
-GROUPS = {"api": test_api, "batching": test_batching, "queue": test_queue,
+GROUPS = {"api": test_api, "openai": test_openai, "batching": test_batching, "queue": test_queue,
           "errors": test_errors, "static": test_static, "auth": test_auth,
           "shutdown": test_shutdown, "limits": test_limits, "config": test_config,
           "soak": test_soak, "decode": test_decode, "instance": test_instance,
