@@ -13,7 +13,8 @@ replicas; the client address is the real one, not a spoofed
 X-Forwarded-For; a job's events stream step by step (the first step event
 arrives while the job is still running) whichever replica the stream request
 lands on first; job status, image and cancel reach the replica that has the
-job; /stats, /v1/model and /metrics answer; a full queue's 429 comes through
+job; /stats, /v1/model, /metrics and the OpenAI-style
+/v1/images/generations answer; a full queue's 429 comes through
 with Retry-After; after one replica is killed every request still succeeds.
 Exits 77 (skipped) without nginx, or without a model and PyTorch to make one.
 """
@@ -343,6 +344,12 @@ def main():
             for path in ("/stats", "/v1/model", "/metrics"):
                 st, _, body = request(port, "GET", path)
                 check(st == 200 and body, f"GET {path}: {st} {body[:200]!r}")
+            st, _, body = request(port, "POST", "/v1/images/generations",
+                                  {"prompt": 1, "n": 2, "steps": 4},
+                                  {"Content-Type": "application/json"})
+            data = json.loads(body).get("data", []) if st == 200 else []
+            check(len(data) == 2 and all(d.get("b64_json") for d in data),
+                  f"POST /v1/images/generations through the proxy: {st} {body[:200]!r}")
             json.loads(request(port, "GET", "/stats")[2])
 
             # A job of two images lasting about 2 s or more, so that the
