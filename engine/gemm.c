@@ -19,7 +19,6 @@
 #include "gemm.h"
 #include "ops.h"
 
-#define GEMM_MR 12
 #define GEMM_L2_BYTES (512 * 1024) /* the panel block the row tiles share */
 
 int gemm_pack_dtype(const dit_mat *w, const dit_mat *up)

@@ -26,7 +26,9 @@
 
 #include "model.h"
 
-#define GEMM_NR 32
+#define GEMM_NR 32 /* output columns of a panel */
+#define GEMM_MR 12 /* rows of the kernel's tile: splits of a product's rows
+                    * fall on multiples of it */
 
 /* 1 when this CPU (and OS) runs the packed kernel, else 0. */
 int gemm_available(void);

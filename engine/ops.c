@@ -199,8 +199,8 @@ static void packed_task(void *arg, int i, int thread)
         gemm_tile(&j->a, 0, j->M, j->panels * i / j->tasks, j->panels * (i + 1) / j->tasks);
         return;
     }
-    int tiles = (j->M + 11) / 12; /* the kernel's row tile */
-    int r0 = tiles * i / j->tasks * 12, r1 = tiles * (i + 1) / j->tasks * 12;
+    int tiles = (j->M + GEMM_MR - 1) / GEMM_MR;
+    int r0 = tiles * i / j->tasks * GEMM_MR, r1 = tiles * (i + 1) / j->tasks * GEMM_MR;
     gemm_tile(&j->a, r0, r1 < j->M ? r1 : j->M, 0, j->panels);
 }
 
@@ -212,8 +212,8 @@ void op_linear_forward(dit_ctx *c, float *out, const float *in,
         /* slicing the weights keeps each thread's panels in its own cache;
          * few-panel products (the router, the final layer) slice rows */
         packed_job j = { packed_args(out, in, &l->w, l->b), M, gemm_panels(l->w.rows, 0), 1, 0 };
-        j.by_panels = j.panels >= 4 * nt || (M < 24 * nt && j.panels >= nt);
-        int most = j.by_panels ? j.panels : (M + 11) / 12;
+        j.by_panels = j.panels >= 4 * nt || (M < 2 * GEMM_MR * nt && j.panels >= nt);
+        int most = j.by_panels ? j.panels : (M + GEMM_MR - 1) / GEMM_MR;
         j.tasks = nt < most ? nt : most;
         op_pool_run(c->pool, j.tasks, packed_task, &j);
         return;
