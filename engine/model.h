@@ -2,10 +2,13 @@
  *
  * A dit_model binds every weight of the upstream state_dict to a typed view
  * into the weight file's mapping. Matrices keep their stored dtype (F32, F16
- * or BF16) so a half-precision checkpoint needs half the memory; the matmul
- * op widens a weight into the context's scratch when it is not F32. Small
- * tensors (biases, embeddings, pos_embed) are widened to F32 once, at load,
- * into memory the model owns. After loading nothing in a model changes.
+ * or BF16) so a half-precision checkpoint needs half the memory. Packed
+ * (the default where the CPU has AVX-512), each matrix also gets a copy in
+ * gemm.c's panel layout, in the same precision, and its mapped pages are
+ * given back; unpacked, the matmul op widens a non-F32 weight into the
+ * context's scratch per use and calls BLAS. Small tensors (biases,
+ * embeddings, pos_embed) are widened to F32 once, at load, into memory the
+ * model owns. After loading nothing in a model changes.
  */
 #ifndef DIT_MODEL_H
 #define DIT_MODEL_H
