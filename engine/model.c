@@ -355,7 +355,6 @@ int dit_model_pack(dit_model *m, const dit_model_settings *s)
         free(k.row);
         return DIT_E_NOMEM;
     }
-    m->packed_bytes = n;
     k.base = m->packed;
     k.pos = 0;
     pack_all(&k);

@@ -69,7 +69,6 @@ struct dit_model {
     struct vae_model *vae;  /* loaded decoder for latent models, or NULL */
     int max_mat_elems;      /* largest non-F32 matrix: sizes the widen scratch */
     void *packed;           /* owned: every matrix in gemm.c's layout, or NULL */
-    size_t packed_bytes;
     dit_model_info info;
 };
 
@@ -111,10 +110,6 @@ struct dit_ctx {
     void *vae_ws;     /* VAE workspace for max_decode images, or NULL */
     size_t vae_ws_bytes;
 };
-
-/* Widens (or returns) matrix w as F32: w->data itself when it is F32, else
- * the context's scratch filled from it. */
-const float *dit_mat_f32(dit_ctx *c, const dit_mat *w);
 
 /* Workspace bytes dit_decode needs for n images (0 for pixel models). */
 size_t dit_decode_ws_bytes(const dit_model *m, int n);

@@ -95,11 +95,6 @@ static const float *mat_f32(dit_ctx *c, int th, const dit_mat *w)
     return dst;
 }
 
-const float *dit_mat_f32(dit_ctx *c, const dit_mat *w)
-{
-    return mat_f32(c, 0, w);
-}
-
 /* out (M, R) = in (M, K) w^T + b through BLAS (w as F32). */
 static void gemm_nt(float *out, const float *in, const float *w, const float *b,
                     int M, int R, int K)
