@@ -71,12 +71,12 @@ static uint16_t *to_half(float *w, size_t n, int dtype)
         memcpy(&b, &w[i], 4);
         if (dtype == ST_BF16) {
             h[i] = (uint16_t)(b >> 16);
-            w[i] = op_bf16_to_f32(h[i]);
+            w[i] = bf16_to_f32(h[i]);
         } else { /* |w| < 0.5: normal or flushed */
             uint32_t e = (b >> 23) & 0xff;
             h[i] = (uint16_t)(((b >> 16) & 0x8000) |
                               (e < 113 ? 0 : ((e - 112) << 10) | ((b >> 13) & 0x3ff)));
-            w[i] = op_f16_to_f32(h[i]);
+            w[i] = f16_to_f32(h[i]);
         }
     }
     return h;
@@ -93,8 +93,8 @@ static int run(const shape *s, int rounds)
     void *pk = aligned_alloc(64, gemm_pack_bytes(N, K, s->glu, s->dtype));
     if (!in || !w || !ref || !out || !pk || (s->dtype != ST_F32 && !h))
         return 1;
-    dit_mat g = { s->dtype, wd, N, K, NULL, 0 };
-    dit_mat u = { s->dtype, (const char *)wd + (size_t)N * K * esz, N, K, NULL, 0 };
+    kmat g = { s->dtype, wd, N, K, NULL, 0 };
+    kmat u = { s->dtype, (const char *)wd + (size_t)N * K * esz, N, K, NULL, 0 };
     float *row = malloc(sizeof(float) * (size_t)K);
     if (!row)
         return 1;

@@ -20,7 +20,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "dit.h"
+#include <ditmoe/dit.h>
 #include "ops.h"
 #include "vae.h"
 

@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #include "config.h"
-#include "dit.h"
+#include <ditmoe/dit.h>
 #include "request.h"
 #include "srv.h"
 

@@ -16,7 +16,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "dit.h"
+#include <ditmoe/dit.h>
 
 /* Every field either dialect knows: its JSON name, what it sets, and the
  * dialects (bit 1 << enum srv_dialect) that accept it. */

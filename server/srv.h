@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 #include "config.h"
-#include "dit.h"
+#include <ditmoe/dit.h>
 
 /* Job ids are "INSTANCE-" and 16 hex digits, so the id says which replica
  * made the job (docs/server.md: routing /jobs/{id} by it). With the NUL: */

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#include "dit.h"
+#include <ditmoe/dit.h>
 
 #define SRV_STATS_BUCKETS 10 /* noise-level buckets of width 0.1 */
 

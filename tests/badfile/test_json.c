@@ -5,32 +5,32 @@
  * what was expected.
  */
 #include "check.h"
-#include "json.h"
+#include <ditmoe/dit_json.h>
 
 #include <math.h>
 #include <stdint.h>
 
-static js_doc *parse_ok(const char *text, size_t len, int flags)
+static dit_json_doc *parse_ok(const char *text, size_t len, int flags)
 {
-    js_doc *d = (js_doc *)1;
+    dit_json_doc *d = (dit_json_doc *)1;
     char err[256];
-    int rc = js_parse_ex(text, len, flags, &d, err, sizeof err);
+    int rc = dit_json_parse_ex(text, len, flags, &d, err, sizeof err);
     CHECK(rc == 0 && d, "parsing %.60s: rc %d: %s", text, rc, err);
     return rc ? NULL : d;
 }
 
 static void parse_bad(const char *text, size_t len, const char *want)
 {
-    js_doc *d = (js_doc *)1;
+    dit_json_doc *d = (dit_json_doc *)1;
     char err[256] = "unset";
-    int rc = js_parse(text, len, &d, err, sizeof err);
+    int rc = dit_json_parse(text, len, &d, err, sizeof err);
     CHECK(rc == -1, "'%.*s' parsed (rc %d)", (int)len, text, rc);
     CHECK(d == NULL, "'%.*s': *out not NULL on failure", (int)len, text);
     CHECK(strstr(err, want) != NULL, "'%.*s': error '%s' lacks '%s'", (int)len,
           text, err, want);
     CHECK(!strncmp(err, "byte ", 5), "'%.*s': error '%s' has no byte offset",
           (int)len, text, err);
-    js_free(rc ? NULL : d);
+    dit_json_free(rc ? NULL : d);
 }
 
 static void test_document(void)
@@ -38,40 +38,40 @@ static void test_document(void)
     const char *t = " {\"a\": 1, \"b\": [true, false, null], \"c\": "
                     "\"x\\u00e9\\ud83d\\ude00\\n\\\"\\\\\\/\\b\\f\\r\\t\", "
                     "\"d\": {}, \"e\": [], \"f\": -2.5e-1}\r\n";
-    js_doc *d = parse_ok(t, strlen(t), 0);
+    dit_json_doc *d = parse_ok(t, strlen(t), 0);
     if (!d)
         return;
-    const js_value *r = js_root(d);
-    CHECK(js_type(r) == JS_OBJECT && js_len(r) == 6, "root %d/%zu", js_type(r),
-          js_len(r));
+    const dit_json *r = dit_json_root(d);
+    CHECK(dit_json_type(r) == DIT_JSON_OBJECT && dit_json_len(r) == 6, "root %d/%zu", dit_json_type(r),
+          dit_json_len(r));
     const char *order = "abcdef";
     for (size_t i = 0; i < 6; i++)
-        CHECK(js_str(js_key(r, i)) && js_str(js_key(r, i))[0] == order[i] &&
-                  js_len(js_key(r, i)) == 1, "key %zu out of order", i);
+        CHECK(dit_json_str(dit_json_key(r, i)) && dit_json_str(dit_json_key(r, i))[0] == order[i] &&
+                  dit_json_len(dit_json_key(r, i)) == 1, "key %zu out of order", i);
     int64_t v = 0;
-    CHECK(js_int(js_get(r, "a"), &v) && v == 1, "a = %lld", (long long)v);
-    CHECK(js_at(r, 0) == js_get(r, "a"), "js_at(object) is not the member value");
-    const js_value *b = js_get(r, "b");
-    CHECK(js_type(b) == JS_ARRAY && js_len(b) == 3, "b");
-    CHECK(js_bool(js_at(b, 0)) == 1 && js_bool(js_at(b, 1)) == 0 &&
-              js_type(js_at(b, 2)) == JS_NULL && js_bool(js_at(b, 2)) == -1, "b items");
-    CHECK(js_at(b, 3) == NULL, "js_at past the end");
+    CHECK(dit_json_int(dit_json_get(r, "a"), &v) && v == 1, "a = %lld", (long long)v);
+    CHECK(dit_json_at(r, 0) == dit_json_get(r, "a"), "dit_json_at(object) is not the member value");
+    const dit_json *b = dit_json_get(r, "b");
+    CHECK(dit_json_type(b) == DIT_JSON_ARRAY && dit_json_len(b) == 3, "b");
+    CHECK(dit_json_bool(dit_json_at(b, 0)) == 1 && dit_json_bool(dit_json_at(b, 1)) == 0 &&
+              dit_json_type(dit_json_at(b, 2)) == DIT_JSON_NULL && dit_json_bool(dit_json_at(b, 2)) == -1, "b items");
+    CHECK(dit_json_at(b, 3) == NULL, "dit_json_at past the end");
     const char *want = "x\xc3\xa9\xf0\x9f\x98\x80\n\"\\/\b\f\r\t";
-    CHECK(js_str(js_get(r, "c")) && !strcmp(js_str(js_get(r, "c")), want) &&
-              js_len(js_get(r, "c")) == strlen(want), "c = '%s'", js_str(js_get(r, "c")));
-    CHECK(js_type(js_get(r, "d")) == JS_OBJECT && js_len(js_get(r, "d")) == 0, "d");
-    CHECK(js_type(js_get(r, "e")) == JS_ARRAY && js_len(js_get(r, "e")) == 0, "e");
-    CHECK(js_num(js_get(r, "f")) == -0.25 && !js_int(js_get(r, "f"), &v), "f");
+    CHECK(dit_json_str(dit_json_get(r, "c")) && !strcmp(dit_json_str(dit_json_get(r, "c")), want) &&
+              dit_json_len(dit_json_get(r, "c")) == strlen(want), "c = '%s'", dit_json_str(dit_json_get(r, "c")));
+    CHECK(dit_json_type(dit_json_get(r, "d")) == DIT_JSON_OBJECT && dit_json_len(dit_json_get(r, "d")) == 0, "d");
+    CHECK(dit_json_type(dit_json_get(r, "e")) == DIT_JSON_ARRAY && dit_json_len(dit_json_get(r, "e")) == 0, "e");
+    CHECK(dit_json_num(dit_json_get(r, "f")) == -0.25 && !dit_json_int(dit_json_get(r, "f"), &v), "f");
     /* NULL-tolerant chaining and wrong types */
-    CHECK(js_get(r, "zz") == NULL && js_get(NULL, "a") == NULL &&
-              js_get(b, "a") == NULL, "missing lookups");
-    CHECK(js_type(NULL) == JS_NONE && js_len(NULL) == 0 && js_str(NULL) == NULL &&
-              isnan(js_num(NULL)) && js_bool(NULL) == -1 && !js_int(NULL, &v) &&
-              js_key(b, 0) == NULL && js_at(NULL, 0) == NULL, "NULL accessors");
-    CHECK(js_str(js_get(r, "a")) == NULL && isnan(js_num(js_get(r, "c"))), "types");
-    CHECK(!strcmp(js_type_name(JS_OBJECT), "object") &&
-              !strcmp(js_type_name(99), "nothing"), "type names");
-    js_free(d);
+    CHECK(dit_json_get(r, "zz") == NULL && dit_json_get(NULL, "a") == NULL &&
+              dit_json_get(b, "a") == NULL, "missing lookups");
+    CHECK(dit_json_type(NULL) == DIT_JSON_NONE && dit_json_len(NULL) == 0 && dit_json_str(NULL) == NULL &&
+              isnan(dit_json_num(NULL)) && dit_json_bool(NULL) == -1 && !dit_json_int(NULL, &v) &&
+              dit_json_key(b, 0) == NULL && dit_json_at(NULL, 0) == NULL, "NULL accessors");
+    CHECK(dit_json_str(dit_json_get(r, "a")) == NULL && isnan(dit_json_num(dit_json_get(r, "c"))), "types");
+    CHECK(!strcmp(dit_json_type_name(DIT_JSON_OBJECT), "object") &&
+              !strcmp(dit_json_type_name(99), "nothing"), "type names");
+    dit_json_free(d);
 }
 
 static void test_numbers(void)
@@ -94,17 +94,17 @@ static void test_numbers(void)
         {"123456789012345678901234567890", 0, 0, 1.2345678901234568e29},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        js_doc *d = parse_ok(cases[i].text, strlen(cases[i].text), 0);
+        dit_json_doc *d = parse_ok(cases[i].text, strlen(cases[i].text), 0);
         if (!d)
             continue;
         int64_t v = 12345;
-        int ex = js_int(js_root(d), &v);
+        int ex = dit_json_int(dit_json_root(d), &v);
         CHECK(ex == cases[i].exact && (!ex || v == cases[i].ival), "%s: exact %d "
               "value %lld", cases[i].text, ex, (long long)v);
-        CHECK(!ex ? v == 12345 : 1, "%s: js_int wrote a non-exact value", cases[i].text);
-        CHECK(js_num(js_root(d)) == cases[i].num, "%s: num %.17g", cases[i].text,
-              js_num(js_root(d)));
-        js_free(d);
+        CHECK(!ex ? v == 12345 : 1, "%s: dit_json_int wrote a non-exact value", cases[i].text);
+        CHECK(dit_json_num(dit_json_root(d)) == cases[i].num, "%s: num %.17g", cases[i].text,
+              dit_json_num(dit_json_root(d)));
+        dit_json_free(d);
     }
 }
 
@@ -117,48 +117,48 @@ static void test_big_and_deep(void)
         k += (size_t)snprintf(t + k, sizeof t - k, "%s\"key%d\": %d", i ? "," : "",
                               i, i * 3);
     k += (size_t)snprintf(t + k, sizeof t - k, "}");
-    js_doc *d = parse_ok(t, k, 0);
+    dit_json_doc *d = parse_ok(t, k, 0);
     for (int i = 0; d && i < 300; i++) {
         char k[16];
         int64_t v = -1;
         snprintf(k, sizeof k, "key%d", i);
-        CHECK(js_int(js_get(js_root(d), k), &v) && v == i * 3, "%s = %lld", k,
+        CHECK(dit_json_int(dit_json_get(dit_json_root(d), k), &v) && v == i * 3, "%s = %lld", k,
               (long long)v);
-        CHECK(!strcmp(js_str(js_key(js_root(d), (size_t)i)), k), "order at %d", i);
+        CHECK(!strcmp(dit_json_str(dit_json_key(dit_json_root(d), (size_t)i)), k), "order at %d", i);
     }
-    CHECK(!d || js_get(js_root(d), "key300") == NULL, "absent key found");
-    js_free(d);
+    CHECK(!d || dit_json_get(dit_json_root(d), "key300") == NULL, "absent key found");
+    dit_json_free(d);
     /* duplicates in a large object are found too, and allowed by the flag */
     snprintf(t + k - 1, sizeof t - k + 1, ",\"key7\": 1}");
     parse_bad(t, strlen(t), "duplicate key \"key7\"");
-    d = parse_ok(t, strlen(t), JS_ALLOW_DUPLICATES);
+    d = parse_ok(t, strlen(t), DIT_JSON_ALLOW_DUPLICATES);
     int64_t v = -1;
-    CHECK(d && js_int(js_get(js_root(d), "key7"), &v) && v == 21, "first key7 %lld",
+    CHECK(d && dit_json_int(dit_json_get(dit_json_root(d), "key7"), &v) && v == 21, "first key7 %lld",
           (long long)v);
-    js_free(d);
+    dit_json_free(d);
 
-    char deep[2 * JS_MAX_DEPTH + 8];
-    memset(deep, '[', JS_MAX_DEPTH);
-    memset(deep + JS_MAX_DEPTH, ']', JS_MAX_DEPTH);
-    js_free(parse_ok(deep, 2 * JS_MAX_DEPTH, 0));
-    memset(deep, '[', JS_MAX_DEPTH + 1);
-    memset(deep + JS_MAX_DEPTH + 1, ']', JS_MAX_DEPTH + 1);
-    parse_bad(deep, 2 * JS_MAX_DEPTH + 2, "nesting deeper than");
+    char deep[2 * DIT_JSON_MAX_DEPTH + 8];
+    memset(deep, '[', DIT_JSON_MAX_DEPTH);
+    memset(deep + DIT_JSON_MAX_DEPTH, ']', DIT_JSON_MAX_DEPTH);
+    dit_json_free(parse_ok(deep, 2 * DIT_JSON_MAX_DEPTH, 0));
+    memset(deep, '[', DIT_JSON_MAX_DEPTH + 1);
+    memset(deep + DIT_JSON_MAX_DEPTH + 1, ']', DIT_JSON_MAX_DEPTH + 1);
+    parse_bad(deep, 2 * DIT_JSON_MAX_DEPTH + 2, "nesting deeper than");
 }
 
 static void test_strings(void)
 {
-    js_doc *d = parse_ok("\"a\\u0000b\"", 10, 0);
-    CHECK(d && js_len(js_root(d)) == 3 && !memcmp(js_str(js_root(d)), "a\0b", 4),
+    dit_json_doc *d = parse_ok("\"a\\u0000b\"", 10, 0);
+    CHECK(d && dit_json_len(dit_json_root(d)) == 3 && !memcmp(dit_json_str(dit_json_root(d)), "a\0b", 4),
           "embedded NUL");
-    js_free(d);
+    dit_json_free(d);
     d = parse_ok("\"\xe2\x82\xac\xf4\x8f\xbf\xbf\"", 9, 0); /* U+20AC, U+10FFFF */
-    CHECK(d && js_len(js_root(d)) == 7, "raw UTF-8");
-    js_free(d);
+    CHECK(d && dit_json_len(dit_json_root(d)) == 7, "raw UTF-8");
+    dit_json_free(d);
     /* not NUL-terminated: the parser must stop at len */
     d = parse_ok("[1, 2]xyz", 6, 0);
-    CHECK(d && js_len(js_root(d)) == 2, "length-bounded parse");
-    js_free(d);
+    CHECK(d && dit_json_len(dit_json_root(d)) == 2, "length-bounded parse");
+    dit_json_free(d);
 }
 
 static void test_invalid(void)
@@ -214,12 +214,12 @@ static void test_invalid(void)
 
     /* a tiny or missing error buffer is never overrun */
     char small[8];
-    js_doc *d;
-    CHECK(js_parse("[", 1, &d, small, sizeof small) == -1 && strlen(small) == 7,
+    dit_json_doc *d;
+    CHECK(dit_json_parse("[", 1, &d, small, sizeof small) == -1 && strlen(small) == 7,
           "small buffer '%s'", small);
-    CHECK(js_parse("[", 1, &d, NULL, 0) == -1 && d == NULL, "NULL err");
-    CHECK(js_parse(NULL, 0, &d, NULL, 0) == -1, "NULL buffer");
-    js_free(NULL);
+    CHECK(dit_json_parse("[", 1, &d, NULL, 0) == -1 && d == NULL, "NULL err");
+    CHECK(dit_json_parse(NULL, 0, &d, NULL, 0) == -1, "NULL buffer");
+    dit_json_free(NULL);
 }
 
 int main(void)

@@ -6,7 +6,7 @@
  * back with every name, dtype, shape and byte intact.
  */
 #include "check.h"
-#include "dit.h"
+#include <ditmoe/dit.h>
 #include "st.h"
 
 #include <stdint.h>

@@ -44,7 +44,7 @@ static uint16_t to_f16(float v)
 }
 
 /* A matrix (rows, cols) in dtype, with its widened values in wide. */
-static dit_mat make_mat(int dtype, int rows, int cols, void **store, float *wide)
+static kmat make_mat(int dtype, int rows, int cols, void **store, float *wide)
 {
     size_t n = (size_t)rows * cols;
     *store = malloc(n * (dtype == ST_F32 ? 4 : 2));
@@ -55,11 +55,11 @@ static dit_mat make_mat(int dtype, int rows, int cols, void **store, float *wide
         } else {
             uint16_t h = dtype == ST_F16 ? to_f16(v) : to_bf16(v);
             ((uint16_t *)*store)[i] = h;
-            v = dtype == ST_F16 ? op_f16_to_f32(h) : op_bf16_to_f32(h);
+            v = dtype == ST_F16 ? f16_to_f32(h) : bf16_to_f32(h);
         }
         wide[i] = v;
     }
-    return (dit_mat){ dtype, *store, rows, cols, NULL, 0 };
+    return (kmat){ dtype, *store, rows, cols, NULL, 0 };
 }
 
 static double silu(double v)
@@ -102,7 +102,7 @@ static void run_case2(int dtype, int up_dtype, int M, int N, int K, int glu, int
         a[i] = rnd();
     for (int j = 0; j < N; j++)
         bias[j] = rnd();
-    dit_mat g = make_mat(dtype, N, K, &sg, wg), u = { 0 };
+    kmat g = make_mat(dtype, N, K, &sg, wg), u = { 0 };
     if (glu)
         u = make_mat(up_dtype, N, K, &su, wu);
     int pd = gemm_pack_dtype(&g, glu ? &u : NULL);

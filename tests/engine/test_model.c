@@ -91,10 +91,10 @@ static dit_model *tiny_model(arena *a, const char *skip, const char *extra, char
                              size_t errlen, int *rc)
 {
     dit_model *m = calloc(1, sizeof *m);
-    *rc = dit_config_parse(m, CONFIG, strlen(CONFIG), "tiny/config.json", err, errlen);
+    *rc = config_parse(m, CONFIG, strlen(CONFIG), "tiny/config.json", err, errlen);
     if (*rc == DIT_OK) {
         m->weights = tiny_weights(a, skip, extra);
-        *rc = dit_model_bind(m, err, errlen);
+        *rc = model_bind(m, err, errlen);
     }
     if (*rc != DIT_OK) {
         dit_model_free(m);
@@ -118,11 +118,11 @@ static void test_bind_errors(arena *a)
           "extra tensor named: %s", err);
     dit_model *m = calloc(1, sizeof *m);
     const char *bad = "{\"input_size\": 8, \"patch_size\": 3}";
-    rc = dit_config_parse(m, bad, strlen(bad), "c.json", err, sizeof err);
+    rc = config_parse(m, bad, strlen(bad), "c.json", err, sizeof err);
     CHECK(rc == DIT_E_FORMAT && strstr(err, "c.json") && strstr(err, "in_channels"),
           "missing config key named: %s", err);
     const char *typo = "{\"input_size\": 8, \"patch_sise\": 2}";
-    rc = dit_config_parse(m, typo, strlen(typo), "c.json", err, sizeof err);
+    rc = config_parse(m, typo, strlen(typo), "c.json", err, sizeof err);
     CHECK(rc == DIT_E_FORMAT && strstr(err, "patch_sise"), "unknown key named: %s", err);
     dit_model_free(m);
     dit_model_free(NULL);
@@ -194,15 +194,17 @@ static void test_forward(arena *a)
         md = fmaxf(md, fabsf(out3[i] - out[i]));
         big = fmaxf(big, fabsf(out[i]));
     }
-    /* BLAS picks kernels by matrix size, so row blocks may round apart */
-    CHECK(md <= 1e-6f * big, "3 threads equal 1 thread (max diff %g of max %g)", md, big);
+    /* BLAS picks kernels (and their K blocking) by matrix size, so row
+     * blocks may round apart: measured up to 5e-6 of the largest output
+     * with OpenBLAS's Haswell kernels; the packed kernel splits exactly */
+    CHECK(md <= 2e-5f * big, "3 threads equal 1 thread (max diff %g of max %g)", md, big);
     CHECK(c3 && !memcmp(dit_ctx_routing(c3), rt, sizeof(uint32_t) * N * 2 * 4),
           "same routing on 3 threads");
     dit_ctx_free(c3);
     c3 = NULL;
     /* the same weights packed for gemm.c: the same outputs, on 1 or 3 threads */
     if (gemm_available()) {
-        CHECK(dit_model_pack(m, NULL) == DIT_OK && m->packed && m->blocks[1].experts[2].gu_pk,
+        CHECK(model_pack(m, NULL) == DIT_OK && m->packed && m->blocks[1].experts[2].gu.pk,
               "pack the bound model");
         float outp[N * O];
         CHECK(dit_forward(c, N, x, t, y, outp) == DIT_OK, "packed forward");

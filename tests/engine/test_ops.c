@@ -16,42 +16,42 @@ static int near(float a, float b, float tol)
 
 static void test_halfs(void)
 {
-    CHECK(op_f16_to_f32(0x3c00) == 1.0f, "f16 1.0");
-    CHECK(op_f16_to_f32(0xc000) == -2.0f, "f16 -2.0");
-    CHECK(op_f16_to_f32(0x7bff) == 65504.0f, "f16 max");
-    CHECK(op_f16_to_f32(0x0001) == ldexpf(1.0f, -24), "f16 smallest subnormal");
-    CHECK(op_f16_to_f32(0x0200) == ldexpf(1.0f, -15), "f16 subnormal");
-    CHECK(isinf(op_f16_to_f32(0x7c00)), "f16 inf");
-    CHECK(op_f16_to_f32(0x8000) == 0.0f && signbit(op_f16_to_f32(0x8000)), "f16 -0");
-    CHECK(op_bf16_to_f32(0x3f80) == 1.0f, "bf16 1.0");
-    CHECK(op_bf16_to_f32(0xc040) == -3.0f, "bf16 -3.0");
+    CHECK(f16_to_f32(0x3c00) == 1.0f, "f16 1.0");
+    CHECK(f16_to_f32(0xc000) == -2.0f, "f16 -2.0");
+    CHECK(f16_to_f32(0x7bff) == 65504.0f, "f16 max");
+    CHECK(f16_to_f32(0x0001) == ldexpf(1.0f, -24), "f16 smallest subnormal");
+    CHECK(f16_to_f32(0x0200) == ldexpf(1.0f, -15), "f16 subnormal");
+    CHECK(isinf(f16_to_f32(0x7c00)), "f16 inf");
+    CHECK(f16_to_f32(0x8000) == 0.0f && signbit(f16_to_f32(0x8000)), "f16 -0");
+    CHECK(bf16_to_f32(0x3f80) == 1.0f, "bf16 1.0");
+    CHECK(bf16_to_f32(0xc040) == -3.0f, "bf16 -3.0");
 }
 
 static void test_narrowing(void)
 {
     int roundtrip = 1;
     for (uint32_t h = 0; h < 0x10000; h++) { /* every half and bfloat16 back and forth */
-        float f = op_f16_to_f32((uint16_t)h), b = op_bf16_to_f32((uint16_t)h);
+        float f = f16_to_f32((uint16_t)h), b = bf16_to_f32((uint16_t)h);
         if (!isnan(f))
-            roundtrip &= op_f32_to_f16(f) == h;
+            roundtrip &= f32_to_f16(f) == h;
         if (!isnan(b))
-            roundtrip &= op_f32_to_bf16(b) == h;
+            roundtrip &= f32_to_bf16(b) == h;
     }
     CHECK(roundtrip, "f16/bf16 -> f32 -> f16/bf16 is the identity");
-    CHECK(op_f32_to_f16(65504.0f) == 0x7bff && op_f32_to_f16(65519.0f) == 0x7bff,
+    CHECK(f32_to_f16(65504.0f) == 0x7bff && f32_to_f16(65519.0f) == 0x7bff,
           "f16 max and just below halfway keep max");
-    CHECK(op_f32_to_f16(65520.0f) == 0x7c00 && op_f32_to_f16(-1e9f) == 0xfc00, "f16 overflow: inf");
-    CHECK(op_f32_to_f16(ldexpf(1, -25)) == 0 && op_f32_to_f16(ldexpf(3, -25)) == 2,
+    CHECK(f32_to_f16(65520.0f) == 0x7c00 && f32_to_f16(-1e9f) == 0xfc00, "f16 overflow: inf");
+    CHECK(f32_to_f16(ldexpf(1, -25)) == 0 && f32_to_f16(ldexpf(3, -25)) == 2,
           "f16 subnormal ties to even");
-    CHECK(op_f32_to_f16(1.0f + ldexpf(1, -11)) == 0x3c00 &&
-              op_f32_to_f16(1.0f + ldexpf(3, -11)) == 0x3c02, "f16 normal ties to even");
-    CHECK(op_f32_to_f16(ldexpf(1023, -24) + ldexpf(1, -25) * 1.5f) == 0x0400,
+    CHECK(f32_to_f16(1.0f + ldexpf(1, -11)) == 0x3c00 &&
+              f32_to_f16(1.0f + ldexpf(3, -11)) == 0x3c02, "f16 normal ties to even");
+    CHECK(f32_to_f16(ldexpf(1023, -24) + ldexpf(1, -25) * 1.5f) == 0x0400,
           "f16 rounding up from the largest subnormal gives the smallest normal");
-    CHECK(isnan(op_f16_to_f32(op_f32_to_f16(NAN))) && isnan(op_bf16_to_f32(op_f32_to_bf16(NAN))),
+    CHECK(isnan(f16_to_f32(f32_to_f16(NAN))) && isnan(bf16_to_f32(f32_to_bf16(NAN))),
           "NaN stays NaN");
-    CHECK(op_f32_to_bf16(1.0f + ldexpf(1, -8)) == 0x3f80 &&
-              op_f32_to_bf16(1.0f + ldexpf(3, -8)) == 0x3f82, "bf16 ties to even");
-    CHECK(op_f32_to_bf16(3e38f) == 0x7f62 && op_f32_to_bf16(-0.0f) == 0x8000, "bf16 range, -0");
+    CHECK(f32_to_bf16(1.0f + ldexpf(1, -8)) == 0x3f80 &&
+              f32_to_bf16(1.0f + ldexpf(3, -8)) == 0x3f82, "bf16 ties to even");
+    CHECK(f32_to_bf16(3e38f) == 0x7f62 && f32_to_bf16(-0.0f) == 0x8000, "bf16 range, -0");
 }
 
 static void test_layernorm(void)

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "dit.h"
+#include <ditmoe/dit.h>
 
 static int find_class(void *user, const char *name)
 {

@@ -7,7 +7,7 @@
  * data, names st_find returns; any breach traps, as does a crash or a
  * sanitizer report.
  */
-#include "json.h"
+#include <ditmoe/dit_json.h>
 #include "st.h"
 
 #include <stdio.h>
@@ -15,28 +15,28 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-static void walk(const js_value *v, int depth)
+static void walk(const dit_json *v, int depth)
 {
     int64_t i64;
-    switch (js_type(v)) {
-    case JS_ARRAY:
-    case JS_OBJECT:
-        if (depth > JS_MAX_DEPTH)
+    switch (dit_json_type(v)) {
+    case DIT_JSON_ARRAY:
+    case DIT_JSON_OBJECT:
+        if (depth > DIT_JSON_MAX_DEPTH)
             __builtin_trap();
-        for (size_t i = 0; i < js_len(v); i++) {
-            walk(js_at(v, i), depth + 1);
-            const js_value *k = js_key(v, i);
-            if (k && js_str(k) && js_get(v, js_str(k)) == NULL)
+        for (size_t i = 0; i < dit_json_len(v); i++) {
+            walk(dit_json_at(v, i), depth + 1);
+            const dit_json *k = dit_json_key(v, i);
+            if (k && dit_json_str(k) && dit_json_get(v, dit_json_str(k)) == NULL)
                 __builtin_trap(); /* a key must find a value */
         }
         break;
-    case JS_STRING:
-        if (js_str(v)[js_len(v)] != 0)
+    case DIT_JSON_STRING:
+        if (dit_json_str(v)[dit_json_len(v)] != 0)
             __builtin_trap();
         break;
-    case JS_NUMBER:
-        (void)js_num(v);
-        (void)js_int(v, &i64);
+    case DIT_JSON_NUMBER:
+        (void)dit_json_num(v);
+        (void)dit_json_int(v, &i64);
         break;
     default:
         break;
@@ -65,11 +65,11 @@ static void check_table(const st_table *t, size_t size)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char err[512];
-    js_doc *d = NULL;
-    for (int flags = 0; flags <= JS_ALLOW_DUPLICATES; flags++) {
-        if (js_parse_ex((const char *)data, size, flags, &d, err, sizeof err) == 0) {
-            walk(js_root(d), 0);
-            js_free(d);
+    dit_json_doc *d = NULL;
+    for (int flags = 0; flags <= DIT_JSON_ALLOW_DUPLICATES; flags++) {
+        if (dit_json_parse_ex((const char *)data, size, flags, &d, err, sizeof err) == 0) {
+            walk(dit_json_root(d), 0);
+            dit_json_free(d);
         } else if (d || !err[0])
             __builtin_trap(); /* failure must leave *out NULL and say why */
     }

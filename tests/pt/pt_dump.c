@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "dit.h"
+#include <ditmoe/dit.h>
 #include "st.h"
 #include "zip.h"
 

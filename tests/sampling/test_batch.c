@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "dit.h"
+#include <ditmoe/dit.h>
 
 static dit_sampler *make(const dit_model *m, int n, uint64_t seed, int steps, double cfg)
 {

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dit.h"
+#include <ditmoe/dit.h>
 #include "ops.h"
 #include "vae.h"
 

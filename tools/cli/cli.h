@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dit.h"
+#include <ditmoe/dit.h>
 
 /* Exit statuses: 1 a failure while running, 2 a bad command line. */
 #define CLI_EFAIL 1

@@ -13,8 +13,6 @@
 
 #include "cli.h"
 #include "dio.h"
-#include "ops.h"
-#include "vae.h"
 
 static const char decode_usage[] =
     "usage: ditmoe decode --vae DIR --latents Z.npy --out X.png [--latent-scale S]\n"
@@ -34,9 +32,9 @@ typedef struct dec_args {
 } dec_args;
 
 /* Checks the latents against the decoder; returns N or -1 after printing. */
-static int dec_check(const vae_model *v, const io_npy *z, const char *path, int *h, int *w)
+static int dec_check(int lat, const io_npy *z, const char *path, int *h, int *w)
 {
-    int lat = vae_latent_channels(v), four = z->ndim == 4;
+    int four = z->ndim == 4;
     int64_t n = four ? z->shape[0] : 1;
     if (z->dtype != IO_NPY_F32 || (z->ndim != 3 && !four) || n < 1 || n > 1024 ||
         z->shape[four] != lat || z->shape[four + 1] < 1 || z->shape[four + 1] > 1024 ||
@@ -78,34 +76,30 @@ done:
     return rc;
 }
 
-static int dec_run(const dec_args *a, const vae_model *v, const io_npy *z,
-                   struct op_pool *pool)
+static int dec_run(const dec_args *a, dit_vae *v, const io_npy *z)
 {
-    int h, w, n = dec_check(v, z, a->latents, &h, &w);
+    int lat, C, up, h, w;
+    dit_vae_shape(v, &lat, &C, &up);
+    int n = dec_check(lat, z, a->latents, &h, &w);
     if (n < 0)
         return CLI_EFAIL;
-    int C = vae_out_channels(v), up = vae_upscale(v);
     if (C != 1 && C != 3)
         return cli_fail("%s: the VAE makes %d channels; a PNG needs 1 or 3", a->vae, C);
-    size_t zn = io_npy_numel(z), wsb = vae_workspace_bytes(v, n, h, w);
-    if (!wsb)
-        return cli_fail("%s: %d x %d latents make a picture over 16384 pixels a side",
-                        a->latents, h, w);
+    size_t zn = io_npy_numel(z);
     float *zs = malloc(zn * sizeof *zs);
     float *rgb = malloc((size_t)n * C * h * up * w * up * sizeof *rgb);
-    void *ws = malloc(wsb);
     int rc = CLI_EFAIL;
-    if (!zs || !rgb || !ws) {
-        cli_fail("out of memory decoding %d latents of %d x %d (%zu MiB of workspace)", n,
-                 h, w, wsb >> 20);
+    char err[512] = "";
+    if (!zs || !rgb) {
+        cli_fail("out of memory decoding %d latents of %d x %d", n, h, w);
         goto done;
     }
     for (size_t i = 0; i < zn; i++)
         zs[i] = (float)(((const float *)z->data)[i] / a->scale);
     double t = cli_now();
-    rc = vae_decode(v, pool, ws, wsb, n, h, w, zs, rgb);
+    rc = dit_vae_decode(v, n, h, w, zs, rgb, err, sizeof err);
     if (rc != DIT_OK) {
-        rc = cli_fail("decoding failed: %s", dit_strerror(rc));
+        rc = cli_fail("%s: decoding failed: %s", a->latents, err[0] ? err : dit_strerror(rc));
         goto done;
     }
     fprintf(stderr, "decoded %d x %dx%d latents in %.2f s\n", n, h, w, cli_now() - t);
@@ -113,7 +107,6 @@ static int dec_run(const dec_args *a, const vae_model *v, const io_npy *z,
 done:
     free(zs);
     free(rgb);
-    free(ws);
     return rc;
 }
 
@@ -138,21 +131,17 @@ int cmd_decode(int argc, char **argv)
         return rc;
     /* the engine's pool with single-threaded BLAS, as the server decodes:
      * it beats BLAS's own threads here (bench/vae_bench.py) */
-    struct op_pool *pool = a.threads > 1 ? op_pool_new(a.threads) : NULL;
     dit_set_blas_threads(1);
-    if (a.threads > 1 && !pool)
-        return cli_fail("cannot start %d threads", a.threads);
-    vae_model *v = NULL;
+    dit_vae *v = NULL;
     io_npy z = { 0 };
     char err[1024] = "";
-    if ((rc = vae_load(&v, a.vae, err, sizeof err)) != DIT_OK)
+    if ((rc = dit_vae_load(&v, a.vae, a.threads, err, sizeof err)) != DIT_OK)
         rc = cli_fail("%s", err[0] ? err : dit_strerror(rc));
     else if ((rc = io_npy_read(a.latents, &z, err, sizeof err)) != DIT_OK)
         rc = cli_fail("%s", err[0] ? err : dit_strerror(rc));
     else
-        rc = dec_run(&a, v, &z, pool);
+        rc = dec_run(&a, v, &z);
     io_npy_free(&z);
-    vae_free(v);
-    op_pool_free(pool);
+    dit_vae_free(v);
     return rc;
 }

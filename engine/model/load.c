@@ -1,0 +1,441 @@
+/* load.c: finding a model's files, building synthetic models, accessors.
+ *
+ * dit_model_load accepts a model directory (config.json plus
+ * model.safetensors or a single .pt/.pth) or a weight file. Without a
+ * config.json the tensor shapes must match a preset of a published
+ * checkpoint; its ImageNet class names come from imagenet_classes.txt
+ * beside the weights or in the installed data folder. dit_model_synthetic
+ * makes a preset with random weights in memory for benchmarks.
+ */
+#include <ctype.h>
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "model.h"
+#include "preset.h"
+#include "rng.h"
+
+#define ERR(...) (snprintf(err, errlen, __VA_ARGS__), DIT_E_FORMAT)
+
+#ifndef DITMOE_DATADIRS
+#define DITMOE_DATADIRS "config"
+#endif
+
+static int is_dir(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int has_suffix(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcasecmp(s + a - b, suf);
+}
+
+/* Reads a whole small file (at most max bytes) into a NUL-terminated buffer. */
+static char *slurp(const char *path, size_t max, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = malloc(max + 1);
+    size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
+    fclose(f);
+    if (!buf || n > max) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+/* Finds the weight file in a directory: model.safetensors, else the one
+ * .pt/.pth/.safetensors file there. */
+static int find_weights(const char *dir, char *out, size_t outlen, char *err, size_t errlen)
+{
+    snprintf(out, outlen, "%s/model.safetensors", dir);
+    struct stat st;
+    if (stat(out, &st) == 0)
+        return DIT_OK;
+    DIR *d = opendir(dir);
+    if (!d) {
+        snprintf(err, errlen, "%s: cannot open the model directory", dir);
+        return DIT_E_IO;
+    }
+    int found = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!has_suffix(e->d_name, ".pt") && !has_suffix(e->d_name, ".pth") &&
+            !has_suffix(e->d_name, ".safetensors"))
+            continue;
+        if (found++ == 0)
+            snprintf(out, outlen, "%s/%s", dir, e->d_name);
+    }
+    closedir(d);
+    if (found == 1)
+        return DIT_OK;
+    snprintf(err, errlen, found ? "%s: %d weight files; keep one, or name it model.safetensors"
+                                : "%s: no model.safetensors or .pt checkpoint in the directory",
+             dir, found);
+    return DIT_E_IO;
+}
+
+static int open_weights(dit_model *m, const char *file, char *err, size_t errlen)
+{
+    if (has_suffix(file, ".pt") || has_suffix(file, ".pth") || has_suffix(file, ".ckpt"))
+        return pt_open(&m->weights, file, err, errlen);
+    return st_open(&m->weights, file, err, errlen);
+}
+
+static int count_blocks(const st_table *t)
+{
+    int depth = 0;
+    for (int i = 0; i < st_count(t); i++) {
+        int l;
+        if (sscanf(st_at(t, i)->name, "blocks.%d.", &l) == 1 && l >= depth && l < 100000)
+            depth = l + 1;
+    }
+    return depth;
+}
+
+/* Reads one class name per line from the first data file found. */
+static int load_names_file(dit_model *m, const char *dir)
+{
+    char path[4096];
+    const char *dirs = DITMOE_DATADIRS; /* ':'-separated, set by meson */
+    size_t len = 0;
+    char *text = NULL;
+    snprintf(path, sizeof path, "%s/imagenet_classes.txt", dir);
+    text = slurp(path, 1 << 20, &len);
+    while (!text && *dirs) {
+        size_t n = strcspn(dirs, ":");
+        snprintf(path, sizeof path, "%.*s/imagenet_classes.txt", (int)n, dirs);
+        text = slurp(path, 1 << 20, &len);
+        dirs += n + (dirs[n] == ':');
+    }
+    if (!text)
+        return DIT_OK; /* names are optional: labels still work */
+    char **names = calloc((size_t)m->cfg.num_classes, sizeof *names);
+    int i = 0;
+    for (char *save = NULL, *line = strtok_r(text, "\n", &save); names && line &&
+         i < m->cfg.num_classes; line = strtok_r(NULL, "\n", &save))
+        if ((names[i] = strdup(line)))
+            i++;
+    free(text);
+    if (names && i == m->cfg.num_classes) {
+        m->class_names = names;
+        return DIT_OK;
+    }
+    for (int k = 0; names && k < i; k++)
+        free(names[k]);
+    free(names);
+    return DIT_OK;
+}
+
+/* No config.json: match the shapes against the presets. */
+static int config_from_preset(dit_model *m, const char *dir, char *err, size_t errlen)
+{
+    const st_tensor *x = st_find(m->weights, "x_embedder.proj.weight");
+    const st_tensor *g = st_find(m->weights, "blocks.0.moe.gate.weight");
+    int depth = count_blocks(m->weights);
+    if (!x || x->ndim != 4 || !g || g->ndim != 2)
+        return ERR("%s: no config.json, and the weights are not a DiT-MoE state_dict "
+                   "(x_embedder.proj.weight or blocks.0.moe.gate.weight missing)", st_path(m->weights));
+    const model_preset *p = preset_match(depth, (int)x->shape[0], (int)g->shape[0]);
+    if (!p)
+        return ERR("%s: no config.json, and the shapes (depth %d, hidden %lld, %lld experts) "
+                   "match no published preset: write a config.json", st_path(m->weights),
+                   depth, (long long)x->shape[0], (long long)g->shape[0]);
+    preset_config(p, &m->cfg);
+    const st_tensor *pos = st_find(m->weights, "pos_embed");
+    if (pos && pos->ndim == 3) { /* 512x512 checkpoints have 64x64 latents */
+        int grid = 1;
+        while ((int64_t)grid * grid < pos->shape[1])
+            grid++;
+        m->cfg.input_size = grid * m->cfg.patch_size;
+    }
+    int rc = config_finish(&m->cfg, st_path(m->weights), err, errlen);
+    return rc ? rc : load_names_file(m, dir);
+}
+
+static int read_config(dit_model *m, const char *dir, char *err, size_t errlen)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return config_from_preset(m, dir, err, errlen);
+    size_t len = 0;
+    char *text = slurp(path, 1 << 24, &len);
+    if (!text) {
+        snprintf(err, errlen, "%s: cannot read (or larger than 16 MiB)", path);
+        return DIT_E_IO;
+    }
+    int rc = config_parse(m, text, len, path, err, errlen);
+    free(text);
+    return rc;
+}
+
+int dit_model_load(dit_model **out, const char *path, const dit_model_settings *set,
+                   char *err, size_t errlen)
+{
+    char dummy[8], dir[4096], file[4096];
+    if (!err) {
+        err = dummy;
+        errlen = sizeof dummy;
+    }
+    if (!out || !path) {
+        snprintf(err, errlen, "dit_model_load: NULL argument");
+        return DIT_E_INVAL;
+    }
+    *out = NULL;
+    dit_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return DIT_E_NOMEM;
+    int rc;
+    snprintf(dir, sizeof dir, "%s", path);
+    if (is_dir(path)) {
+        rc = find_weights(path, file, sizeof file, err, errlen);
+    } else {
+        snprintf(file, sizeof file, "%s", path);
+        char *slash = strrchr(dir, '/');
+        snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - dir) : 1, slash ? path : ".");
+        rc = DIT_OK;
+    }
+    if (rc == DIT_OK)
+        rc = open_weights(m, file, err, errlen);
+    if (rc == DIT_OK)
+        rc = read_config(m, dir, err, errlen);
+    if (rc == DIT_OK)
+        rc = model_bind(m, err, errlen);
+    if (rc == DIT_OK && (rc = model_pack(m, set)))
+        snprintf(err, errlen, "%s: out of memory packing the weights", file);
+    if (rc == DIT_OK)
+        rc = model_open_vae(m, dir, err, errlen);
+    if (rc != DIT_OK) {
+        dit_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return DIT_OK;
+}
+
+void dit_model_free(dit_model *m)
+{
+    if (!m)
+        return;
+    for (int l = 0; m->blocks && l < m->cfg.depth; l++)
+        free(m->blocks[l].experts);
+    free(m->blocks);
+    if (m->class_names)
+        for (int i = 0; i < m->cfg.num_classes; i++)
+            free(m->class_names[i]);
+    free(m->class_names);
+    model_close_vae(m);
+    free(m->vae_dir);
+    free(m->f32);
+    free(m->packed);
+    st_close(m->weights);
+    free(m);
+}
+
+const dit_config *dit_model_config(const dit_model *m)
+{
+    return m ? &m->cfg : NULL;
+}
+
+void dit_model_get_info(const dit_model *m, dit_model_info *info)
+{
+    if (m && info)
+        *info = m->info;
+}
+
+const char *dit_model_class_name(const dit_model *m, int label)
+{
+    if (!m || !m->class_names || label < 0 || label >= m->cfg.num_classes)
+        return NULL;
+    return m->class_names[label];
+}
+
+/* name equals s, or one of s's comma-separated aliases, ignoring case and
+ * surrounding spaces. */
+static int name_matches(const char *s, const char *name)
+{
+    size_t n = strlen(name);
+    while (*s) {
+        while (*s == ' ')
+            s++;
+        size_t len = strcspn(s, ",");
+        size_t t = len;
+        while (t && s[t - 1] == ' ')
+            t--;
+        if (t == n && !strncasecmp(s, name, n))
+            return 1;
+        s += len + (s[len] == ',');
+    }
+    return 0;
+}
+
+int dit_model_find_class(const dit_model *m, const char *name)
+{
+    if (!m || !name || !m->class_names || !*name)
+        return -1;
+    for (int i = 0; i < m->cfg.num_classes; i++)
+        if (name_matches(m->class_names[i], name))
+            return i;
+    return -1;
+}
+
+/* ---- synthetic models --------------------------------------------------- */
+
+typedef struct synth {
+    st_table *t;
+    float *mem;
+    size_t used, cap;
+    rng_default rng;
+    int fail;
+} synth;
+
+/* Adds a random tensor scaled like a fan_in-initialised layer. */
+static void synth_add(synth *s, const char *name, int ndim, const int64_t *shape, int fan_in)
+{
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= (size_t)shape[i];
+    if (s->fail || s->used + n > s->cap) {
+        s->fail = 1;
+        return;
+    }
+    float *p = s->mem + s->used;
+    s->used += n;
+    rng_default_randn(&s->rng, p, n);
+    float scale = 1.0f / sqrtf((float)fan_in);
+    for (size_t i = 0; i < n; i++)
+        p[i] *= scale;
+    if (st_table_add(s->t, name, ST_F32, ndim, shape, p))
+        s->fail = 1;
+}
+
+static void synth_linear(synth *s, const char *prefix, int rows, int cols, int bias)
+{
+    char name[160];
+    int64_t w[2] = { rows, cols }, b[1] = { rows };
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    synth_add(s, name, 2, w, cols);
+    if (bias) {
+        snprintf(name, sizeof name, "%s.bias", prefix);
+        synth_add(s, name, 1, b, cols);
+    }
+}
+
+static void synth_expert(synth *s, const char *prefix, int D, int H)
+{
+    char name[160];
+    snprintf(name, sizeof name, "%s.gate_proj", prefix);
+    synth_linear(s, name, H, D, 0);
+    snprintf(name, sizeof name, "%s.up_proj", prefix);
+    synth_linear(s, name, H, D, 0);
+    snprintf(name, sizeof name, "%s.down_proj", prefix);
+    synth_linear(s, name, D, H, 0);
+}
+
+static void synth_tensors(synth *s, const dit_config *g)
+{
+    int D = g->hidden_size, P = g->patch_size, C = g->in_channels;
+    int64_t pw[4] = { D, C, P, P }, pb[1] = { D }, pos[3] = { 1, g->num_tokens, D };
+    int64_t yt[2] = { g->num_classes + 1, D };
+    synth_add(s, "x_embedder.proj.weight", 4, pw, C * P * P);
+    synth_add(s, "x_embedder.proj.bias", 1, pb, D);
+    synth_add(s, "pos_embed", 3, pos, 1);
+    synth_linear(s, "t_embedder.mlp.0", D, 256, 1);
+    synth_linear(s, "t_embedder.mlp.2", D, D, 1);
+    synth_add(s, "y_embedder.embedding_table.weight", 2, yt, 1);
+    for (int l = 0; l < g->depth; l++) {
+        char p[128];
+        snprintf(p, sizeof p, "blocks.%d.adaLN_modulation.1", l);
+        synth_linear(s, p, 6 * D, D, 1);
+        snprintf(p, sizeof p, "blocks.%d.attn.qkv", l);
+        synth_linear(s, p, 3 * D, D, 1);
+        snprintf(p, sizeof p, "blocks.%d.attn.proj", l);
+        synth_linear(s, p, D, D, 1);
+        snprintf(p, sizeof p, "blocks.%d.moe.gate", l);
+        synth_linear(s, p, g->num_experts, D, 0);
+        for (int e = 0; e < g->num_experts; e++) {
+            snprintf(p, sizeof p, "blocks.%d.moe.experts.%d", l, e);
+            synth_expert(s, p, D, g->expert_hidden);
+        }
+        snprintf(p, sizeof p, "blocks.%d.moe.shared_experts", l);
+        synth_expert(s, p, D, g->shared_hidden);
+    }
+    synth_linear(s, "final_layer.adaLN_modulation.1", 2 * D, D, 1);
+    synth_linear(s, "final_layer.linear", P * P * g->out_channels, D, 1);
+}
+
+static size_t synth_floats(const dit_config *g)
+{
+    size_t D = (size_t)g->hidden_size, P2 = (size_t)g->patch_size * g->patch_size;
+    size_t blk = 6 * D * D + 6 * D + 3 * D * D + 3 * D + D * D + D + (size_t)g->num_experts * D +
+                 (size_t)g->num_experts * 3 * D * (size_t)g->expert_hidden + 3 * D * (size_t)g->shared_hidden;
+    return blk * (size_t)g->depth + D * (size_t)g->in_channels * P2 + D + (size_t)g->num_tokens * D +
+           256 * D + D + D * D + D + (size_t)(g->num_classes + 1) * D + 2 * D * D + 2 * D +
+           P2 * (size_t)g->out_channels * (D + 1);
+}
+
+static void synth_release(void *p, size_t n)
+{
+    (void)n;
+    free(p);
+}
+
+int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
+                        const dit_model_settings *set, char *err, size_t errlen)
+{
+    char dummy[8];
+    if (!err) {
+        err = dummy;
+        errlen = sizeof dummy;
+    }
+    if (!out)
+        return DIT_E_INVAL;
+    *out = NULL;
+    const model_preset *p = preset_find(preset);
+    if (!p) {
+        snprintf(err, errlen, "unknown preset '%s' (known: s2, b2, xl2, g2, s2-16e2a, ...)",
+                 preset ? preset : "(null)");
+        return DIT_E_INVAL;
+    }
+    dit_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return DIT_E_NOMEM;
+    preset_config(p, &m->cfg);
+    int rc = config_finish(&m->cfg, p->name, err, errlen);
+    synth s = { 0 };
+    s.cap = synth_floats(&m->cfg);
+    s.mem = rc ? NULL : malloc(s.cap * sizeof(float));
+    if (!rc && (!s.mem || !(m->weights = st_table_new(p->name, s.mem, s.cap * sizeof(float),
+                                                        synth_release)))) {
+        free(s.mem);
+        rc = DIT_E_NOMEM;
+    }
+    if (!rc) {
+        s.t = m->weights;
+        rng_default_init(&s.rng, seed, 0);
+        synth_tensors(&s, &m->cfg);
+        rc = s.fail ? DIT_E_NOMEM : model_bind(m, err, errlen);
+        if (rc == DIT_OK && (rc = model_pack(m, set)))
+            snprintf(err, errlen, "%s: out of memory packing the weights", p->name);
+    }
+    if (rc) {
+        dit_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return DIT_OK;
+}

@@ -1,0 +1,320 @@
+/* dit.h: the public API of the ditmoe engine.
+ *
+ * The engine runs DiT-MoE (a Diffusion Transformer whose every block has a
+ * sparse Mixture-of-Experts layer instead of its MLP) on the CPU, computing
+ * what upstream PyTorch (feizc/DiT-MoE models.py) computes.
+ *
+ * Handles, all opaque:
+ *   dit_model    config + weights. Read-only once loaded: any number of
+ *                threads and contexts may share one model.
+ *   dit_ctx      scratch arenas for forward passes of up to max_rows rows and
+ *                the routing counts of the last forward. One per worker; a
+ *                ctx is never used by two threads at once.
+ *   dit_sampler  the denoising state of one request (n images, their RNG).
+ *                It is advanced one step at a time so a scheduler can put the
+ *                rows of many samplers into one dit_forward.
+ *
+ * Conventions: functions return DIT_OK (0) or a negative dit_status, named by
+ * dit_strerror(). Functions that read user input (files, parameters) also
+ * write a message naming the file, field or value and what is wrong into the
+ * caller's err buffer (may be NULL). Every _new/_load has a _free, and
+ * _free(NULL) is a no-op. No function here calls exit() or prints.
+ *
+ * Shapes use these letters: N rows (samples in a batch), C channels,
+ * H = W = input_size, T tokens (grid^2), D hidden size, L depth, E experts.
+ */
+#ifndef DIT_H
+#define DIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dit_export.h"
+#include "dit_status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum dit_prediction { DIT_PRED_EPSILON = 0, DIT_PRED_VELOCITY = 1 };
+enum dit_sampler_kind { DIT_SAMPLER_EULER = 0, DIT_SAMPLER_DDPM = 1, DIT_SAMPLER_DDIM = 2 };
+/* UPSTREAM: guidance on the first 3 output channels, as upstream
+ * forward_with_cfg does for DDPM/DDIM. ALL: on every predicted channel.
+ * Rectified flow (euler) always guides every velocity channel, as upstream. */
+enum dit_cfg_mode { DIT_CFG_UPSTREAM = 0, DIT_CFG_ALL = 1 };
+/* "euler" (alias "rf"), "ddpm", "ddim" -> enum dit_sampler_kind, or -1. */
+DIT_API int dit_sampler_parse(const char *name);
+/* enum dit_sampler_kind -> "euler", "ddpm", "ddim" ("?" otherwise). */
+DIT_API const char *dit_sampler_name(int kind);
+
+/* DEFAULT: a fast counter-based generator, one stream per image, so an
+ * image does not depend on what it was batched with. TORCH: draws exactly
+ * what torch.manual_seed(seed); torch.randn(...) draws on the CPU, in the
+ * order upstream sample.py draws. */
+enum dit_rng_kind { DIT_RNG_DEFAULT = 0, DIT_RNG_TORCH = 1 };
+
+/* Model hyper-parameters, named like the upstream DiT constructor. Filled by
+ * dit_model_load from config.json (or a preset); read-only for callers. */
+typedef struct dit_config {
+    int input_size;          /* H = W of the model's input (pixels or latents) */
+    int patch_size;          /* P */
+    int in_channels;         /* C */
+    int hidden_size;         /* D */
+    int depth;               /* L */
+    int num_heads;
+    double mlp_ratio;        /* routed expert width = mlp_ratio * D */
+    int num_classes;         /* the null class (for guidance) is num_classes */
+    int num_experts;         /* E */
+    int num_experts_per_tok; /* top-k */
+    int n_shared_experts;    /* shared expert width = n_shared_experts * D */
+    int learn_sigma;         /* output has 2C channels: prediction, variance */
+    double class_dropout_prob;
+    int prediction;          /* enum dit_prediction */
+    /* derived */
+    int out_channels;        /* C * (learn_sigma ? 2 : 1) */
+    int grid;                /* input_size / patch_size */
+    int num_tokens;          /* T = grid * grid */
+    int expert_hidden;       /* mlp_ratio * D */
+    int shared_hidden;       /* n_shared_experts * D */
+    /* sampling defaults: config.json "sampling" or the preset's upstream ones */
+    int default_sampler;     /* enum dit_sampler_kind */
+    int default_steps;
+    double default_cfg_scale;
+    /* latent models: the VAE that decodes them (NULL for pixel models) */
+    const char *vae_dir;
+    double latent_scale;     /* latents are divided by this before decoding */
+    const char *preset;      /* preset name when chosen from shapes, else NULL */
+} dit_config;
+
+typedef struct dit_model dit_model;
+typedef struct dit_ctx dit_ctx;
+typedef struct dit_sampler dit_sampler;
+
+/* ---- model ------------------------------------------------------------- */
+
+typedef struct dit_model_settings {
+    /* 1 (default): at load, copy every weight matrix, in its stored
+     * precision, into the layout of the engine's own GEMM kernel (AVX-512;
+     * ignored on CPUs without it) and give the mapped file pages back, so
+     * the weights stay resident once. 0: keep matrices as stored in the
+     * mapping and run them through BLAS (F16/BF16 widened per use), the
+     * slower path, kept for comparison and for CPUs without AVX-512. */
+    int pack_weights;
+} dit_model_settings;
+
+/* Fills s with the documented defaults. */
+DIT_API void dit_model_settings_default(dit_model_settings *s);
+
+/* Loads a model from `path`: a directory holding config.json and
+ * model.safetensors (or a .pt checkpoint), or a .pt/.safetensors file.
+ * Weights are mapped, validated against the config and kept resident.
+ * s may be NULL for the defaults. On success *out owns the model; free it
+ * with dit_model_free. On failure *out is NULL and err says which file,
+ * tensor or field is wrong. */
+DIT_API int dit_model_load(dit_model **out, const char *path, const dit_model_settings *s,
+                   char *err, size_t errlen);
+
+/* Builds a model with random weights in memory from a preset name (see
+ * dit_preset_names), for benchmarks and tests. Same ownership and
+ * settings as load. */
+DIT_API int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
+                        const dit_model_settings *s, char *err, size_t errlen);
+
+/* Frees a model. The caller must have freed every ctx and sampler made
+ * from it. NULL is a no-op. */
+DIT_API void dit_model_free(dit_model *m);
+
+/* The model's config; valid as long as the model. */
+DIT_API const dit_config *dit_model_config(const dit_model *m);
+
+typedef struct dit_model_info {
+    uint64_t params_total;   /* every weight */
+    uint64_t params_active;  /* weights one token touches (top-k experts) */
+    uint64_t weight_bytes;   /* resident weight memory */
+    const char *weight_dtype;/* "F32", "F16", "BF16" or "mixed" (as stored) */
+    int packed;              /* matrices run on the packed kernel */
+} dit_model_info;
+DIT_API void dit_model_get_info(const dit_model *m, dit_model_info *info);
+
+/* The name of class `label`, or NULL when the model has no class names or
+ * the label is out of range. Valid as long as the model. */
+DIT_API const char *dit_model_class_name(const dit_model *m, int label);
+
+/* The label whose name equals `name` (ASCII case-insensitive, also matching
+ * any comma-separated alias), or -1. */
+DIT_API int dit_model_find_class(const dit_model *m, const char *name);
+
+/* Output image size: width, height and channels (1 or 3) of a decoded
+ * image. Pixel models: input_size and in_channels; latent models: the VAE's. */
+DIT_API void dit_model_image_size(const dit_model *m, int *w, int *h, int *channels);
+
+/* NULL-terminated list of preset names, e.g. "s2" ... */
+DIT_API const char *const *dit_preset_names(void);
+
+/* ---- context ----------------------------------------------------------- */
+
+typedef struct dit_ctx_settings {
+    int max_rows;   /* most rows (images + their CFG rows) per forward; default 16 */
+    int n_threads;  /* engine worker threads (experts, heads); default 1 */
+    int max_decode; /* most images per dit_decode; default max_rows */
+} dit_ctx_settings;
+
+/* Fills s with the documented defaults. */
+DIT_API void dit_ctx_settings_default(dit_ctx_settings *s);
+
+/* Makes a context for model m, allocating every arena once. m must outlive
+ * the ctx. s may be NULL for the defaults. */
+DIT_API int dit_ctx_new(dit_ctx **out, const dit_model *m, const dit_ctx_settings *s);
+DIT_API void dit_ctx_free(dit_ctx *c);
+
+/* Bytes of scratch memory the context holds. */
+DIT_API size_t dit_ctx_bytes(const dit_ctx *c);
+
+/* One forward pass over n rows (1 <= n <= max_rows):
+ *   x   (N, C, H, W)     noisy input
+ *   t   (N)              timestep: DDPM index (0..999) or flow time in [0,1]
+ *   y   (N)              class label, num_classes for the null class
+ *   out (N, Cout, H, W)  model output
+ * The MoE layers gather the tokens of all rows routed to each expert into
+ * one GEMM. Allocates nothing. */
+DIT_API int dit_forward(dit_ctx *c, int n, const float *x, const float *t,
+                const int32_t *y, float *out);
+
+/* Routing counts of the last forward: (N, L, E) tokens of row n that layer
+ * l sent to expert e. Valid until the next forward on c. */
+DIT_API const uint32_t *dit_ctx_routing(const dit_ctx *c);
+
+/* Decodes n final samples (N, C, H, W) into 8-bit pixels (N, h, w, ch), ch
+ * interleaved, as dit_model_image_size says. Pixel models map [-1, 1] to
+ * 0..255; latent models run the VAE decoder. n <= max_decode. */
+DIT_API int dit_decode(dit_ctx *c, int n, const float *x, uint8_t *pixels);
+
+/* Maps n images (N, C, H*W) of floats in [-1, 1] to 8-bit (N, H*W, C) as
+ * upstream's save_image(normalize=True, value_range=(-1, 1)) does:
+ * clamp((x + 1) / 2, 0, 1) * 255 + 0.5, truncated. */
+DIT_API void dit_to_pixels(const float *x, int n, int channels, size_t hw, uint8_t *pixels);
+
+/* ---- sampling ---------------------------------------------------------- */
+
+typedef struct dit_sample_params {
+    int class_label;    /* 0..num_classes-1, or num_classes for unconditional */
+    int num_images;     /* images sharing the label; default 1 */
+    uint64_t seed;      /* fully determines the noise */
+    int steps;          /* default: the model's default_steps */
+    double cfg_scale;   /* 1 = no guidance (no uncond rows); default: model's */
+    int sampler;        /* enum dit_sampler_kind; default: model's */
+    int cfg_mode;       /* enum dit_cfg_mode; default UPSTREAM */
+    int rng;            /* enum dit_rng_kind; default DEFAULT */
+    const float *noise; /* optional initial noise (num_images, C, H, W), copied */
+} dit_sample_params;
+
+/* Fills p with the model's defaults (class 0, one image, seed 0). */
+DIT_API void dit_sample_params_default(const dit_model *m, dit_sample_params *p);
+
+/* Checks p against the model and makes a sampler: allocates all its state
+ * now, nothing later. On error err names the field and the allowed range. */
+DIT_API int dit_sampler_new(dit_sampler **out, const dit_model *m,
+                    const dit_sample_params *p, char *err, size_t errlen);
+DIT_API void dit_sampler_free(dit_sampler *s);
+
+/* Rows this sampler puts in each forward: num_images, doubled with guidance. */
+DIT_API int dit_sampler_rows(const dit_sampler *s);
+DIT_API int dit_sampler_num_images(const dit_sampler *s);
+/* Steps taken so far and in all; done when they are equal. */
+DIT_API int dit_sampler_step(const dit_sampler *s);
+DIT_API int dit_sampler_num_steps(const dit_sampler *s);
+DIT_API int dit_sampler_done(const dit_sampler *s);
+/* Noise level of the next step in [0, 1] (1 = pure noise), for statistics. */
+DIT_API double dit_sampler_noise_level(const dit_sampler *s);
+
+/* Writes this step's model inputs for its rows: x (rows, C, H, W), t (rows),
+ * y (rows). Must not be called once done. */
+DIT_API void dit_sampler_inputs(const dit_sampler *s, float *x, float *t, int32_t *y);
+
+/* Takes the model output for its rows (rows, Cout, H, W) and advances one
+ * step (drawing this step's noise, if the sampler needs any). */
+DIT_API void dit_sampler_update(dit_sampler *s, const float *out);
+
+/* The current sample (num_images, C, H, W): the final one once done. */
+DIT_API const float *dit_sampler_result(const dit_sampler *s);
+
+/* Called after every step of dit_generate; a non-zero return cancels. */
+typedef int (*dit_progress_fn)(void *user, int step, int num_steps);
+
+/* Runs samplers s[0..n) to completion on c, one forward per step holding
+ * the rows of every unfinished sampler (their rows must fit max_rows).
+ * Returns DIT_E_CANCELLED if progress asked to stop. */
+DIT_API int dit_generate(dit_ctx *c, dit_sampler **s, int n, dit_progress_fn progress,
+                 void *user);
+
+/* ---- conversion -------------------------------------------------------- */
+
+/* Called with each note (an assumption made, a file found); may be NULL. */
+typedef void (*dit_note_fn)(void *user, const char *note);
+
+typedef struct dit_convert_params {
+    const char *in;            /* torch.save checkpoint (.pt) or .safetensors */
+    const char *out;           /* directory for config.json + model.safetensors
+                                * (may exist, but not those files) */
+    int num_heads;             /* 0: the preset's or the input directory's */
+    int top_k;                 /* 0: likewise, else 2 */
+    int prediction;            /* enum dit_prediction; -1: likewise, else epsilon */
+    double class_dropout_prob; /* < 0: likewise, else 0.1 */
+    const char *class_names;   /* file of one name per line, or NULL */
+    const char *vae;           /* VAE directory written as config "vae", or NULL */
+    const char *dtype;         /* "f32", "f16", "bf16"; NULL: as stored */
+} dit_convert_params;
+
+typedef struct dit_convert_result {
+    int tensors;               /* tensors written */
+    int num_classes;
+    int named;                 /* class names were embedded */
+    const char *preset;        /* the preset the shapes match, or NULL */
+} dit_convert_result;
+
+/* Fills p with the defaults (everything from the checkpoint and presets). */
+DIT_API void dit_convert_params_default(dit_convert_params *p);
+
+/* Checks what can be checked without reading the checkpoint (paths given,
+ * dtype name, prediction, dropout range); dit_convert does this first. */
+DIT_API int dit_convert_check(const dit_convert_params *p, char *err, size_t errlen);
+
+/* Converts a checkpoint into a model directory, verifies what it wrote by
+ * reading it back and loading it, and removes it on failure. res may be
+ * NULL. err names the file, tensor or parameter that is wrong. */
+DIT_API int dit_convert(const dit_convert_params *p, dit_note_fn note, void *user,
+                        dit_convert_result *res, char *err, size_t errlen);
+
+/* ---- VAE decoder ------------------------------------------------------- */
+
+/* An SD-VAE decoder on its own (the one a latent model loads), for
+ * decoding latents saved earlier. */
+typedef struct dit_vae dit_vae;
+
+/* Loads the decoder from a diffusers VAE directory (config.json and
+ * diffusion_pytorch_model.safetensors); n_threads workers decode. */
+DIT_API int dit_vae_load(dit_vae **out, const char *dir, int n_threads, char *err,
+                         size_t errlen);
+DIT_API void dit_vae_free(dit_vae *v);
+
+/* Latent channels in, image channels out, pixels per latent along a side. */
+DIT_API void dit_vae_shape(const dit_vae *v, int *latent_channels, int *out_channels,
+                           int *upscale);
+
+/* Decodes n latents z (N, latent_channels, h, w), already divided by the
+ * model's latent scale, into rgb (N, out_channels, h * upscale,
+ * w * upscale) in about [-1, 1]. Allocates its workspace per call; err
+ * says why when the latents are too large or memory runs out. */
+DIT_API int dit_vae_decode(dit_vae *v, int n, int h, int w, const float *z, float *rgb,
+                           char *err, size_t errlen);
+
+/* Floating-point operations of decoding one h x w latent. */
+DIT_API double dit_vae_flops(const dit_vae *v, int h, int w);
+
+/* Sets the BLAS library's thread count (process-wide: call once at start). */
+DIT_API void dit_set_blas_threads(int n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
