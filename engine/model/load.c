@@ -18,6 +18,7 @@
 
 #include "model.h"
 #include "preset.h"
+#include "names.h"
 #include "rng.h"
 
 #define ERR(...) (snprintf(err, errlen, __VA_ARGS__), DIT_E_FORMAT)
@@ -300,92 +301,33 @@ typedef struct synth {
     float *mem;
     size_t used, cap;
     rng_default rng;
-    int fail;
 } synth;
 
-/* Adds a random tensor scaled like a fan_in-initialised layer. */
-static void synth_add(synth *s, const char *name, int ndim, const int64_t *shape, int fan_in)
+/* Counts the floats of every tensor. */
+static int synth_count(void *user, const tensor_ref *r)
 {
     size_t n = 1;
-    for (int i = 0; i < ndim; i++)
-        n *= (size_t)shape[i];
-    if (s->fail || s->used + n > s->cap) {
-        s->fail = 1;
-        return;
-    }
+    for (int i = 0; i < r->ndim; i++)
+        n *= (size_t)r->shape[i];
+    *(size_t *)user += n;
+    return 0;
+}
+
+/* Adds a random tensor scaled like a fan_in-initialised layer. */
+static int synth_add(void *user, const tensor_ref *r)
+{
+    synth *s = user;
+    size_t n = 0;
+    synth_count(&n, r);
+    if (s->used + n > s->cap)
+        return DIT_E_NOMEM;
     float *p = s->mem + s->used;
     s->used += n;
     rng_default_randn(&s->rng, p, n);
-    float scale = 1.0f / sqrtf((float)fan_in);
+    float scale = 1.0f / sqrtf((float)r->fan_in);
     for (size_t i = 0; i < n; i++)
         p[i] *= scale;
-    if (st_table_add(s->t, name, ST_F32, ndim, shape, p))
-        s->fail = 1;
-}
-
-static void synth_linear(synth *s, const char *prefix, int rows, int cols, int bias)
-{
-    char name[160];
-    int64_t w[2] = { rows, cols }, b[1] = { rows };
-    snprintf(name, sizeof name, "%s.weight", prefix);
-    synth_add(s, name, 2, w, cols);
-    if (bias) {
-        snprintf(name, sizeof name, "%s.bias", prefix);
-        synth_add(s, name, 1, b, cols);
-    }
-}
-
-static void synth_expert(synth *s, const char *prefix, int D, int H)
-{
-    char name[160];
-    snprintf(name, sizeof name, "%s.gate_proj", prefix);
-    synth_linear(s, name, H, D, 0);
-    snprintf(name, sizeof name, "%s.up_proj", prefix);
-    synth_linear(s, name, H, D, 0);
-    snprintf(name, sizeof name, "%s.down_proj", prefix);
-    synth_linear(s, name, D, H, 0);
-}
-
-static void synth_tensors(synth *s, const dit_config *g)
-{
-    int D = g->hidden_size, P = g->patch_size, C = g->in_channels;
-    int64_t pw[4] = { D, C, P, P }, pb[1] = { D }, pos[3] = { 1, g->num_tokens, D };
-    int64_t yt[2] = { g->num_classes + 1, D };
-    synth_add(s, "x_embedder.proj.weight", 4, pw, C * P * P);
-    synth_add(s, "x_embedder.proj.bias", 1, pb, D);
-    synth_add(s, "pos_embed", 3, pos, 1);
-    synth_linear(s, "t_embedder.mlp.0", D, 256, 1);
-    synth_linear(s, "t_embedder.mlp.2", D, D, 1);
-    synth_add(s, "y_embedder.embedding_table.weight", 2, yt, 1);
-    for (int l = 0; l < g->depth; l++) {
-        char p[128];
-        snprintf(p, sizeof p, "blocks.%d.adaLN_modulation.1", l);
-        synth_linear(s, p, 6 * D, D, 1);
-        snprintf(p, sizeof p, "blocks.%d.attn.qkv", l);
-        synth_linear(s, p, 3 * D, D, 1);
-        snprintf(p, sizeof p, "blocks.%d.attn.proj", l);
-        synth_linear(s, p, D, D, 1);
-        snprintf(p, sizeof p, "blocks.%d.moe.gate", l);
-        synth_linear(s, p, g->num_experts, D, 0);
-        for (int e = 0; e < g->num_experts; e++) {
-            snprintf(p, sizeof p, "blocks.%d.moe.experts.%d", l, e);
-            synth_expert(s, p, D, g->expert_hidden);
-        }
-        snprintf(p, sizeof p, "blocks.%d.moe.shared_experts", l);
-        synth_expert(s, p, D, g->shared_hidden);
-    }
-    synth_linear(s, "final_layer.adaLN_modulation.1", 2 * D, D, 1);
-    synth_linear(s, "final_layer.linear", P * P * g->out_channels, D, 1);
-}
-
-static size_t synth_floats(const dit_config *g)
-{
-    size_t D = (size_t)g->hidden_size, P2 = (size_t)g->patch_size * g->patch_size;
-    size_t blk = 6 * D * D + 6 * D + 3 * D * D + 3 * D + D * D + D + (size_t)g->num_experts * D +
-                 (size_t)g->num_experts * 3 * D * (size_t)g->expert_hidden + 3 * D * (size_t)g->shared_hidden;
-    return blk * (size_t)g->depth + D * (size_t)g->in_channels * P2 + D + (size_t)g->num_tokens * D +
-           256 * D + D + D * D + D + (size_t)(g->num_classes + 1) * D + 2 * D * D + 2 * D +
-           P2 * (size_t)g->out_channels * (D + 1);
+    return st_table_add(s->t, r->name, ST_F32, r->ndim, r->shape, p) ? DIT_E_NOMEM : 0;
 }
 
 static void synth_release(void *p, size_t n)
@@ -417,7 +359,7 @@ int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
     preset_config(p, &m->cfg);
     int rc = config_finish(&m->cfg, p->name, err, errlen);
     synth s = { 0 };
-    s.cap = synth_floats(&m->cfg);
+    names_each(NULL, &m->cfg, 1, synth_count, &s.cap);
     s.mem = rc ? NULL : malloc(s.cap * sizeof(float));
     if (!rc && (!s.mem || !(m->weights = st_table_new(p->name, s.mem, s.cap * sizeof(float),
                                                         synth_release)))) {
@@ -427,8 +369,9 @@ int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
     if (!rc) {
         s.t = m->weights;
         rng_default_init(&s.rng, seed, 0);
-        synth_tensors(&s, &m->cfg);
-        rc = s.fail ? DIT_E_NOMEM : model_bind(m, err, errlen);
+        rc = names_each(NULL, &m->cfg, 1, synth_add, &s);
+        if (rc == DIT_OK)
+            rc = model_bind(m, err, errlen);
         if (rc == DIT_OK && (rc = model_pack(m, set)))
             snprintf(err, errlen, "%s: out of memory packing the weights", p->name);
     }

@@ -17,8 +17,7 @@
 
 #include "model.h"
 #include "preset.h"
-#include "gemm.h"
-#include "ops.h"
+#include "names.h"
 
 #define ERR(...) (snprintf(err, errlen, __VA_ARGS__), DIT_E_FORMAT)
 
@@ -42,7 +41,7 @@ static const st_tensor *bind_find(binder *b, const char *name, int ndim,
         (void)ERR("%s: tensor '%s' is missing (%s)", st_path(t), name, why);
         return NULL;
     }
-    if (x->dtype != ST_F32 && x->dtype != ST_F16 && x->dtype != ST_BF16) {
+    if (!dtype_get(x->dtype)) {
         (void)ERR("%s: tensor '%s' has dtype %s; weights must be F32, F16 or BF16",
             st_path(t), name, st_dtype_name(x->dtype));
         return NULL;
@@ -66,137 +65,31 @@ static const st_tensor *bind_find(binder *b, const char *name, int ndim,
     return x;
 }
 
-static int bind_mat(binder *b, const char *name, int rows, int cols, kmat *out,
-                    const char *why)
+/* Binds one tensor of the list: a matrix as a view into the table (rows =
+ * shape[0], the other dimensions flattened), a vector widened to F32 into
+ * model memory. */
+static int bind_one(void *user, const tensor_ref *r)
 {
-    int64_t shape[2] = { rows, cols };
-    const st_tensor *x = bind_find(b, name, 2, shape, why);
-    if (!x)
-        return DIT_E_FORMAT;
-    *out = (kmat){ x->dtype, x->data, rows, cols, NULL, 0 };
-    if (x->dtype != ST_F32 && rows * cols > b->m->max_mat_elems)
-        b->m->max_mat_elems = rows * cols;
-    return DIT_OK;
-}
-
-/* Binds a small tensor of any shape, widened to F32 in model memory. */
-static int bind_f32(binder *b, const char *name, int ndim, const int64_t *shape,
-                    const float **out, const char *why)
-{
-    const st_tensor *x = bind_find(b, name, ndim, shape, why);
+    binder *b = user;
+    dit_model *m = b->m;
+    const st_tensor *x = bind_find(b, r->name, r->ndim, r->shape, r->why);
     if (!x)
         return DIT_E_FORMAT;
     uint64_t n = st_numel(x);
-    dit_model *m = b->m;
+    if (r->kind == TENSOR_MAT) {
+        int rows = (int)r->shape[0], cols = (int)(n / (uint64_t)rows);
+        *r->mat = (kmat){ x->dtype, x->data, rows, cols, NULL, 0 };
+        if (x->dtype != ST_F32 && rows * cols > m->max_mat_elems)
+            m->max_mat_elems = rows * cols;
+        return DIT_OK;
+    }
     if (m->f32_used + n > m->f32_len)
         return DIT_E_NOMEM;
     float *dst = m->f32 + m->f32_used;
     m->f32_used += n;
-    kmat w = { x->dtype, x->data, 1, (int)n, NULL, 0 };
-    if (x->dtype == ST_F32)
-        memcpy(dst, x->data, n * sizeof(float));
-    else
-        for (uint64_t i = 0; i < n; i++)
-            dst[i] = x->dtype == ST_F16 ? f16_to_f32(((const uint16_t *)w.data)[i])
-                                        : bf16_to_f32(((const uint16_t *)w.data)[i]);
-    *out = dst;
+    dtype_get(x->dtype)->to_f32(dst, x->data, (size_t)n);
+    *r->vec = dst;
     return DIT_OK;
-}
-
-static int bind_linear(binder *b, const char *prefix, int rows, int cols,
-                       klinear *l, const char *why)
-{
-    char name[160];
-    snprintf(name, sizeof name, "%s.weight", prefix);
-    int rc = bind_mat(b, name, rows, cols, &l->w, why);
-    if (rc)
-        return rc;
-    snprintf(name, sizeof name, "%s.bias", prefix);
-    int64_t shape[1] = { rows };
-    return bind_f32(b, name, 1, shape, &l->b, why);
-}
-
-static int bind_expert(binder *b, const char *prefix, int D, int H, model_expert *e,
-                       const char *why)
-{
-    char name[160];
-    int rc;
-    snprintf(name, sizeof name, "%s.gate_proj.weight", prefix);
-    if ((rc = bind_mat(b, name, H, D, &e->gu.gate, why)))
-        return rc;
-    snprintf(name, sizeof name, "%s.up_proj.weight", prefix);
-    if ((rc = bind_mat(b, name, H, D, &e->gu.up, why)))
-        return rc;
-    snprintf(name, sizeof name, "%s.down_proj.weight", prefix);
-    return bind_mat(b, name, D, H, &e->down, why);
-}
-
-static int bind_block(binder *b, int l)
-{
-    dit_model *m = b->m;
-    const dit_config *g = &m->cfg;
-    int D = g->hidden_size, E = g->num_experts;
-    model_block *k = &m->blocks[l];
-    char p[128];
-    int rc;
-    if (!(k->experts = calloc((size_t)E, sizeof *k->experts)))
-        return DIT_E_NOMEM;
-    snprintf(p, sizeof p, "blocks.%d.adaLN_modulation.1", l);
-    if ((rc = bind_linear(b, p, 6 * D, D, &k->ada, "6 x hidden_size, hidden_size")))
-        return rc;
-    snprintf(p, sizeof p, "blocks.%d.attn.qkv", l);
-    if ((rc = bind_linear(b, p, 3 * D, D, &k->qkv, "3 x hidden_size, hidden_size")))
-        return rc;
-    snprintf(p, sizeof p, "blocks.%d.attn.proj", l);
-    if ((rc = bind_linear(b, p, D, D, &k->proj, "hidden_size, hidden_size")))
-        return rc;
-    snprintf(p, sizeof p, "blocks.%d.moe.gate.weight", l);
-    if ((rc = bind_mat(b, p, E, D, &k->router, "num_experts, hidden_size")))
-        return rc;
-    for (int e = 0; e < E; e++) {
-        snprintf(p, sizeof p, "blocks.%d.moe.experts.%d", l, e);
-        if ((rc = bind_expert(b, p, D, g->expert_hidden, &k->experts[e],
-                              "expert width mlp_ratio x hidden_size")))
-            return rc;
-    }
-    snprintf(p, sizeof p, "blocks.%d.moe.shared_experts", l);
-    return bind_expert(b, p, D, g->shared_hidden, &k->shared,
-                       "shared width n_shared_experts x hidden_size");
-}
-
-static int bind_top(binder *b)
-{
-    dit_model *m = b->m;
-    const dit_config *g = &m->cfg;
-    int D = g->hidden_size, P = g->patch_size, C = g->in_channels, rc;
-    int64_t pshape[4] = { D, C, P, P }, pos[3] = { 1, g->num_tokens, D };
-    const st_tensor *pw = bind_find(b, "x_embedder.proj.weight", 4, pshape,
-                                    "hidden_size, in_channels, patch_size, patch_size");
-    if (!pw)
-        return DIT_E_FORMAT;
-    m->patch.w = (kmat){ pw->dtype, pw->data, D, C * P * P, NULL, 0 };
-    if (pw->dtype != ST_F32 && D * C * P * P > m->max_mat_elems)
-        m->max_mat_elems = D * C * P * P;
-    int64_t bshape[1] = { D };
-    if ((rc = bind_f32(b, "x_embedder.proj.bias", 1, bshape, &m->patch.b, "hidden_size")))
-        return rc;
-    if ((rc = bind_f32(b, "pos_embed", 3, pos, &m->pos_embed, "1, tokens, hidden_size")))
-        return rc;
-    if ((rc = bind_linear(b, "t_embedder.mlp.0", D, 256, &m->t_mlp0, "hidden_size, 256")))
-        return rc;
-    if ((rc = bind_linear(b, "t_embedder.mlp.2", D, D, &m->t_mlp2, "hidden_size, hidden_size")))
-        return rc;
-    m->has_null = g->class_dropout_prob > 0;
-    int64_t yshape[2] = { g->num_classes + m->has_null, D };
-    if ((rc = bind_f32(b, "y_embedder.embedding_table.weight", 2, yshape, &m->y_table,
-                       m->has_null ? "num_classes + 1 (null class), hidden_size"
-                                   : "num_classes (class_dropout_prob 0: no null class), hidden_size")))
-        return rc;
-    if ((rc = bind_linear(b, "final_layer.adaLN_modulation.1", 2 * D, D, &m->final_ada,
-                          "2 x hidden_size, hidden_size")))
-        return rc;
-    return bind_linear(b, "final_layer.linear", P * P * g->out_channels, D, &m->final_lin,
-                       "patch_size^2 x out_channels, hidden_size");
 }
 
 static void model_count(dit_model *m)
@@ -231,14 +124,17 @@ int model_bind(dit_model *m, char *err, size_t errlen)
     m->f32_len = small;
     m->f32 = malloc(sizeof(float) * (size_t)small);
     m->blocks = calloc((size_t)g->depth, sizeof *m->blocks);
-    if (!b.used || !m->f32 || !m->blocks) {
+    int experts_ok = m->blocks != NULL;
+    for (int l = 0; experts_ok && l < g->depth; l++)
+        experts_ok = !!(m->blocks[l].experts = calloc((size_t)g->num_experts,
+                                                      sizeof(model_expert)));
+    if (!b.used || !m->f32 || !experts_ok) {
         rc = DIT_E_NOMEM;
         goto out;
     }
-    if ((rc = bind_top(&b)))
+    m->has_null = g->class_dropout_prob > 0;
+    if ((rc = names_each(m, g, m->has_null, bind_one, &b)))
         goto out;
-    for (int l = 0; l < g->depth && rc == DIT_OK; l++)
-        rc = bind_block(&b, l);
     for (int i = 0; rc == DIT_OK && i < n; i++)
         if (!b.used[i])
             rc = ERR("%s: tensor '%s' is not part of a model with this config "
