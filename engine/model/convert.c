@@ -1,4 +1,5 @@
-/* convert.c: dit_convert, a PyTorch checkpoint into a model directory.
+/* convert.c: writing model directories: dit_convert (a PyTorch checkpoint
+ * into a model directory) and dit_model_save (a loaded or synthetic model).
  *
  * Reads a .pt (or .safetensors) weight file with the formats layer's
  * readers, infers the DiT-MoE config from the tensor shapes, and writes
@@ -32,6 +33,12 @@
 #ifndef DITMOE_DATADIRS
 #define DITMOE_DATADIRS "config"
 #endif
+
+static int has_suffix(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
 
 /* One conversion: the caller's parameters and where messages go. */
 typedef struct conv {
@@ -270,46 +277,6 @@ static void conv_free_names(char **names)
     free(names);
 }
 
-static int conv_write_config(const conv *v, const char *path, const dit_config *c,
-                             char **names, const char *vae)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return cfail(v, DIT_E_IO, "%s: cannot create: %s", path, strerror(errno));
-    fprintf(f, "{\n  \"input_size\": %d,\n  \"patch_size\": %d,\n  \"in_channels\": %d,\n"
-            "  \"hidden_size\": %d,\n  \"depth\": %d,\n  \"num_heads\": %d,\n"
-            "  \"mlp_ratio\": %.17g,\n  \"num_classes\": %d,\n  \"num_experts\": %d,\n"
-            "  \"num_experts_per_tok\": %d,\n  \"n_shared_experts\": %d,\n"
-            "  \"learn_sigma\": %s,\n  \"class_dropout_prob\": %.17g,\n"
-            "  \"prediction\": \"%s\",\n  \"sampling\": {\"sampler\": \"%s\", \"steps\": %d, "
-            "\"cfg_scale\": %.17g}", c->input_size, c->patch_size, c->in_channels,
-            c->hidden_size, c->depth, c->num_heads, c->mlp_ratio, c->num_classes,
-            c->num_experts, c->num_experts_per_tok, c->n_shared_experts,
-            c->learn_sigma ? "true" : "false", c->class_dropout_prob,
-            c->prediction == DIT_PRED_VELOCITY ? "velocity" : "epsilon",
-            dit_sampler_name(c->default_sampler), c->default_steps, c->default_cfg_scale);
-    int bad = 0;
-    if (c->latent_scale > 0)
-        fprintf(f, ",\n  \"latent_scale\": %.17g", c->latent_scale);
-    if (vae) {
-        fputs(",\n  \"vae\": ", f);
-        bad |= st_write_json_string(f, vae);
-    }
-    if (names) {
-        fputs(",\n  \"class_names\": [", f);
-        for (int i = 0; names[i] && !bad; i++) {
-            fputs(i ? ",\n    " : "\n    ", f);
-            bad |= st_write_json_string(f, names[i]);
-        }
-        fputs("\n  ]", f);
-    }
-    fputs("\n}\n", f);
-    if (fclose(f) || bad)
-        return cfail(v, DIT_E_IO, "%s: write failed%s", path,
-                     bad ? " (a name is not valid UTF-8)" : "");
-    return DIT_OK;
-}
-
 /* Reads the written file back: same names, dtypes, shapes and bytes. */
 static int conv_verify(const conv *v, const char *path, const st_table *src)
 {
@@ -358,7 +325,9 @@ static int conv_write(const conv *v, const st_table *t, const dit_config *c, cha
         return cfail(v, rc, "%s", err);
     rc = conv_verify(v, st_path_, t);
     if (!rc)
-        rc = conv_write_config(v, cfg_path, c, names, vae);
+        if ((rc = config_write(cfg_path, c, (const char *const *)names, vae)))
+            cfail(v, rc, "%s: write failed%s", cfg_path,
+                  rc == DIT_E_INVAL ? " (a name is not valid UTF-8)" : "");
     if (!rc) {
         dit_model *m = NULL;
         dit_model_settings set;
@@ -408,11 +377,6 @@ static const char *conv_vae(const conv *v, const dit_model *base, const dit_conf
     return NULL;
 }
 
-static int has_suffix(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
 
 /* The model the input already belongs to: when a config.json sits beside
  * it, the input loads as that model directory would (weights not packed),
@@ -552,12 +516,11 @@ static int conv_open(const conv *v, st_table **t, st_table **src)
     char err[512] = "";
     int dtype, rc = conv_dtype(v, &dtype);
     const char *in = v->p->in;
-    size_t n = strlen(in);
     *t = *src = NULL;
     if (rc)
         return rc;
-    rc = n >= 12 && !strcmp(in + n - 12, ".safetensors") ? st_open(t, in, err, sizeof err)
-                                                         : pt_open(t, in, err, sizeof err);
+    rc = has_suffix(in, ".safetensors") ? st_open(t, in, err, sizeof err)
+                                        : pt_open(t, in, err, sizeof err);
     if (rc)
         return cfail(v, rc, "%s", err[0] ? err : dit_strerror(rc));
     if (dtype < 0)
@@ -601,5 +564,22 @@ int dit_convert(const dit_convert_params *p, dit_note_fn note, void *user,
     dit_model_free(base);
     st_close(t);
     st_close(src);
+    return rc;
+}
+
+int dit_model_save(const dit_model *m, const char *dir, char *err, size_t errlen)
+{
+    char cfg_path[4096], st_path_[4096];
+    conv v = { NULL, NULL, NULL, err, errlen };
+    snprintf(cfg_path, sizeof cfg_path, "%s/config.json", dir);
+    snprintf(st_path_, sizeof st_path_, "%s/model.safetensors", dir);
+    if (mkdir(dir, 0777) && errno != EEXIST)
+        return cfail(&v, DIT_E_IO, "%s: cannot create the directory: %s", dir, strerror(errno));
+    const char *meta[] = { "format", "pt", NULL };
+    int rc = st_write(st_path_, m->weights, meta, err, errlen);
+    if (rc == DIT_OK &&
+        (rc = config_write(cfg_path, &m->cfg, (const char *const *)m->class_names,
+                           m->cfg.vae_dir)))
+        cfail(&v, rc, "%s: write failed", cfg_path);
     return rc;
 }

@@ -336,6 +336,34 @@ static void synth_release(void *p, size_t n)
     free(p);
 }
 
+/* The config of a synthetic model: a preset's, or a config.json file (or a
+ * directory holding one) for custom shapes. */
+static int synth_config(dit_model *m, const char *what, char *err, size_t errlen)
+{
+    const model_preset *p = what ? preset_find(what) : NULL;
+    if (p) {
+        preset_config(p, &m->cfg);
+        return config_finish(&m->cfg, p->name, err, errlen);
+    }
+    struct stat st;
+    if (!what || stat(what, &st) != 0) {
+        snprintf(err, errlen, "'%s' is neither a preset (s2, b2, xl2, g2, s2-16e2a, ...) nor a "
+                 "config.json", what ? what : "(null)");
+        return DIT_E_INVAL;
+    }
+    if (S_ISDIR(st.st_mode))
+        return read_config(m, what, err, errlen);
+    size_t len = 0;
+    char *text = slurp(what, 1 << 24, &len);
+    if (!text) {
+        snprintf(err, errlen, "%s: cannot read (or larger than 16 MiB)", what);
+        return DIT_E_IO;
+    }
+    int rc = config_parse(m, text, len, what, err, errlen);
+    free(text);
+    return rc;
+}
+
 int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
                         const dit_model_settings *set, char *err, size_t errlen)
 {
@@ -347,21 +375,15 @@ int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
     if (!out)
         return DIT_E_INVAL;
     *out = NULL;
-    const model_preset *p = preset_find(preset);
-    if (!p) {
-        snprintf(err, errlen, "unknown preset '%s' (known: s2, b2, xl2, g2, s2-16e2a, ...)",
-                 preset ? preset : "(null)");
-        return DIT_E_INVAL;
-    }
     dit_model *m = calloc(1, sizeof *m);
     if (!m)
         return DIT_E_NOMEM;
-    preset_config(p, &m->cfg);
-    int rc = config_finish(&m->cfg, p->name, err, errlen);
+    int rc = synth_config(m, preset, err, errlen);
+    int has_null = m->cfg.class_dropout_prob > 0;
     synth s = { 0 };
-    names_each(NULL, &m->cfg, 1, synth_count, &s.cap);
+    names_each(NULL, &m->cfg, has_null, synth_count, &s.cap);
     s.mem = rc ? NULL : malloc(s.cap * sizeof(float));
-    if (!rc && (!s.mem || !(m->weights = st_table_new(p->name, s.mem, s.cap * sizeof(float),
+    if (!rc && (!s.mem || !(m->weights = st_table_new(preset, s.mem, s.cap * sizeof(float),
                                                         synth_release)))) {
         free(s.mem);
         rc = DIT_E_NOMEM;
@@ -369,11 +391,11 @@ int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
     if (!rc) {
         s.t = m->weights;
         rng_default_init(&s.rng, seed, 0);
-        rc = names_each(NULL, &m->cfg, 1, synth_add, &s);
+        rc = names_each(NULL, &m->cfg, has_null, synth_add, &s);
         if (rc == DIT_OK)
             rc = model_bind(m, err, errlen);
         if (rc == DIT_OK && (rc = model_pack(m, set)))
-            snprintf(err, errlen, "%s: out of memory packing the weights", p->name);
+            snprintf(err, errlen, "%s: out of memory packing the weights", preset);
     }
     if (rc) {
         dit_model_free(m);

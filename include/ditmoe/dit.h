@@ -115,10 +115,16 @@ DIT_API int dit_model_load(dit_model **out, const char *path, const dit_model_se
                    char *err, size_t errlen);
 
 /* Builds a model with random weights in memory from a preset name (see
- * dit_preset_names), for benchmarks and tests. Same ownership and
- * settings as load. */
+ * dit_preset_names) or the path of a config.json (or of a directory
+ * holding one), for benchmarks and tests. Same ownership and settings as
+ * load. */
 DIT_API int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
                         const dit_model_settings *s, char *err, size_t errlen);
+
+/* Writes m as a model directory dir (created if missing): config.json and
+ * model.safetensors with the weights as the model holds them. With
+ * dit_model_synthetic this makes test models without PyTorch. */
+DIT_API int dit_model_save(const dit_model *m, const char *dir, char *err, size_t errlen);
 
 /* Frees a model. The caller must have freed every ctx and sampler made
  * from it. NULL is a no-op. */

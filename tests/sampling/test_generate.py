@@ -16,18 +16,17 @@ compared, not just the deterministic mean. Runs without --noise check the
 initial draws too. The `torch` case compares --rng torch with
 torch.manual_seed + torch.randn in upstream sample.py's order.
 """
+import json
 import os
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
-import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tools", "ref"))
-import ditmoe_ref  # noqa: E402
-import samplers_ref  # noqa: E402
+torch = ditmoe_ref = samplers_ref = None  # imported by main() for the cases that compare
 
 BASE = dict(input_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=2, mlp_ratio=2.0,
             num_classes=5, num_experts=4, num_experts_per_tok=2, n_shared_experts=1,
@@ -46,12 +45,22 @@ failures = []
 
 
 def make_model(tmp, name, seed=1):
+    """The model NAME of MODELS: by the PyTorch reference writer when the
+    case compares with it, else by `ditmoe synth` (no PyTorch needed)."""
     path = os.path.join(tmp, name)
     if not os.path.isdir(path):
         cfg = dict(BASE, **MODELS[name])
-        torch.manual_seed(0)
-        model = ditmoe_ref.randomize_(ditmoe_ref.DiTMoE(cfg), seed).eval()
-        ditmoe_ref.write_model_dir(model, cfg, path)
+        if torch is None:
+            os.makedirs(path)
+            with open(os.path.join(path, "wanted.json"), "w") as f:
+                json.dump(cfg, f)
+            subprocess.run([sys.argv[1], "synth", "--config", os.path.join(path, "wanted.json"),
+                            "--out", path, "--seed", str(seed)], check=True,
+                           stdout=subprocess.DEVNULL)
+        else:
+            torch.manual_seed(0)
+            model = ditmoe_ref.randomize_(ditmoe_ref.DiTMoE(cfg), seed).eval()
+            ditmoe_ref.write_model_dir(model, cfg, path)
     return path
 
 
@@ -235,6 +244,8 @@ def case_batch(ditmoe, tmp):
         failures.append("test_batch")
 
 
+# cases that need no PyTorch (their models come from `ditmoe synth`)
+NO_TORCH = {"batch", "refusals"}
 CASES = {"forward": case_forward, "batch": case_batch, "euler": case_euler, "ddpm_sigma": case_ddpm_sigma, "ddpm_fixed": case_ddpm_fixed,
          "ddim": case_ddim, "torch": case_torch, "refusals": case_refusals}
 
@@ -243,7 +254,12 @@ def main():
     if len(sys.argv) not in (3, 4) or sys.argv[2] not in CASES:
         print(f"usage: {sys.argv[0]} DITMOE {'|'.join(CASES)} [TEST_BATCH]", file=sys.stderr)
         return 2
-    torch.set_num_threads(1)
+    if sys.argv[2] not in NO_TORCH:
+        global torch, ditmoe_ref, samplers_ref
+        import torch
+        import ditmoe_ref
+        import samplers_ref
+        torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         CASES[sys.argv[2]](sys.argv[1], tmp)
     if failures:

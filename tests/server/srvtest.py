@@ -51,16 +51,44 @@ def wait_for(pred, timeout, what, step=0.02):
     return None
 
 
+CLASSES = ["T-shirt/top, tshirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+           "Sneaker", "Bag", "Ankle boot, boot"]
+# The test models' config.json: 16x16 gray images, 2 MoE layers of 4
+# experts, top-2, 10 named classes, rectified flow, Euler by default; "slow"
+# is larger (32x32, 4 layers of 8 experts) so steps take long enough that
+# jobs can be caught queued or running; "latent" (8x8x4 latents, a small
+# random SD-VAE in vae/) is written by make_model.py with PyTorch.
+CONFIGS = {
+    None: dict(input_size=16, patch_size=4, in_channels=1, hidden_size=32, depth=2,
+               num_heads=2, mlp_ratio=2.0, num_classes=10, num_experts=4,
+               num_experts_per_tok=2, n_shared_experts=1, learn_sigma=False,
+               class_dropout_prob=0.1, prediction="velocity", class_names=CLASSES,
+               sampling={"sampler": "euler", "steps": 8, "cfg_scale": 1.5}),
+}
+CONFIGS["slow"] = dict(CONFIGS[None], input_size=32, hidden_size=128, depth=4, num_heads=4,
+                       mlp_ratio=4.0, num_experts=8)
+CONFIGS["latent"] = dict(CONFIGS[None], input_size=8, patch_size=2, in_channels=4)
+
+
 def make_model(cache, slow=False, kind=None):
-    """A random-weight test model (make_model.py), made once per build dir:
-    kind None (the small pixel model), "slow" or "latent" (with a VAE)."""
+    """A random-weight test model, made once per build dir: kind None (the
+    small pixel model) or "slow" by `ditmoe synth` (DITMOE_CLI, no PyTorch
+    needed), "latent" (with a VAE) by make_model.py (PyTorch)."""
     kind = kind or ("slow" if slow else None)
     path = os.path.join(cache, "server-test-model" + ("-" + kind if kind else ""))
     if os.path.exists(os.path.join(path, "config.json")):
         return path
     tmp = tempfile.mkdtemp(dir=cache, prefix="model-tmp-")
-    subprocess.run(["/usr/bin/python3", os.path.join(HERE, "make_model.py"), tmp] +
-                   (["--" + kind] if kind else []), check=True)
+    if kind == "latent":
+        subprocess.run(["/usr/bin/python3", os.path.join(HERE, "make_model.py"), tmp],
+                       check=True)
+    else:
+        cfg = os.path.join(tmp, "wanted.json")
+        with open(cfg, "w") as f:
+            json.dump(CONFIGS[kind], f)
+        subprocess.run([os.environ["DITMOE_CLI"], "synth", "--config", cfg, "--out", tmp,
+                        "--seed", "3"], check=True, stdout=subprocess.DEVNULL)
+        os.remove(cfg)
     try:
         os.rename(tmp, path)  # atomic: a parallel test may have won
     except OSError:

@@ -16,7 +16,9 @@ small random-weight model (make_model.py) and checks one area:
   config     settings file, environment and command-line errors, DITMOE_LISTEN
   soak       a bounded mixed load (valid, cancelled, malformed, abandoned)
   decode     decode and PNG-encode timings (JSON, headers, /metrics), on a
-             pixel model and on a latent model with a small VAE
+             pixel model
+  decode_latent  the same on a latent model with a small VAE (its writer
+             needs PyTorch)
   instance   instance ids: the job id prefix and X-Ditmoe-Instance
   keepalive  ': keep-alive' comments on a quiet event stream
   healthcheck  ditmoe-server --healthcheck [URL]
@@ -924,6 +926,10 @@ def test_decode():
               "# TYPE ditmoe_encode_seconds histogram" in body, "decode/encode histograms typed")
     finally:
         s.close()
+
+
+def test_decode_latent():
+    """decode on a latent model: the VAE's picture and its timings."""
     latent = make_model(ARGS.cache, kind="latent")
     s = Server(ARGS.server, latent)
     try:
@@ -1143,7 +1149,7 @@ def test_install():
 GROUPS = {"api": test_api, "openai": test_openai, "batching": test_batching, "queue": test_queue,
           "errors": test_errors, "static": test_static, "auth": test_auth,
           "shutdown": test_shutdown, "limits": test_limits, "config": test_config,
-          "soak": test_soak, "decode": test_decode, "instance": test_instance,
+          "soak": test_soak, "decode": test_decode, "decode_latent": test_decode_latent, "instance": test_instance,
           "keepalive": test_keepalive, "healthcheck": test_healthcheck, "install": test_install}
 
 
