@@ -1,4 +1,4 @@
-/* check.h: the few helpers the badfile and io tests share.
+/* check.h: the one assertion helper of every C test (tests/NAME/test_NAME.c).
  *
  * CHECK records a failure and goes on, so one run reports every broken
  * case; a test's main returns check_exit(). Files are made in a fresh
