@@ -49,14 +49,33 @@ def start(*args, slow=False, **kw):
 
 
 def is_error(r, status, field=None):
-    """r is a JSON error of this status whose message names field."""
+    """r is a JSON error of this status whose message names field (a valid
+    UTF-8 body)."""
     try:
-        e = r.json()["error"]
+        e = json.loads(r.body.decode("utf-8"))["error"]
     except (ValueError, KeyError, TypeError):
         return check(False, f"expected a JSON error {status}, got {r.status} {r.body[:200]!r}")
     ok = (r.status == status and e.get("code") == status and isinstance(e.get("type"), str)
           and isinstance(e.get("message"), str) and (field is None or field in e["message"]))
     return check(ok, f"expected error {status} naming {field!r}, got {r.status} {e}")
+
+
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+                405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+                503: "server_error"}
+
+
+def is_openai_error(r, status, param=None, word=None):
+    """r is an error in OpenAI's shape: {"error": {"message", "type",
+    "param", "code"}}, type OpenAI's for the status, param the field."""
+    try:
+        e = json.loads(r.body.decode("utf-8"))["error"]
+    except (ValueError, KeyError, TypeError):
+        return check(False, f"expected an OpenAI error {status}, got {r.status} {r.body[:200]!r}")
+    ok = (r.status == status and set(e) == {"message", "type", "param", "code"} and
+          e["type"] == OPENAI_TYPES[status] and e["param"] == param and
+          isinstance(e["code"], str) and (word is None or word in e["message"]))
+    return check(ok, f"expected OpenAI error {status} param {param!r}, got {r.status} {e}")
 
 
 # ---- api --------------------------------------------------------------------
@@ -326,22 +345,34 @@ def test_openai():
         r = s.post(OPENAI, {"prompt": "1"}, headers={"Accept": "image/png"})
         check(r.status == 200 and len(r.json()["data"]) == 1 and r.json()["seed"] >= 0,
               "openai: defaults (n 1, any size, seed chosen), JSON whatever Accept says")
-        for body, status, field in [
-                ({"prompt": "cat"}, 400, "prompt"),
-                ({"n": 1}, 400, "prompt"),
-                ({"prompt": "Trouser", "size": "1024x1024"}, 400, "16x16"),
-                ({"prompt": "Trouser", "response_format": "url"}, 400, "response_format"),
-                ({"prompt": "Trouser", "n": 99}, 400, "n"),
-                ({"class_label": 1}, 400, "class_label"),
-                ({"prompt": "Trouser", "model": 3}, 400, "model"),
-                ("{\"prompt\": ", 400, None)]:
-            is_error(s.post(OPENAI, body), status, field)
-        is_error(s.get(OPENAI), 405)
+        for body, status, param, word in [
+                ({"prompt": "cat"}, 400, "prompt", "cat"),
+                ({"n": 1}, 400, "prompt", "required"),
+                ({"prompt": "Trouser", "size": "1024x1024"}, 400, "size", "16x16"),
+                ({"prompt": "Trouser", "response_format": "url"}, 400, "response_format", "url"),
+                ({"prompt": "Trouser", "n": 99}, 400, "n", "99"),
+                ({"class_label": 1}, 400, "class_label", "unknown field"),
+                ({"prompt": "Trouser", "model": 3}, 400, "model", None),
+                ("{\"prompt\": ", 400, None, "JSON")]:
+            is_openai_error(s.post(OPENAI, body), status, param, word)
+        r = s.get(OPENAI)
+        is_openai_error(r, 405)
+        # the native routes keep their own shape
+        is_error(s.post("/generate", {"class_label": "cat"}), 400, "class_label")
+        # GET /v1/models: OpenAI's list of the one model, and its object
+        m = s.get("/v1/models").json()
+        name = os.path.basename(ARGS.model)
+        check(m.get("object") == "list" and [d.get("id") for d in m.get("data", [])] == [name] and
+              m["data"][0].get("object") == "model" and isinstance(m["data"][0].get("created"), int)
+              and m["data"][0].get("owned_by") == "ditmoe", f"GET /v1/models: {m}")
+        check(s.get("/v1/models/" + name).json() == m["data"][0], "GET /v1/models/{id}")
+        is_openai_error(s.get("/v1/models/gpt-image-1"), 404, "model", "gpt-image-1")
     finally:
         s.close()
     k = start("--api-key", "sk-test")
     try:
-        is_error(k.post(OPENAI, {"prompt": "Trouser"}), 401)
+        is_openai_error(k.post(OPENAI, {"prompt": "Trouser"}), 401)
+        is_openai_error(k.get("/v1/models"), 401)
         r = k.post(OPENAI, {"prompt": "Trouser", "steps": 2},
                    headers={"Authorization": "Bearer sk-test"})
         check(r.status == 200, f"openai: the API key as an OpenAI client sends it: {r.status}")
@@ -504,12 +535,12 @@ def test_errors():
         sock = s.raw(b"POST /generate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
         sent = 0
         try:
-            while sent < 10 ** 7:
+            while sent < 4 * 10 ** 7:
                 sock.sendall(b"1000\r\n" + b"a" * 4096 + b"\r\n")
                 sent += 4096
         except OSError:
             pass
-        check(sent < 10 ** 7, f"endless body cut off (sent {sent} bytes)")
+        check(sent < 4 * 10 ** 7, f"endless body cut off (sent {sent} bytes)")
         sock.close()
         # unknown paths and wrong methods
         is_error(s.get("/nope"), 404, "/nope")
@@ -678,37 +709,85 @@ def test_shutdown():
 
 # ---- limits ------------------------------------------------------------------
 
-def test_limits():
-    s = start("--conn-timeout-s", 1)
+def recv_all(sock):
+    data = b""
     try:
-        # a slow client (headers never finished) is dropped after the timeout
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    return data
+
+
+def test_limits():
+    s = start("--conn-timeout-s", 1, "--header-timeout-s", 2)
+    try:
+        # a slow client (head never finished) gets 408 after header_timeout_s
         sock = s.raw(b"GET /health HTTP/1.1\r\nHost: x\r\n", timeout=30)
         t0 = time.monotonic()
-        try:
-            data = sock.recv(100)
-        except OSError:
-            data = b""
-        check(data == b"" and time.monotonic() - t0 < 20, f"slow client dropped: {data!r}")
+        data = recv_all(sock)
+        took = time.monotonic() - t0
         sock.close()
+        check(data.startswith(b"HTTP/1.1 408 ") and b'"request_timeout"' in data and 1 < took < 10,
+              f"slow client: 408 after {took:.1f} s: {data[:80]!r}")
+        # ... also when it keeps sending, a byte a second
+        sock = s.raw(b"G", timeout=30)
+        t0 = time.monotonic()
+        try:
+            for ch in b"ET /health HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa":
+                time.sleep(0.5)
+                sock.sendall(bytes([ch]))
+        except OSError:
+            pass
+        took = time.monotonic() - t0
+        data = recv_all(sock)
+        sock.close()
+        check(data.startswith(b"HTTP/1.1 408 ") and took < 10,
+              f"dribbling client cut off at header_timeout_s: {took:.1f} s {data[:60]!r}")
+        # a body dribbled after its head is cut off at body_timeout_s (the
+        # gate waits for small bodies within header_timeout_s: 408 too)
+        sock = s.raw(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{", timeout=30)
+        data = recv_all(sock)
+        sock.close()
+        check(data.startswith(b"HTTP/1.1 408 "), f"dribbled body: {data[:60]!r}")
+        check(s.get("/health").status == 200, "serving after the slow clients")
     finally:
         s.close()
-    s = start("--max-per-ip", 3)
+    s = start("--max-per-ip", 3, "--header-timeout-s", 30)
     try:
-        # at most 3 connections from one address: of 6 kept-alive connections
-        # each asking once, at most 3 are answered (fewer if a closed probe
-        # connection has not been reaped yet), the rest closed
-        socks = [s.raw(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=20)
-                 for _ in range(6)]
-        answered = 0
+        # at most 3 connections from one address wait for their heads: of 6
+        # opened (heads unfinished), the 3 oldest are dropped; the rest,
+        # finished, are answered
+        socks = [s.raw(b"GET /health HTTP/1.1\r\n", timeout=20) for _ in range(6)]
+        time.sleep(0.5)
         for sock in socks:
             try:
-                answered += sock.recv(100).startswith(b"HTTP/1.1 200")
+                sock.sendall(b"Host: x\r\n\r\n")
             except OSError:
                 pass
-        check(1 <= answered <= 3, f"per-IP limit 3: {answered} of 6 connections answered")
+        answered = sum(recv_all(sock).startswith(b"HTTP/1.1 200") for sock in socks)
+        check(answered == 3, f"per-IP limit 3: {answered} of 6 connections answered")
         for sock in socks:
             sock.close()
+        # and at most 3 open streams per address in the server itself
+        time.sleep(1)  # (libmicrohttpd counts closed connections until it reaps them)
+        jid = s.post("/jobs", {"class_label": 1, "steps": 1000, "num_images": 16}).json()["id"]
+        streams = [s.raw(b"GET /jobs/%s/events HTTP/1.1\r\nHost: x\r\n\r\n" % jid.encode(),
+                         timeout=3) for _ in range(5)]
+        opened = 0
+        for sock in streams:
+            try:
+                opened += sock.recv(100).startswith(b"HTTP/1.1 200")
+            except OSError:
+                pass
+        check(opened == 3, f"per-IP limit 3: {opened} of 5 event streams opened")
+        for sock in streams:
+            sock.close()
         wait_for(lambda: s.try_get("/health") == 200, 10, "serving again")
+        s.request("DELETE", f"/jobs/{jid}")
     finally:
         s.close()
 
