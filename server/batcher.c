@@ -284,7 +284,7 @@ static void step(batcher *b)
     double t1 = srv_now();
     srv_stats_step(s->stats, off, b->n, routing, b->y, b->noise, t1);
     srv_metrics_step(s->metrics, off, b->n, t1 - t0);
-    job_steps_done(s->jobs, b->act, b->n, t1);
+    job_steps_done(s->jobs, b->act, b->n, t1, t1 - t0);
 }
 
 static void *batcher_main(void *arg)

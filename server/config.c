@@ -37,7 +37,7 @@ typedef struct field {
 #define S(n, env, help) {#n, F_STR, offsetof(srv_config, n), sizeof(((srv_config *)0)->n), 0, 0, env, help}
 
 static const field FIELDS[] = {
-    S(listen, "DITMOE_LISTEN", "address to listen on (IPv4 or IPv6 literal)"),
+    S(listen, "DITMOE_LISTEN", "address to listen on (IPv4 or IPv6 literal); --host is the same"),
     I(port, 0, 65535, "DITMOE_PORT", "TCP port; 0 picks a free one (printed at start)"),
     S(model, "DITMOE_MODEL", "model directory or file; empty: the bundled models/fashion-mnist"),
     S(web_root, NULL, "folder of the demo page served at /; empty: the source tree's web/ "
@@ -68,6 +68,14 @@ static const field FIELDS[] = {
     I(max_connections, 1, 100000, NULL, "open connections in all"),
     I(max_per_ip, 0, 100000, NULL, "open connections per peer address; 0: no limit"),
     I(conn_timeout_s, 1, 3600, NULL, "idle connection timeout in seconds"),
+    I(header_timeout_s, 1, 3600, NULL, "a new connection's request head, and a body of at most "
+      "64 KiB given by Content-Length, must arrive within this many seconds (408 beyond)"),
+    I(body_timeout_s, 1, 3600, NULL, "a larger or chunked request body must arrive within this "
+      "many seconds of its head (the connection is closed beyond)"),
+    B(reuse_port, "true: SO_REUSEPORT, so several servers may share the port (the kernel "
+      "splits connections between them); false: a port in use is a start-up error"),
+    I(max_jobs_per_client, 0, 1000000, NULL, "queued and running jobs one client address may "
+      "have (429 beyond); 0: no limit"),
     I(max_body_bytes, 64, 1 << 24, NULL, "largest request body (413 beyond)"),
     I(drain_timeout_s, 0, 3600, NULL, "on SIGTERM/SIGINT, running jobs get this long before cancellation"),
     I(stats_window_s, 1, 86400, NULL, "length of the recent window in /stats"),
@@ -97,12 +105,18 @@ void srv_config_default(srv_config *c)
     c->max_connections = 256;
     c->max_per_ip = 64;
     c->conn_timeout_s = 30;
+    c->header_timeout_s = 10;
+    c->body_timeout_s = 30;
+    c->max_jobs_per_client = 16;
     c->max_body_bytes = 8192;
     c->drain_timeout_s = 10;
     c->stats_window_s = 60;
     c->sse_keepalive_s = 15;
     c->access_log = 1;
 }
+
+/* Other names servers commonly use for a setting (llama.cpp, uvicorn: --host). */
+static const char *const ALIASES[][2] = {{"host", "listen"}};
 
 static const field *find_field(const char *name)
 {
@@ -111,10 +125,70 @@ static const field *find_field(const char *name)
     for (i = 0; name[i] && i + 1 < sizeof norm; i++)
         norm[i] = name[i] == '-' ? '_' : name[i];
     norm[i] = 0;
+    for (size_t a = 0; a < sizeof ALIASES / sizeof ALIASES[0]; a++)
+        if (!strcmp(norm, ALIASES[a][0]))
+            snprintf(norm, sizeof norm, "%s", ALIASES[a][1]);
     for (size_t k = 0; k < NFIELDS; k++)
         if (!strcmp(FIELDS[k].name, norm))
             return &FIELDS[k];
     return NULL;
+}
+
+/* Edit distance of a and b ('-' and '_' alike), capped at 9. */
+static int edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    int row[64];
+    if (la > 62 || lb > 62)
+        return 9;
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = (int)j;
+    for (size_t i = 1; i <= la; i++) {
+        int diag = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= lb; j++) {
+            int same = a[i - 1] == b[j - 1] || (strchr("-_", a[i - 1]) && strchr("-_", b[j - 1]));
+            int v = diag + !same;
+            if (row[j] + 1 < v) v = row[j] + 1;
+            if (row[j - 1] + 1 < v) v = row[j - 1] + 1;
+            diag = row[j];
+            row[j] = v;
+        }
+    }
+    return row[lb] < 9 ? row[lb] : 9;
+}
+
+/* The known setting closest to an unknown name (a typo), or NULL. */
+static const char *closest_field(const char *name)
+{
+    const char *best = NULL;
+    int bd = 4; /* farther than 3 edits is no typo */
+    for (size_t k = 0; k < NFIELDS; k++) {
+        int d = edit_distance(name, FIELDS[k].name);
+        if (d < bd) {
+            bd = d;
+            best = FIELDS[k].name;
+        }
+    }
+    return best;
+}
+
+/* "unknown setting 'x' (did you mean 'y'? see --help)": what for the kind
+ * of name, dash 1 to show it as an option (--max-rows). */
+static void unknown_name(char *err, size_t errlen, const char *what, const char *name, int dash,
+                         const char *see)
+{
+    const char *near = closest_field(name);
+    char opt[64] = "";
+    for (size_t i = 0; near && near[i] && i + 1 < sizeof opt; i++) {
+        opt[i] = dash && near[i] == '_' ? '-' : near[i];
+        opt[i + 1] = 0;
+    }
+    if (near)
+        snprintf(err, errlen, "unknown %s '%s%s' (did you mean '%s%s'? see %s)", what,
+                 dash ? "--" : "", name, dash ? "--" : "", opt, see);
+    else
+        snprintf(err, errlen, "unknown %s '%s%s' (see %s)", what, dash ? "--" : "", name, see);
 }
 
 static void describe_range(const field *f, char *buf, size_t n)
@@ -157,7 +231,7 @@ int srv_config_set(srv_config *c, const char *name, const char *value, char *err
 {
     const field *f = find_field(name);
     if (!f) {
-        snprintf(err, errlen, "unknown setting '%s' (see --help)", name);
+        unknown_name(err, errlen, "setting", name, 1, "--help");
         return -1;
     }
     if (f->type == F_STR)
@@ -266,8 +340,10 @@ int srv_config_load_file(srv_config *c, const char *path, char *err, size_t errl
             continue; /* "_comment" and the like */
         const field *f = it->string ? find_field(it->string) : NULL;
         if (!f) {
-            snprintf(err, errlen, "%s: unknown field '%s' (see config/README.md)", path,
-                     it->string ? it->string : "");
+            char msg[320];
+            unknown_name(msg, sizeof msg, "field", it->string ? it->string : "", 0,
+                         "config/README.md");
+            snprintf(err, errlen, "%s: %s", path, msg);
             rc = -1;
             break;
         }
@@ -332,7 +408,7 @@ int srv_config_from_args(srv_config *c, int argc, char **argv, FILE *out, char *
         const char *eq = strchr(a, '='), *value;
         size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
         if (nlen >= sizeof name) {
-            snprintf(err, errlen, "unknown option '--%s'", a);
+            snprintf(err, errlen, "unknown option '--%.64s'", a);
             return -1;
         }
         memcpy(name, a, nlen);

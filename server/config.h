@@ -41,6 +41,10 @@ typedef struct srv_config {
     int max_connections;      /* all clients */
     int max_per_ip;           /* per client address; 0 = no limit */
     int conn_timeout_s;       /* idle connection timeout */
+    int header_timeout_s;     /* a request's head (and small body) must arrive in this */
+    int body_timeout_s;       /* a body read by libmicrohttpd must arrive in this */
+    int reuse_port;           /* 1: SO_REUSEPORT, several servers share the port */
+    int max_jobs_per_client;  /* queued + running jobs per client address; 0 = no limit */
     int max_body_bytes;       /* request body cap (413 beyond) */
     int drain_timeout_s;      /* on SIGTERM: time given to running jobs */
     int stats_window_s;       /* /stats "recent" window */

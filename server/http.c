@@ -14,13 +14,32 @@
  *
  * A suspended connection is invisible to libmicrohttpd, which then cannot
  * see the client leave. A sweeper thread therefore peeks at the sockets of
- * suspended connections every SWEEP_MS: on end-of-file it marks the request
- * gone and resumes it, and the route cancels the job (freeing its place).
- * It also resumes a suspended stream whose writer asked to be called again
- * at a time (srv_req.resume_at: the events' keep-alive comments).
+ * suspended connections every SWEEP_MS: when the client has gone it marks
+ * the request gone and resumes it, and the route cancels the job (freeing
+ * its place). End-of-file alone does not say gone: HTTP lets a client shut
+ * down its sending side after a complete request and wait for the answer.
+ * So on end-of-file the sweeper writes an interim "100 Continue" (HTTP/1.1
+ * clients must accept 1xx answers at any time, RFC 9110 section 15.2): a
+ * client that closed entirely answers it with a reset, and is gone; one
+ * that half-closed reads it and keeps waiting. (HTTP/1.0 has no 1xx, and
+ * an event stream has begun its response: there end-of-file is gone.) The sweeper also resumes a suspended
+ * stream whose writer asked to be called again at a time (srv_req.
+ * resume_at: the events' keep-alive comments).
+ *
+ * Connections come from the accept gate (gate.c), which hands over only
+ * those whose request has arrived; every response says Connection: close,
+ * so each connection carries one request and each request passes the
+ * gate. A body the gate did not wait for (chunked, or over GATE_BODY_MAX)
+ * must arrive within body_timeout_s of its head. A body over max_body_bytes
+ * is read and dropped (up to DRAIN_MAX) before the 413 goes out, as
+ * nginx's lingering close does: closing a socket with unread data resets
+ * the connection, and the client would never see the 413; a client that
+ * sent "Expect: 100-continue" is answered at once instead.
  *
  * Every response carries X-Ditmoe-Instance (the instance id that prefixes
- * job ids), so a client or proxy can tell which replica answered.
+ * job ids), so a client or proxy can tell which replica answered. The
+ * access log escapes every byte outside printable ASCII (and space and
+ * backslash) as \xHH, so a request cannot forge or split log lines.
  *
  * Lock order: the job table's mutex, then h->mu (wakes come from job
  * watchers). Nothing here calls into jobs while holding h->mu.
@@ -31,6 +50,7 @@
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,16 +60,20 @@
 #include <unistd.h>
 
 #include "client_ip.h"
+#include "gate.h"
 #include "metrics.h"
 #include "routes.h"
 
 #define SWEEP_MS 100
+/* An over-the-limit body is read and dropped up to this many bytes. */
+#define DRAIN_MAX (16u << 20)
 
 typedef struct http_req http_req;
 
 struct http_server {
     srv *s;
     struct MHD_Daemon *d;
+    gate *gate;
     int port;
     pthread_mutex_t mu;
     pthread_cond_t cond;
@@ -71,11 +95,13 @@ struct http_req {
     size_t len, cap;
     size_t seen;               /* body bytes received, kept or not */
     int too_large;
+    int http11;                /* an HTTP/1.1 request (1xx answers allowed) */
     int fd;                    /* the socket, for the sweeper's peek */
     double t0;
     int status;                /* sent, for the log; 0: none */
     /* (h->mu) */
     int is_suspended, wake_pending, gone;
+    int probed;                /* the sweeper sent its 100 Continue */
     double resume_at;          /* the sweeper resumes a suspended stream then */
     http_req *prev, *next;
 };
@@ -132,7 +158,33 @@ static int http_suspend(http_req *q)
     return 1;
 }
 
-/* Resumes suspended requests whose client hung up, and streams whose
+/* TCP state of a socket (TCP_CLOSE once reset), or -1. */
+static int tcp_state(int fd)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) ? -1 : ti.tcpi_state;
+}
+
+/* 1 when a suspended request's client has gone (see the opening comment). */
+static int client_gone(http_req *q)
+{
+    static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    char c;
+    ssize_t n = recv(q->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
+        return 0;
+    if (n < 0 || !q->http11 || q->status) /* no 1xx once a response has begun (streams) */
+        return 1;
+    if (!q->probed) {
+        q->probed = 1;
+        return send(q->fd, probe, sizeof probe - 1, MSG_NOSIGNAL | MSG_DONTWAIT) !=
+               (ssize_t)(sizeof probe - 1);
+    }
+    return tcp_state(q->fd) == TCP_CLOSE;
+}
+
+/* Resumes suspended requests whose client has gone, and streams whose
  * resume_at has come. */
 static void sweep_locked(http_server *h)
 {
@@ -140,9 +192,7 @@ static void sweep_locked(http_server *h)
     double now = srv_now();
     while (q) {
         http_req *next = q->next;
-        char c;
-        ssize_t n = recv(q->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        if (client_gone(q)) {
             q->gone = 1;
             resume_locked(h, q);
         } else if (q->resume_at > 0 && now >= q->resume_at) {
@@ -180,7 +230,7 @@ static const char *req_header(const srv_req *r, const char *name)
 }
 
 static http_req *req_new(http_server *h, struct MHD_Connection *conn, const char *url,
-                         const char *method)
+                         const char *method, const char *version)
 {
     http_req *q = calloc(1, sizeof *q);
     if (!q || !(q->path = strdup(url))) {
@@ -193,6 +243,7 @@ static http_req *req_new(http_server *h, struct MHD_Connection *conn, const char
     q->t0 = srv_now();
     q->fd = -1;
     snprintf(q->method, sizeof q->method, "%s", method);
+    q->http11 = version && !strcmp(version, MHD_HTTP_VERSION_1_1);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (ci)
         q->fd = ci->connect_fd;
@@ -275,6 +326,8 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 static enum MHD_Result send_reply(http_req *q, srv_reply *rep)
 {
     struct MHD_Response *resp;
+    if (!strncmp(q->path, "/v1/", 4))
+        srv_reply_openai(rep); /* OpenAI's error shape where its SDKs call */
     if (rep->stream) {
         resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_reader, q, NULL);
     } else if (rep->fd >= 0) {
@@ -295,6 +348,8 @@ static enum MHD_Result send_reply(http_req *q, srv_reply *rep)
     if (rep->ctype)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, rep->ctype);
     MHD_add_response_header(resp, "X-Ditmoe-Instance", q->h->s->instance);
+    /* one request per connection: every request passes the gate (gate.c) */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     for (int i = 0; i < rep->nhdr; i++)
         MHD_add_response_header(resp, rep->hdr_name[i], rep->hdr_value[i]);
     q->status = rep->status;
@@ -339,43 +394,56 @@ static enum MHD_Result dispatch(http_req *q)
     }
 }
 
+/* The first call for a request: its head is in. Refuses a declared body
+ * over the limit at once only if the client waits for 100-continue (or
+ * the body is too large to drain); otherwise it is drained first. */
+static enum MHD_Result on_head(http_req *q)
+{
+    const srv_config *c = q->h->s->cfg;
+    const char *cl = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *ex = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+    unsigned long long len = cl ? strtoull(cl, NULL, 10) : 0;
+    if (len <= (unsigned long long)c->max_body_bytes)
+        return MHD_YES;
+    if ((ex && !strcasecmp(ex, "100-continue")) || len > DRAIN_MAX) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "request body of %llu bytes is over the limit of %d bytes",
+                 len, c->max_body_bytes);
+        return send_error(q, 413, "payload_too_large", msg);
+    }
+    q->too_large = 1; /* read and dropped, then 413 */
+    return MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_data_size, void **con_cls)
 {
     http_server *h = cls;
     http_req *q = *con_cls;
-    (void)version;
     if (!q) {
-        q = req_new(h, conn, url, method);
+        q = req_new(h, conn, url, method, version);
         if (!q)
             return MHD_NO;
         *con_cls = q;
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)h->s->cfg->max_body_bytes) {
-            char msg[128];
-            snprintf(msg, sizeof msg, "request body of %s bytes is over the limit of %d bytes",
-                     cl, h->s->cfg->max_body_bytes);
-            return send_error(q, 413, "payload_too_large", msg);
-        }
-        return MHD_YES;
+        return on_head(q);
     }
     if (*upload_data_size) {
         q->seen += *upload_data_size;
-        /* over the cap the rest is read and dropped so that the client can be
-         * told 413 at the end (no answer may be queued mid-upload), but only
-         * so far: an endless chunked body just gets the connection closed */
-        if (append_body(q, upload_data, *upload_data_size) ||
-            q->seen > (size_t)h->s->cfg->max_body_bytes + 65536)
+        /* a body dribbled in is cut off at body_timeout_s; over the cap the
+         * rest is read and dropped so that the client can be told 413 at
+         * the end (no answer may be queued mid-upload), but only so far */
+        if (srv_now() - q->t0 > h->s->cfg->body_timeout_s || q->seen > DRAIN_MAX ||
+            append_body(q, upload_data, *upload_data_size))
             return MHD_NO;
         *upload_data_size = 0;
         return MHD_YES;
     }
     if (q->too_large) {
         char msg[128];
-        snprintf(msg, sizeof msg, "request body is over the limit of %d bytes",
-                 h->s->cfg->max_body_bytes);
+        snprintf(msg, sizeof msg, "request body of %zu bytes is over the limit of %d bytes",
+                 q->seen, h->s->cfg->max_body_bytes);
         return send_error(q, 413, "payload_too_large", msg);
     }
     if (!q->r.body) {
@@ -383,6 +451,33 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         q->r.body_len = q->len;
     }
     return dispatch(q);
+}
+
+/* Copies in to out (n bytes with the NUL), every byte outside '!'..'~'
+ * and the backslash as \xHH: one request, one log line. */
+static void log_escape(const char *in, char *out, size_t n)
+{
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)in; *p && o + 5 < n; p++) {
+        if (*p > ' ' && *p < 0x7f && *p != '\\')
+            out[o++] = (char)*p;
+        else
+            o += (size_t)snprintf(out + o, n - o, "\\x%02x", *p);
+    }
+    out[o] = 0;
+}
+
+void http_access_log(srv *s, const char *client, const char *method, const char *path,
+                     int status, double ms, const char *note)
+{
+    srv_metrics_request(s->metrics, status, ms / 1e3);
+    if (!s->cfg->access_log)
+        return;
+    char c[256], m[80], p[4100];
+    log_escape(client, c, sizeof c);
+    log_escape(method, m, sizeof m);
+    log_escape(path, p, sizeof p);
+    fprintf(stderr, "access %s %s %s %d %.1fms%s\n", c, m, p, status, ms, note);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -397,11 +492,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     double ms = (srv_now() - q->t0) * 1e3;
     /* no answer sent: the client closed first (nginx's 499) */
     int status = q->status ? q->status : 499;
-    srv_metrics_request(h->s->metrics, status, ms / 1e3);
-    if (h->s->cfg->access_log)
-        fprintf(stderr, "access %s %s %s %d %.1fms%s%s%s\n", q->r.client, q->method, q->path,
-                status, ms, q->r.job_id[0] ? " job=" : "", q->r.job_id,
-                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
+    char note[128];
+    snprintf(note, sizeof note, "%s%s%s", q->r.job_id[0] ? " job=" : "", q->r.job_id,
+             toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
+    http_access_log(h->s, q->r.client, q->method, q->path, status, ms, note);
     req_free(q);
 }
 
@@ -429,14 +523,48 @@ static int bind_address(const char *listen, int port, struct sockaddr_storage *s
     return -1;
 }
 
+/* The listening socket, bound: a port in use is an error naming it
+ * (reuse_port asks for SO_REUSEPORT, to share it on purpose). Returns the
+ * socket, or -1 with err. */
+static int listen_socket(const srv_config *c, int *port, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    int v6, one = 1;
+    if (bind_address(c->listen, c->port, &ss, &v6, err, errlen))
+        return -1;
+    int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    /* SO_REUSEADDR only lets a restart bind past old TIME_WAIT connections */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (v6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (c->reuse_port && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one)) {
+        snprintf(err, errlen, "reuse_port: SO_REUSEPORT: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    socklen_t len = v6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (bind(fd, (struct sockaddr *)&ss, len) || listen(fd, 511)) {
+        int e = errno;
+        snprintf(err, errlen, "cannot listen on %s port %d: %s%s", c->listen, c->port,
+                 strerror(e), e == EADDRINUSE ? " (another server is on it; reuse_port true "
+                 "shares a port on purpose)" : "");
+        close(fd);
+        return -1;
+    }
+    len = sizeof ss;
+    getsockname(fd, (struct sockaddr *)&ss, &len);
+    *port = ntohs(v6 ? ((struct sockaddr_in6 *)&ss)->sin6_port : ((struct sockaddr_in *)&ss)->sin_port);
+    return fd;
+}
+
 int http_start(http_server **out, srv *s, char *err, size_t errlen)
 {
     const srv_config *c = s->cfg;
-    struct sockaddr_storage ss;
-    int v6;
     *out = NULL;
-    if (bind_address(c->listen, c->port, &ss, &v6, err, errlen))
-        return -1;
     http_server *h = calloc(1, sizeof *h);
     if (!h) {
         snprintf(err, errlen, "out of memory");
@@ -445,28 +573,30 @@ int http_start(http_server **out, srv *s, char *err, size_t errlen)
     h->s = s;
     pthread_mutex_init(&h->mu, NULL);
     pthread_cond_init(&h->cond, NULL);
+    int lfd = listen_socket(c, &h->port, err, errlen);
+    if (lfd < 0)
+        goto fail;
     /* poll(), not epoll: libmicrohttpd 0.9.75's MHD_quiesce_daemon races a
      * worker thread over the listen socket in its epoll set and aborts
-     * ("Failed to remove listen FD from epoll set"); with poll() quiescing
-     * is a message to each worker. poll() is ample for max_connections. */
+     * ("Failed to remove listen FD from epoll set"); poll() is ample for
+     * max_connections. The daemon listens on nothing: the gate (gate.c)
+     * accepts, and adds connections whose request has arrived. */
     unsigned flags = MHD_USE_POLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
-                     (v6 ? MHD_USE_IPv6 : 0);
-    h->d = MHD_start_daemon(flags, (uint16_t)c->port, NULL, NULL, on_request, h,
-                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+                     MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC;
+    h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h,
                             MHD_OPTION_THREAD_POOL_SIZE, (unsigned)c->http_threads,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)c->max_connections,
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)c->max_per_ip,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)c->conn_timeout_s,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-                            MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
                             MHD_OPTION_END);
     if (!h->d) {
-        snprintf(err, errlen, "cannot listen on %s port %d (address in use or not available)",
-                 c->listen, c->port);
+        snprintf(err, errlen, "cannot start libmicrohttpd's threads");
+        close(lfd);
         goto fail;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
-    h->port = di ? di->port : c->port;
+    if (gate_start(&h->gate, s, h->d, lfd, err, errlen)) /* owns lfd now */
+        goto fail;
     if (pthread_create(&h->sweeper, NULL, sweeper_main, h)) {
         snprintf(err, errlen, "cannot start the sweeper thread");
         goto fail;
@@ -475,6 +605,7 @@ int http_start(http_server **out, srv *s, char *err, size_t errlen)
     *out = h;
     return 0;
 fail:
+    gate_free(h->gate);
     if (h->d)
         MHD_stop_daemon(h->d);
     pthread_cond_destroy(&h->cond);
@@ -490,9 +621,7 @@ int http_port(const http_server *h)
 
 void http_quiesce(http_server *h)
 {
-    MHD_socket fd = MHD_quiesce_daemon(h->d);
-    if (fd != MHD_INVALID_SOCKET)
-        close(fd);
+    gate_quiesce(h->gate);
 }
 
 void http_stop(http_server *h, double grace_s)
@@ -522,6 +651,7 @@ void http_stop(http_server *h, double grace_s)
     pthread_mutex_unlock(&h->mu);
     if (h->sweeper_started)
         pthread_join(h->sweeper, NULL);
+    gate_free(h->gate); /* no more MHD_add_connection */
     MHD_stop_daemon(h->d);
     pthread_cond_destroy(&h->cond);
     pthread_mutex_destroy(&h->mu);

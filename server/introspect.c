@@ -1,4 +1,5 @@
-/* introspect.c: GET /v1/model, GET /stats and GET /metrics.
+/* introspect.c: GET /v1/model, GET /v1/models[/{id}], GET /stats and
+ * GET /metrics.
  *
  * Read-only views of the model and of the server's counters; each builds
  * its document on request (they are small next to an image). Paths are
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "batcher.h"
 #include "jobs.h"
@@ -41,6 +43,7 @@ static const int_field LIMIT_INTS[] = {
     {"max_rows_per_step", offsetof(srv_config, max_rows)}, F(srv_config, queue_capacity),
     F(srv_config, max_body_bytes), F(srv_config, request_timeout_s),
     F(srv_config, job_retention_s), F(srv_config, job_retention_count),
+    F(srv_config, max_jobs_per_client),
 };
 #undef F
 
@@ -122,6 +125,44 @@ int routes_model(srv_req *req, srv_reply *out)
     const char *samplers[] = {"euler", "ddpm", "ddim"};
     cJSON_AddItemToObject(root, "samplers", cJSON_CreateStringArray(samplers, 3));
     add_limits(root, s);
+    char *text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return srv_reply_text(out, 200, "application/json", text);
+}
+
+/* OpenAI's model object for the one model served. */
+static cJSON *openai_model(const srv *s)
+{
+    char name[256];
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "id", base_name(s->model_path, name, sizeof name));
+    cJSON_AddStringToObject(m, "object", "model");
+    /* the server's start, as Unix time (the model has no other date) */
+    cJSON_AddNumberToObject(m, "created", (double)(long long)(time(NULL) - (srv_now() - s->t_start)));
+    cJSON_AddStringToObject(m, "owned_by", "ditmoe");
+    return m;
+}
+
+int routes_models(srv_req *req, srv_reply *out, const char *id)
+{
+    srv *s = req->s;
+    char name[256];
+    base_name(s->model_path, name, sizeof name);
+    if (id && strcmp(id, name)) {
+        srv_reply_error(out, 404, "model_not_found", "the model '%.64s' does not exist: this "
+                        "server has '%s' (GET /v1/models)", id, name);
+        srv_reply_error_param(out, "model");
+        return ROUTE_DONE;
+    }
+    cJSON *root;
+    if (id) {
+        root = openai_model(s);
+    } else {
+        root = cJSON_CreateObject();
+        cJSON_AddStringToObject(root, "object", "list");
+        cJSON *data = cJSON_AddArrayToObject(root, "data");
+        cJSON_AddItemToArray(data, openai_model(s));
+    }
     char *text = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return srv_reply_text(out, 200, "application/json", text);

@@ -158,13 +158,23 @@ static void new_id_locked(job_table *t, char *id, size_t n)
     } while (id_taken_locked(t, id));
 }
 
-int job_submit(job_table *t, const srv_gen_req *r, job **out)
+/* Queued and running jobs of one client. */
+static int client_jobs_locked(job_table *t, const char *client)
+{
+    int n = 0;
+    for (job *j = t->t_head; j; j = j->tnext)
+        n += !finished(j) && !strcmp(j->client, client);
+    return n;
+}
+
+int job_submit(job_table *t, const srv_gen_req *r, const char *client, job **out)
 {
     *out = NULL;
     job *j = calloc(1, sizeof *j);
     if (!j)
         return JOB_E_NOMEM;
     j->req = *r;
+    snprintf(j->client, sizeof j->client, "%s", client ? client : "");
     j->rows = r->num_images * (r->cfg_scale > 1.0 ? 2 : 1);
     j->t_submit = srv_now();
     j->deadline = j->t_submit + t->cfg->request_timeout_s;
@@ -172,7 +182,9 @@ int job_submit(job_table *t, const srv_gen_req *r, job **out)
     j->steps = r->steps;
     pthread_mutex_lock(&t->mu);
     evict_locked(t, j->t_submit);
-    int rc = !t->accepting ? JOB_E_STOPPING : t->q_len >= t->cfg->queue_capacity ? JOB_E_FULL : 0;
+    int per = t->cfg->max_jobs_per_client;
+    int rc = !t->accepting ? JOB_E_STOPPING : t->q_len >= t->cfg->queue_capacity ? JOB_E_FULL
+           : per > 0 && client_jobs_locked(t, j->client) >= per ? JOB_E_CLIENT : 0;
     if (rc) {
         pthread_mutex_unlock(&t->mu);
         free(j);
@@ -342,13 +354,38 @@ void job_counts(job_table *t, int *queued, int *running)
     pthread_mutex_unlock(&t->mu);
 }
 
-int job_retry_after(job_table *t)
+/* Steps until the first running job (of client, if given) ends; -1 if none. */
+static int first_end_steps_locked(job_table *t, const char *client)
+{
+    int best = -1;
+    for (job *j = t->t_head; j; j = j->tnext)
+        if (j->state == JOB_RUNNING && (!client || !strcmp(j->client, client)) &&
+            (best < 0 || j->steps - j->step < best))
+            best = j->steps - j->step;
+    return best;
+}
+
+int job_retry_after(job_table *t, const char *client)
 {
     pthread_mutex_lock(&t->mu);
-    double s = t->avg_job_s > 0 ? t->avg_job_s : 1.0;
+    double step_s = t->step_s > 0 ? t->step_s : 0.05;
+    int steps = first_end_steps_locked(t, client);
+    if (steps < 0 && client) {
+        /* all the client's jobs wait: the batch ahead ends, then the queued
+         * work up to its first job runs, max_rows rows a step */
+        double rowsteps = 0;
+        for (job *q = t->q_head; q; q = q->qnext) {
+            rowsteps += (double)q->rows * q->steps;
+            if (!strcmp(q->client, client))
+                break;
+        }
+        int run = first_end_steps_locked(t, NULL);
+        steps = (run > 0 ? run : 0) + (int)ceil(rowsteps / t->cfg->max_rows);
+    }
+    int limit = t->cfg->request_timeout_s;
     pthread_mutex_unlock(&t->mu);
-    int secs = (int)ceil(s);
-    return secs < 1 ? 1 : secs > 60 ? 60 : secs;
+    double s = ceil((steps > 0 ? steps : 1) * step_s);
+    return s < 1 ? 1 : s > limit ? limit : (int)s;
 }
 
 void job_table_close(job_table *t)
@@ -450,9 +487,10 @@ int job_start(job_table *t, job *j, dit_sampler *s)
     return 0;
 }
 
-void job_steps_done(job_table *t, job **js, int n, double now)
+void job_steps_done(job_table *t, job **js, int n, double now, double step_s)
 {
     pthread_mutex_lock(&t->mu);
+    t->step_s = t->step_s > 0 ? 0.9 * t->step_s + 0.1 * step_s : step_s;
     for (int i = 0; i < n; i++) {
         job *j = js[i];
         if (j->step < j->steps)
@@ -482,10 +520,6 @@ void job_finish(job_table *t, job *j, job_state state, int status, const char *m
         } else {
             state = JOB_FAILED, status = 504, msg = "timed out while running (request_timeout_s)";
         }
-    }
-    if (state == JOB_DONE) {
-        double took = now - j->t_start;
-        t->avg_job_s = t->avg_job_s > 0 ? 0.8 * t->avg_job_s + 0.2 * took : took;
     }
     end_locked(t, j, state, status, msg, now);
     evict_locked(t, now);

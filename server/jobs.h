@@ -39,6 +39,7 @@ typedef struct job_watch {
 typedef struct job {
     /* immutable once submitted */
     char id[SRV_JOB_ID_MAX];
+    char client[64];           /* who submitted it, for max_jobs_per_client */
     srv_gen_req req;
     int rows;                  /* rows per step: images, doubled with guidance */
     double t_submit, deadline; /* srv_now() */
@@ -80,13 +81,13 @@ typedef struct job_table {
     int running;               /* (T) jobs in the running batch */
     int accepting;             /* (T) 0 once shutting down */
     int quit;                  /* (T) the scheduler should exit */
-    double avg_job_s;          /* (T) running average, for Retry-After */
+    double step_s;             /* (T) running average of a step's seconds, for Retry-After */
     /* called under the lock whenever a job ends (for metrics); may be NULL */
     void (*on_end)(void *arg, const job *j);
     void *on_end_arg;
 } job_table;
 
-enum { JOB_OK = 0, JOB_E_FULL = -1, JOB_E_STOPPING = -2, JOB_E_NOMEM = -3 };
+enum { JOB_OK = 0, JOB_E_FULL = -1, JOB_E_STOPPING = -2, JOB_E_NOMEM = -3, JOB_E_CLIENT = -4 };
 
 /* A table whose job ids start with `instance` (copied). */
 int job_table_new(job_table **out, const srv_config *cfg, const char *instance, int layers,
@@ -94,9 +95,11 @@ int job_table_new(job_table **out, const srv_config *cfg, const char *instance, 
 /* Frees the table and every listed job. The scheduler must have stopped. */
 void job_table_free(job_table *t);
 
-/* Queues a job for r. On JOB_OK *out is a new reference (job_unref it).
- * JOB_E_FULL: the queue is at capacity; JOB_E_STOPPING: shutting down. */
-int job_submit(job_table *t, const srv_gen_req *r, job **out);
+/* Queues a job for r from client (an address, copied). On JOB_OK *out is
+ * a new reference (job_unref it). JOB_E_FULL: the queue is at capacity;
+ * JOB_E_CLIENT: the client has max_jobs_per_client queued or running;
+ * JOB_E_STOPPING: shutting down. */
+int job_submit(job_table *t, const srv_gen_req *r, const char *client, job **out);
 
 /* The listed job with this id, as a new reference, or NULL. */
 job *job_find(job_table *t, const char *id);
@@ -134,8 +137,11 @@ double job_step_ms(job_table *t, job *j, int k);
 
 /* Queue depth and running jobs. */
 void job_counts(job_table *t, int *queued, int *running);
-/* Seconds a client should wait before retrying a full queue. */
-int job_retry_after(job_table *t);
+/* Seconds a client refused with JOB_E_FULL (client NULL) or JOB_E_CLIENT
+ * should wait: estimated from the work itself (remaining steps times the
+ * measured step time) until the first running job ends, or until the
+ * client's own first job does; within [1, request_timeout_s]. */
+int job_retry_after(job_table *t, const char *client);
 
 /* ---- shutdown ------------------------------------------------------------ */
 
@@ -161,8 +167,9 @@ job *job_admit(job_table *t, int rows_free);
  * it from now on) and allocates its progress and routing arrays. Returns
  * -1 when out of memory: the job is then failed. */
 int job_start(job_table *t, job *j, dit_sampler *s);
-/* Records one finished step of each of js[0..n) at time now. */
-void job_steps_done(job_table *t, job **js, int n, double now);
+/* Records one finished step of each of js[0..n) at time now; the step
+ * took step_s seconds. */
+void job_steps_done(job_table *t, job **js, int n, double now, double step_s);
 /* 1 when j was cancelled or passed its deadline: the scheduler ends it. */
 int job_should_stop(job_table *t, job *j, double now);
 /* Ends j: state DONE, FAILED (status, msg) or CANCELLED, or, for a stop

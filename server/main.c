@@ -9,12 +9,19 @@
  * table, the scheduler thread, and readiness. Engine threads x BLAS
  * threads are kept within the cores.
  *
- * Shutdown on SIGTERM or SIGINT (taken with sigwait in this thread; every
- * other thread has them blocked): stop accepting connections and jobs, let
+ * Shutdown on SIGTERM or SIGINT: stop accepting connections and jobs, let
  * queued and running jobs finish for up to drain_timeout_s, cancel what is
- * left (waiting clients get 503), answer in-flight requests, exit 0.
+ * left (waiting clients get 503), answer in-flight requests, exit 0. A
+ * second signal during the drain ends it at once: the remaining jobs are
+ * cancelled, their clients still answered 503, exit 0. The signals are
+ * caught by a handler that writes the signal's number into a pipe, which
+ * this thread reads; blocking them and calling sigwait is not enough,
+ * because a thread made before main() (OpenBLAS's pool, at load) does not
+ * have them blocked, and the default action there would kill the process.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,6 +108,49 @@ static void size_threads(srv *s)
     dit_set_blas_threads(bt);
 }
 
+/* The write end of the signal pipe: the one global, as a handler can
+ * reach nothing else. Set once before the handlers are installed. */
+static int sig_pipe_w = -1;
+
+static void on_signal(int sig)
+{
+    int e = errno;
+    unsigned char b = (unsigned char)sig;
+    (void)!write(sig_pipe_w, &b, 1);
+    errno = e;
+}
+
+/* Installs the handlers; *rd is the pipe's read end. Returns 0 or -1. */
+static int catch_signals(int *rd)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK))
+        return -1;
+    sig_pipe_w = p[1];
+    *rd = p[0];
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigfillset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    return sigaction(SIGTERM, &sa, NULL) || sigaction(SIGINT, &sa, NULL) ? -1 : 0;
+}
+
+/* Waits up to ms (-1: for ever) for a signal; returns it, or 0. */
+static int next_signal(int rd, int ms)
+{
+    struct pollfd pfd = {.fd = rd, .events = POLLIN};
+    unsigned char b;
+    while (poll(&pfd, 1, ms) < 0 && errno == EINTR)
+        ;
+    return read(rd, &b, 1) == 1 ? b : 0;
+}
+
+static const char *signal_name(int sig)
+{
+    return sig == SIGINT ? "SIGINT" : "SIGTERM";
+}
+
 static void on_job_end(void *arg, const job *j)
 {
     srv *s = arg;
@@ -124,6 +174,15 @@ static int load(srv *s, char *err, size_t errlen)
     }
     s->mc = dit_model_config(s->model);
     dit_model_image_size(s->model, &s->img_w, &s->img_h, &s->img_ch);
+    if (s->img_w < 1 || s->img_h < 1 || (s->img_ch != 1 && s->img_ch != 3)) {
+        /* the CLI's words (ditmoe generate): every request would run all its
+         * steps and then fail, while /ready said 200 */
+        snprintf(err, errlen, "%s: a latent model (%d-channel samples) whose VAE decoder is not "
+                 "available (vae: %s); the server makes images only: give the model a \"vae\" "
+                 "in config.json, or put the VAE in a \"vae\" folder beside the checkpoint",
+                 s->model_path, s->mc->in_channels, s->mc->vae_dir ? s->mc->vae_dir : "none");
+        return -1;
+    }
     if (srv_stats_new(&s->stats, s->mc->depth, s->mc->num_experts, s->mc->num_classes, c->max_rows,
                       c->stats_window_s) ||
         job_table_new(&s->jobs, c, s->instance, s->mc->depth, s->mc->num_experts)) {
@@ -157,15 +216,21 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-/* Drains the job table: finish for up to drain_s, then cancel the rest. */
-static void drain(srv *s, double drain_s)
+/* Drains the job table: finish for up to drain_s (or until another
+ * signal comes on sig_rd), then cancel the rest. */
+static void drain(srv *s, double drain_s, int sig_rd)
 {
     job_table_close(s->jobs);
     double end = srv_now() + drain_s;
-    while (!job_table_idle(s->jobs) && srv_now() < end)
-        sleep_ms(20);
+    int sig = 0;
+    while (!job_table_idle(s->jobs) && srv_now() < end && !sig)
+        sig = next_signal(sig_rd, 20);
     if (!job_table_idle(s->jobs)) {
-        fprintf(stderr, "ditmoe-server: drain time over: cancelling the remaining jobs\n");
+        if (sig)
+            fprintf(stderr, "ditmoe-server: second %s: cancelling the remaining jobs now\n",
+                    signal_name(sig));
+        else
+            fprintf(stderr, "ditmoe-server: drain time over: cancelling the remaining jobs\n");
         job_cancel_all(s->jobs);
     }
     end = srv_now() + 60; /* a running step must end; bounded all the same */
@@ -201,11 +266,11 @@ int main(int argc, char **argv)
     }
     if (hc)
         return srv_healthcheck(&cfg, hc_url, stderr);
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* inherited by every thread */
+    int sig_rd = -1;
+    if (catch_signals(&sig_rd)) {
+        fprintf(stderr, "ditmoe-server: cannot catch SIGTERM/SIGINT: %s\n", strerror(errno));
+        return 1;
+    }
     signal(SIGPIPE, SIG_IGN);
 
     static srv s;
@@ -238,12 +303,13 @@ int main(int argc, char **argv)
     fprintf(stderr, "ditmoe-server: ready\n");
 
     int sig = 0;
-    sigwait(&sigs, &sig);
+    while (!sig)
+        sig = next_signal(sig_rd, -1);
     atomic_store(&s.stopping, 1);
-    fprintf(stderr, "ditmoe-server: %s: stopping (drain up to %d s)\n",
-            sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_s);
+    fprintf(stderr, "ditmoe-server: %s: stopping (drain up to %d s; a second signal cancels "
+            "the remaining jobs at once)\n", signal_name(sig), cfg.drain_timeout_s);
     http_quiesce(h);
-    drain(&s, cfg.drain_timeout_s);
+    drain(&s, cfg.drain_timeout_s, sig_rd);
     http_stop(h, 2.0);
     teardown(&s);
     fprintf(stderr, "ditmoe-server: stopped\n");

@@ -4,7 +4,10 @@
  * here, before a job exists, so a bad request costs the server nothing but
  * this parse and the client gets a message naming the field and the range
  * it must lie in. Unknown fields are refused rather than ignored: a typo
- * such as "step" would otherwise silently run with the default.
+ * such as "step" would otherwise silently run with the default. A NUL in
+ * the body is refused before parsing: cJSON's C strings would cut a key
+ * such as "class_label\u0000junk" at it and take it for another. Quoted
+ * client text is cut on a UTF-8 character boundary (utf8_prefix).
  */
 #include "request.h"
 
@@ -55,6 +58,37 @@ static void allowed_fields(int dialect, char *buf, size_t len)
         }
 }
 
+/* Bytes of s to quote so that at most max are shown and no UTF-8
+ * character is cut in two: use as "%.*s", utf8_prefix(s, max), s. */
+static int utf8_prefix(const char *s, int max)
+{
+    int n = (int)strnlen(s, (size_t)max);
+    while (n == max && n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+        n--;
+    return n;
+}
+
+/* Offset of a NUL in body[0..len): a raw byte, or \u0000 inside a string
+ * (which cJSON would silently cut a key or value at); -1 when none. */
+static long find_nul(const char *b, size_t len)
+{
+    int in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (!b[i])
+            return (long)i;
+        if (!in_str) {
+            in_str = b[i] == '"';
+        } else if (b[i] == '"') {
+            in_str = 0;
+        } else if (b[i] == '\\' && i + 1 < len) {
+            if (b[i + 1] == 'u' && i + 5 < len && !memcmp(b + i + 2, "0000", 4))
+                return (long)i;
+            i++; /* the escaped character */
+        }
+    }
+    return -1;
+}
+
 static const char *type_of(const cJSON *v)
 {
     if (cJSON_IsNumber(v)) return "a number";
@@ -100,9 +134,9 @@ static int get_class(const cJSON *v, const char *name, const srv_limits *lim, in
             *out = (int)n;
             return 0;
         }
-        snprintf(err, errlen, "%s: unknown class '%.64s': must be an integer in [0, %d] "
-                 "or a class name (GET /v1/model lists them)", name, v->valuestring,
-                 lim->num_classes - 1);
+        snprintf(err, errlen, "%s: unknown class '%.*s': must be an integer in [0, %d] "
+                 "or a class name (GET /v1/model lists them)", name,
+                 utf8_prefix(v->valuestring, 64), v->valuestring, lim->num_classes - 1);
         return -1;
     }
     if (cJSON_IsNumber(v)) {
@@ -130,8 +164,8 @@ static int get_enum(const cJSON *v, const char *name, const char *const *names, 
         snprintf(allowed + l, sizeof allowed - l, "%s\"%s\"", i ? ", " : "", names[i]);
     }
     if (cJSON_IsString(v))
-        snprintf(err, errlen, "%s: unknown value '%.32s': must be one of %s", name, v->valuestring,
-                 allowed);
+        snprintf(err, errlen, "%s: unknown value '%.*s': must be one of %s", name,
+                 utf8_prefix(v->valuestring, 32), v->valuestring, allowed);
     else
         snprintf(err, errlen, "%s: must be one of %s, got %s", name, allowed, type_of(v));
     return -1;
@@ -142,8 +176,8 @@ static int get_sampler(const cJSON *v, int *out, char *err, size_t errlen)
     int k = cJSON_IsString(v) ? dit_sampler_parse(v->valuestring) : -1;
     if (k < 0) {
         if (cJSON_IsString(v))
-            snprintf(err, errlen, "sampler: unknown sampler '%.32s': must be \"euler\", \"ddpm\" "
-                     "or \"ddim\"", v->valuestring);
+            snprintf(err, errlen, "sampler: unknown sampler '%.*s': must be \"euler\", \"ddpm\" "
+                     "or \"ddim\"", utf8_prefix(v->valuestring, 32), v->valuestring);
         else
             snprintf(err, errlen, "sampler: must be \"euler\", \"ddpm\" or \"ddim\", got %s",
                      type_of(v));
@@ -161,8 +195,8 @@ static int get_size(const cJSON *v, const srv_limits *lim, char *err, size_t err
     if (cJSON_IsString(v) && !strcmp(v->valuestring, want))
         return 0;
     if (cJSON_IsString(v))
-        snprintf(err, errlen, "size: '%.32s' is not a size this model makes: must be \"%s\"",
-                 v->valuestring, want);
+        snprintf(err, errlen, "size: '%.*s' is not a size this model makes: must be \"%s\"",
+                 utf8_prefix(v->valuestring, 32), v->valuestring, want);
     else
         snprintf(err, errlen, "size: must be the string \"%s\", got %s", want, type_of(v));
     return -1;
@@ -235,8 +269,9 @@ static int parse_fields(const cJSON *root, const srv_limits *lim, int dialect, s
         if (k == NFIELDS) {
             char allowed[256];
             allowed_fields(dialect, allowed, sizeof allowed);
-            snprintf(err, errlen, "unknown field '%.48s': allowed fields are %s",
-                     it->string ? it->string : "", allowed);
+            const char *key = it->string ? it->string : "";
+            snprintf(err, errlen, "%.*s: unknown field: allowed fields are %s",
+                     utf8_prefix(key, 48), key, allowed);
             return -1;
         }
         if (seen[k]++) {
@@ -280,6 +315,12 @@ int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, int 
         allowed_fields(dialect, allowed, sizeof allowed);
         snprintf(err, errlen, "empty body: expected a JSON object with fields %s", allowed);
         return SRV_PARSE_JSON;
+    }
+    long nul = find_nul(body, len);
+    if (nul >= 0) {
+        snprintf(err, errlen, "a NUL character (raw or \\u0000) at byte %ld: not allowed in "
+                 "field names or values", nul);
+        return SRV_PARSE_FIELD;
     }
     /* cJSON's parser writes a process-wide error position: one at a time. */
     static pthread_mutex_t parse_mu = PTHREAD_MUTEX_INITIALIZER;

@@ -54,7 +54,10 @@ enum srv_dialect { SRV_NATIVE = 0, SRV_OPENAI = 1 };
  * with the dialect's fields. Unknown and repeated fields are refused.
  * Returns SRV_PARSE_OK and fills *out, or SRV_PARSE_JSON (not a JSON
  * object) / SRV_PARSE_FIELD (a field is wrong) with err naming the field
- * and the allowed values. Allocates nothing that outlives the call. */
+ * and the allowed values: a message about one field opens with its name
+ * and ": " (what OpenAI's error calls "param"). A NUL anywhere (raw, or
+ * \u0000 in a name or value) is SRV_PARSE_FIELD. Allocates nothing that
+ * outlives the call. */
 int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, int dialect,
                        srv_gen_req *out, char *err, size_t errlen);
 

@@ -40,6 +40,12 @@ static int r_model(srv_req *req, srv_reply *out, const char *id, const char *sub
     return routes_model(req, out);
 }
 
+static int r_models(srv_req *req, srv_reply *out, const char *id, const char *sub)
+{
+    (void)sub;
+    return routes_models(req, out, id[0] ? id : NULL);
+}
+
 static int r_stats(srv_req *req, srv_reply *out, const char *id, const char *sub)
 {
     (void)id, (void)sub;
@@ -84,6 +90,8 @@ static const struct route {
     {"/health", "GET, HEAD", 1, r_health},
     {"/ready", "GET, HEAD", 1, r_ready},
     {"/v1/model", "GET, HEAD", 0, r_model},
+    {"/v1/models", "GET, HEAD", 0, r_models},
+    {"/v1/models/*", "GET, HEAD", 0, r_models},
     {"/stats", "GET, HEAD", 0, r_stats},
     {"/metrics", "GET, HEAD", 0, r_metrics},
     {"/generate", "POST", 0, r_generate},
@@ -91,7 +99,7 @@ static const struct route {
     {"/jobs", "POST", 0, r_jobs},
     {"/jobs/*", "GET, HEAD, DELETE", 0, r_job},
     {"/jobs/*/image", "GET, HEAD", 0, r_job},
-    {"/jobs/*/events", "GET", 0, r_job},
+    {"/jobs/*/events", "GET, HEAD", 0, r_job},
 };
 #define NROUTES (sizeof ROUTES / sizeof ROUTES[0])
 

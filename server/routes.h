@@ -30,6 +30,12 @@ typedef struct srv_reply {
     int nhdr;
     char hdr_name[SRV_MAX_HEADERS][32];
     char hdr_value[SRV_MAX_HEADERS][256];
+    /* an error reply's parts (srv_reply_error), so that it can be rendered
+     * again in OpenAI's shape on the OpenAI routes (srv_reply_openai) */
+    int is_error;
+    char err_type[32];
+    char err_param[48];                /* the request field at fault; "" = none */
+    char err_msg[512];                 /* valid UTF-8 */
 } srv_reply;
 
 typedef struct srv_req srv_req;
@@ -85,9 +91,23 @@ void srv_reply_body(srv_reply *r, int status, const char *ctype, char *body, siz
 int srv_reply_text(srv_reply *r, int status, const char *ctype, char *text);
 /* A JSON body printed from text (copied). */
 void srv_reply_json(srv_reply *r, int status, const char *json);
-/* {"error": {"code": status, "type": type, "message": ...}}. */
+/* {"error": {"code": status, "type": type, "message": ...}}. The message
+ * is made valid UTF-8 (a byte that starts no valid character becomes
+ * U+FFFD) whatever client input it quotes. */
 void srv_reply_error(srv_reply *r, int status, const char *type, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* Names the request field an error reply is about (OpenAI's "param"). */
+void srv_reply_error_param(srv_reply *r, const char *param);
+/* Renders an error reply again in OpenAI's shape, {"error": {"message",
+ * "type", "param", "code"}} with OpenAI's type for the status and ours as
+ * the code; other replies are left alone. */
+void srv_reply_openai(srv_reply *r);
+/* The error body alone (for answers written outside a route): malloc'd
+ * JSON, NULL when out of memory. */
+char *srv_error_json(int status, const char *type, const char *msg, const char *param, int openai);
+/* Copies in to out (n bytes with the NUL), valid UTF-8: invalid bytes
+ * become U+FFFD and the text is cut on a character boundary to fit. */
+void srv_utf8_copy(const char *in, char *out, size_t n);
 
 /* ---- route groups ------------------------------------------------------ */
 
@@ -104,8 +124,10 @@ int routes_job(srv_req *req, srv_reply *out, const char *id, const char *sub);
 /* static.c: GET/HEAD of files under the web root. */
 int routes_static(srv_req *req, srv_reply *out);
 
-/* introspect.c: /v1/model, /stats, /metrics. */
+/* introspect.c: /v1/model, /v1/models[/{id}] (OpenAI's list and model
+ * object; id NULL for the list), /stats, /metrics. */
 int routes_model(srv_req *req, srv_reply *out);
+int routes_models(srv_req *req, srv_reply *out, const char *id);
 int routes_stats(srv_req *req, srv_reply *out);
 int routes_metrics(srv_req *req, srv_reply *out);
 

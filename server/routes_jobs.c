@@ -103,6 +103,12 @@ static int check_request(srv_req *req, int dialect, srv_gen_req *r, srv_reply *o
     int rc = srv_parse_generate(req->body, req->body_len, &lim, dialect, r, err, sizeof err);
     if (rc) {
         srv_reply_error(out, 400, rc == SRV_PARSE_JSON ? "invalid_json" : "invalid_request", "%s", err);
+        /* request.h: a message about one field opens with "name: " */
+        size_t n = strspn(err, "abcdefghijklmnopqrstuvwxyz_0123456789");
+        if (rc == SRV_PARSE_FIELD && n > 0 && n < sizeof out->err_param && !strncmp(err + n, ": ", 2)) {
+            err[n] = 0;
+            srv_reply_error_param(out, err);
+        }
         return -1;
     }
     if (!r->seed_given) {
@@ -344,11 +350,17 @@ int routes_generate(srv_req *req, srv_reply *out, int how)
     if (check_request(req, how == ROUTE_GEN_OPENAI ? SRV_OPENAI : SRV_NATIVE, &r, out))
         return ROUTE_DONE;
     job *j = NULL;
-    int rc = job_submit(s->jobs, &r, &j);
-    if (rc == JOB_E_FULL) {
-        srv_reply_error(out, 429, "queue_full", "the queue is full (%d jobs): retry later",
-                        s->cfg->queue_capacity);
-        srv_reply_header(out, "Retry-After", "%d", job_retry_after(s->jobs));
+    int rc = job_submit(s->jobs, &r, req->client, &j);
+    if (rc == JOB_E_FULL || rc == JOB_E_CLIENT) {
+        int wait = job_retry_after(s->jobs, rc == JOB_E_CLIENT ? req->client : NULL);
+        if (rc == JOB_E_FULL)
+            srv_reply_error(out, 429, "queue_full", "the queue is full (%d jobs): retry in about "
+                            "%d s", s->cfg->queue_capacity, wait);
+        else
+            srv_reply_error(out, 429, "client_limit", "%s already has %d jobs queued or running "
+                            "(max_jobs_per_client): retry in about %d s", req->client,
+                            s->cfg->max_jobs_per_client, wait);
+        srv_reply_header(out, "Retry-After", "%d", wait);
         return ROUTE_DONE;
     }
     if (rc) {
@@ -485,6 +497,13 @@ static long sse_read(void *state, char *buf, size_t max)
 
 static int job_events(srv_req *req, srv_reply *out, job *j)
 {
+    if (!strcmp(req->method, "HEAD")) { /* the headers a GET would get, no stream */
+        job_unref(req->s->jobs, j);
+        out->status = 200;
+        out->ctype = "text/event-stream";
+        srv_reply_header(out, "Cache-Control", "no-cache");
+        return ROUTE_DONE;
+    }
     gen_state *g = attach(req, j);
     if (!g) {
         job_unref(req->s->jobs, j);

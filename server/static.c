@@ -4,8 +4,10 @@
  * Safe against path traversal twice over: a path segment may not be empty,
  * "." or "..", start with a dot or hold a backslash or control character,
  * and the file's resolved path (symlinks followed) must still lie inside
- * the resolved web root. Only regular files are served, with a content
- * type from their extension; the body is the open file (no copy).
+ * the resolved web root. Only regular files are served (checked with
+ * fstat on the file opened without blocking: a FIFO is a 404, not a hung
+ * thread), with a content type from their extension; the body is the
+ * open file (no copy).
  */
 #include <fcntl.h>
 #include <limits.h>
@@ -80,7 +82,9 @@ int routes_static(srv_req *req, srv_reply *out)
     size_t rl = strlen(root);
     if (strncmp(real, root, rl) || real[rl] != '/')
         return not_found(req, out);
-    int fd = open(real, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer
+     * in an HTTP thread; the file type is checked on the open file */
+    int fd = open(real, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) || !S_ISREG(st.st_mode)) {
         if (fd >= 0)

@@ -20,7 +20,9 @@
  * The CRC of data.pkl is checked; weight records are not (that would read
  * gigabytes at every load), but their sizes and bounds are. A file written
  * on a big-endian machine says so in <top>/byteorder and is refused.
- * The legacy pre-1.6 format (a bare pickle or tar) is refused by name.
+ * The legacy format (a bare pickle, which torch.save still writes with
+ * _use_new_zipfile_serialization=False, or an old tar) is refused by name;
+ * DataParallel's "module." key prefixes are stripped.
  */
 #include "pt.h"
 
@@ -254,8 +256,11 @@ static int add_all(const loader *l, const pt_val *sd)
         if (!k->u.s.n || k->u.s.n > PT_MAX_NAME || memchr(k->u.s.p, 0, k->u.s.n))
             return pfail(l, DIT_E_FORMAT, NULL, "state_dict key %zu is empty, longer than "
                          "%d bytes or holds a NUL", i, PT_MAX_NAME);
-        memcpy(name, k->u.s.p, k->u.s.n);
-        name[k->u.s.n] = 0;
+        /* DataParallel / DistributedDataParallel save their wrapped model's
+         * keys as "module.<name>": the name is what follows */
+        size_t skip = k->u.s.n > 7 && !memcmp(k->u.s.p, "module.", 7) ? 7 : 0;
+        memcpy(name, k->u.s.p + skip, k->u.s.n - skip);
+        name[k->u.s.n - skip] = 0;
         if (v->kind != PT_TENSOR)
             return pfail(l, DIT_E_FORMAT, name, "is %s, not a tensor%s", pt_kind_name(v->kind),
                          v->kind == PT_DICT ? " (a nested checkpoint? only \"ema\" and "
@@ -340,15 +345,17 @@ static const zip_entry *member(const archive *a, const char *what)
     return zip_find(a->z, name, a->top_len + 1 + n);
 }
 
-/* Tells a legacy (pre-1.6) torch.save file from an unreadable one. */
+/* Tells a legacy torch.save file (the pre-zip format, still written with
+ * _use_new_zipfile_serialization=False) from an unreadable one. */
 static int not_zip(const loader *l, const unsigned char *b, size_t size)
 {
     if (size >= 2 && b[0] == 0x80 && b[1] >= 2 && b[1] <= 5)
-        return pfail(l, DIT_E_UNSUPPORTED, NULL, "a legacy torch.save file (PyTorch before "
-                     "1.6, a bare pickle): load and save it again with a newer torch");
+        return pfail(l, DIT_E_UNSUPPORTED, NULL, "a legacy torch.save file (a bare pickle, as "
+                     "torch.save(..., _use_new_zipfile_serialization=False) writes): save it "
+                     "again with torch.save's default (zip) format");
     if (size >= 262 && !memcmp(b + 257, "ustar", 5))
         return pfail(l, DIT_E_UNSUPPORTED, NULL, "a legacy torch.save tar archive (PyTorch "
-                     "before 1.6): load and save it again with a newer torch");
+                     "0.x): load and save it again with torch.save's default (zip) format");
     return 0;
 }
 

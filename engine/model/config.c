@@ -17,7 +17,6 @@
 #include <ditmoe/dit_json.h>
 #include "model.h"
 #include "preset.h"
-#include "st_write.h"
 
 #define ERR(...) (snprintf(err, errlen, __VA_ARGS__), DIT_E_FORMAT)
 
@@ -316,43 +315,4 @@ int config_parse(dit_model *m, const char *text, size_t len, const char *path,
 out:
     dit_json_free(doc);
     return rc;
-}
-
-int config_write(const char *path, const dit_config *c, const char *const *names,
-                 const char *vae)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return DIT_E_IO;
-    fprintf(f, "{\n  \"input_size\": %d,\n  \"patch_size\": %d,\n  \"in_channels\": %d,\n"
-            "  \"hidden_size\": %d,\n  \"depth\": %d,\n  \"num_heads\": %d,\n"
-            "  \"mlp_ratio\": %.17g,\n  \"num_classes\": %d,\n  \"num_experts\": %d,\n"
-            "  \"num_experts_per_tok\": %d,\n  \"n_shared_experts\": %d,\n"
-            "  \"learn_sigma\": %s,\n  \"class_dropout_prob\": %.17g,\n"
-            "  \"prediction\": \"%s\",\n  \"sampling\": {\"sampler\": \"%s\", \"steps\": %d, "
-            "\"cfg_scale\": %.17g}", c->input_size, c->patch_size, c->in_channels,
-            c->hidden_size, c->depth, c->num_heads, c->mlp_ratio, c->num_classes,
-            c->num_experts, c->num_experts_per_tok, c->n_shared_experts,
-            c->learn_sigma ? "true" : "false", c->class_dropout_prob,
-            c->prediction == DIT_PRED_VELOCITY ? "velocity" : "epsilon",
-            dit_sampler_name(c->default_sampler), c->default_steps, c->default_cfg_scale);
-    int bad = 0;
-    if (c->latent_scale > 0)
-        fprintf(f, ",\n  \"latent_scale\": %.17g", c->latent_scale);
-    if (vae) {
-        fputs(",\n  \"vae\": ", f);
-        bad |= st_write_json_string(f, vae);
-    }
-    if (names) {
-        fputs(",\n  \"class_names\": [", f);
-        for (int i = 0; i < c->num_classes && !bad; i++) {
-            fputs(i ? ",\n    " : "\n    ", f);
-            bad |= st_write_json_string(f, names[i]);
-        }
-        fputs("\n  ]", f);
-    }
-    fputs("\n}\n", f);
-    if (fclose(f))
-        return DIT_E_IO;
-    return bad ? DIT_E_INVAL : DIT_OK;
 }

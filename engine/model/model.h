@@ -113,12 +113,6 @@ int model_is_latent(const dit_model *m);
 int config_parse(dit_model *m, const char *text, size_t len,
                      const char *path, char *err, size_t errlen);
 
-/* Writes cfg as config.json at path, with class names (cfg->num_classes
- * of them, or NULL) and the VAE directory (or NULL). DIT_E_IO when the file cannot
- * be written, DIT_E_INVAL when a string is not valid UTF-8. */
-int config_write(const char *path, const dit_config *cfg, const char *const *names,
-                 const char *vae);
-
 /* Fills the derived config fields and checks ranges. */
 int config_finish(dit_config *cfg, const char *path, char *err, size_t errlen);
 

@@ -381,6 +381,8 @@ def case_load(tools, tmp):
         ("pickle protocol 5", sd, sd, {"pickle_protocol": 5}),
         ("strided views, scalars, ints", strided, None, {}),
         ("nn.Parameters", dict(m.named_parameters()), None, {}),
+        ("DataParallel's 'module.' prefixes", {"model": {"module." + k: v for k, v in sd.items()}},
+         sd, {}),
     ]
     for i, (what, obj, want_sd, kw) in enumerate(cases):
         path = os.path.join(tmp, f"ckpt{i}.pt")
@@ -390,7 +392,8 @@ def case_load(tools, tmp):
         check(got == want, f"reads {what} as torch.load does ({len(want)} tensors) {err}")
     path = os.path.join(tmp, "legacy.pt")
     torch.save(sd, path, _use_new_zipfile_serialization=False)
-    tools.expect_fail("a legacy (pre-1.6) torch.save file", path, "legacy")
+    tools.expect_fail("a legacy torch.save file (_use_new_zipfile_serialization=False)", path,
+                      "_use_new_zipfile_serialization=False")
 
 
 def forward_inputs(cfg, n=3):

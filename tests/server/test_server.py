@@ -51,14 +51,33 @@ def start(*args, slow=False, **kw):
 
 
 def is_error(r, status, field=None):
-    """r is a JSON error of this status whose message names field."""
+    """r is a JSON error of this status whose message names field (a valid
+    UTF-8 body)."""
     try:
-        e = r.json()["error"]
+        e = json.loads(r.body.decode("utf-8"))["error"]
     except (ValueError, KeyError, TypeError):
         return check(False, f"expected a JSON error {status}, got {r.status} {r.body[:200]!r}")
     ok = (r.status == status and e.get("code") == status and isinstance(e.get("type"), str)
           and isinstance(e.get("message"), str) and (field is None or field in e["message"]))
     return check(ok, f"expected error {status} naming {field!r}, got {r.status} {e}")
+
+
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+                405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+                503: "server_error"}
+
+
+def is_openai_error(r, status, param=None, word=None):
+    """r is an error in OpenAI's shape: {"error": {"message", "type",
+    "param", "code"}}, type OpenAI's for the status, param the field."""
+    try:
+        e = json.loads(r.body.decode("utf-8"))["error"]
+    except (ValueError, KeyError, TypeError):
+        return check(False, f"expected an OpenAI error {status}, got {r.status} {r.body[:200]!r}")
+    ok = (r.status == status and set(e) == {"message", "type", "param", "code"} and
+          e["type"] == OPENAI_TYPES[status] and e["param"] == param and
+          isinstance(e["code"], str) and (word is None or word in e["message"]))
+    return check(ok, f"expected OpenAI error {status} param {param!r}, got {r.status} {e}")
 
 
 # ---- api --------------------------------------------------------------------
@@ -328,22 +347,34 @@ def test_openai():
         r = s.post(OPENAI, {"prompt": "1"}, headers={"Accept": "image/png"})
         check(r.status == 200 and len(r.json()["data"]) == 1 and r.json()["seed"] >= 0,
               "openai: defaults (n 1, any size, seed chosen), JSON whatever Accept says")
-        for body, status, field in [
-                ({"prompt": "cat"}, 400, "prompt"),
-                ({"n": 1}, 400, "prompt"),
-                ({"prompt": "Trouser", "size": "1024x1024"}, 400, "16x16"),
-                ({"prompt": "Trouser", "response_format": "url"}, 400, "response_format"),
-                ({"prompt": "Trouser", "n": 99}, 400, "n"),
-                ({"class_label": 1}, 400, "class_label"),
-                ({"prompt": "Trouser", "model": 3}, 400, "model"),
-                ("{\"prompt\": ", 400, None)]:
-            is_error(s.post(OPENAI, body), status, field)
-        is_error(s.get(OPENAI), 405)
+        for body, status, param, word in [
+                ({"prompt": "cat"}, 400, "prompt", "cat"),
+                ({"n": 1}, 400, "prompt", "required"),
+                ({"prompt": "Trouser", "size": "1024x1024"}, 400, "size", "16x16"),
+                ({"prompt": "Trouser", "response_format": "url"}, 400, "response_format", "url"),
+                ({"prompt": "Trouser", "n": 99}, 400, "n", "99"),
+                ({"class_label": 1}, 400, "class_label", "unknown field"),
+                ({"prompt": "Trouser", "model": 3}, 400, "model", None),
+                ("{\"prompt\": ", 400, None, "JSON")]:
+            is_openai_error(s.post(OPENAI, body), status, param, word)
+        r = s.get(OPENAI)
+        is_openai_error(r, 405)
+        # the native routes keep their own shape
+        is_error(s.post("/generate", {"class_label": "cat"}), 400, "class_label")
+        # GET /v1/models: OpenAI's list of the one model, and its object
+        m = s.get("/v1/models").json()
+        name = os.path.basename(ARGS.model)
+        check(m.get("object") == "list" and [d.get("id") for d in m.get("data", [])] == [name] and
+              m["data"][0].get("object") == "model" and isinstance(m["data"][0].get("created"), int)
+              and m["data"][0].get("owned_by") == "ditmoe", f"GET /v1/models: {m}")
+        check(s.get("/v1/models/" + name).json() == m["data"][0], "GET /v1/models/{id}")
+        is_openai_error(s.get("/v1/models/gpt-image-1"), 404, "model", "gpt-image-1")
     finally:
         s.close()
     k = start("--api-key", "sk-test")
     try:
-        is_error(k.post(OPENAI, {"prompt": "Trouser"}), 401)
+        is_openai_error(k.post(OPENAI, {"prompt": "Trouser"}), 401)
+        is_openai_error(k.get("/v1/models"), 401)
         r = k.post(OPENAI, {"prompt": "Trouser", "steps": 2},
                    headers={"Authorization": "Bearer sk-test"})
         check(r.status == 200, f"openai: the API key as an OpenAI client sends it: {r.status}")
@@ -506,12 +537,12 @@ def test_errors():
         sock = s.raw(b"POST /generate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
         sent = 0
         try:
-            while sent < 10 ** 7:
+            while sent < 4 * 10 ** 7:
                 sock.sendall(b"1000\r\n" + b"a" * 4096 + b"\r\n")
                 sent += 4096
         except OSError:
             pass
-        check(sent < 10 ** 7, f"endless body cut off (sent {sent} bytes)")
+        check(sent < 4 * 10 ** 7, f"endless body cut off (sent {sent} bytes)")
         sock.close()
         # unknown paths and wrong methods
         is_error(s.get("/nope"), 404, "/nope")
@@ -677,40 +708,353 @@ def test_shutdown():
         is_error(r, 503)
     s.close()
 
+    # a second signal during a long drain: the remaining jobs are cancelled
+    # at once, their clients answered 503, exit 0 (not killed by the
+    # signal, even with OpenBLAS's threads, made before main(), running)
+    for sigs in [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGTERM)]:
+        s = start("--drain-timeout-s", 600, slow=True, env={"OPENBLAS_NUM_THREADS": "2"})
+        got.clear()
+        t = threading.Thread(target=gen, args=("c", LONG))
+        t.start()
+        wait_for(lambda: s.stats()["queue"]["running"] == 1, 30, "running")
+        t0 = time.monotonic()
+        s.proc.send_signal(sigs[0])
+        time.sleep(1)
+        check(s.proc.poll() is None, f"{sigs}: still draining after the first signal")
+        rc = s.stop(sigs[1], timeout=60)
+        t.join(60)
+        check(rc == 0, f"{sigs}: exit status after a second signal: {rc}")
+        check(time.monotonic() - t0 < 30, f"{sigs}: the second signal ended the drain")
+        r = got.get("c")
+        check(getattr(r, "status", None) == 503, f"{sigs}: the running job's client got "
+              f"{getattr(r, 'status', r)}")
+        check("cancelling the remaining jobs now" in s.log(), "the second signal is logged")
+        s.close()
+
 
 # ---- limits ------------------------------------------------------------------
 
-def test_limits():
-    s = start("--conn-timeout-s", 1)
+def recv_all(sock):
+    data = b""
     try:
-        # a slow client (headers never finished) is dropped after the timeout
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    return data
+
+
+def test_limits():
+    s = start("--conn-timeout-s", 1, "--header-timeout-s", 2)
+    try:
+        # a slow client (head never finished) gets 408 after header_timeout_s
         sock = s.raw(b"GET /health HTTP/1.1\r\nHost: x\r\n", timeout=30)
         t0 = time.monotonic()
-        try:
-            data = sock.recv(100)
-        except OSError:
-            data = b""
-        check(data == b"" and time.monotonic() - t0 < 20, f"slow client dropped: {data!r}")
+        data = recv_all(sock)
+        took = time.monotonic() - t0
         sock.close()
+        check(data.startswith(b"HTTP/1.1 408 ") and b'"request_timeout"' in data and 1 < took < 10,
+              f"slow client: 408 after {took:.1f} s: {data[:80]!r}")
+        # ... also when it keeps sending, a byte a second
+        sock = s.raw(b"G", timeout=30)
+        t0 = time.monotonic()
+        try:
+            for ch in b"ET /health HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa":
+                time.sleep(0.5)
+                sock.sendall(bytes([ch]))
+        except OSError:
+            pass
+        took = time.monotonic() - t0
+        data = recv_all(sock)
+        sock.close()
+        check(data.startswith(b"HTTP/1.1 408 ") and took < 10,
+              f"dribbling client cut off at header_timeout_s: {took:.1f} s {data[:60]!r}")
+        # a body dribbled after its head is cut off at body_timeout_s (the
+        # gate waits for small bodies within header_timeout_s: 408 too)
+        sock = s.raw(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{", timeout=30)
+        data = recv_all(sock)
+        sock.close()
+        check(data.startswith(b"HTTP/1.1 408 "), f"dribbled body: {data[:60]!r}")
+        check(s.get("/health").status == 200, "serving after the slow clients")
     finally:
         s.close()
-    s = start("--max-per-ip", 3)
+    s = start("--max-per-ip", 3, "--header-timeout-s", 30)
     try:
-        # at most 3 connections from one address: of 6 kept-alive connections
-        # each asking once, at most 3 are answered (fewer if a closed probe
-        # connection has not been reaped yet), the rest closed
-        socks = [s.raw(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=20)
-                 for _ in range(6)]
-        answered = 0
+        # at most 3 connections from one address wait for their heads: of 6
+        # opened (heads unfinished), the 3 oldest are dropped; the rest,
+        # finished, are answered
+        socks = [s.raw(b"GET /health HTTP/1.1\r\n", timeout=20) for _ in range(6)]
+        time.sleep(0.5)
         for sock in socks:
             try:
-                answered += sock.recv(100).startswith(b"HTTP/1.1 200")
+                sock.sendall(b"Host: x\r\n\r\n")
             except OSError:
                 pass
-        check(1 <= answered <= 3, f"per-IP limit 3: {answered} of 6 connections answered")
+        answered = sum(recv_all(sock).startswith(b"HTTP/1.1 200") for sock in socks)
+        check(answered == 3, f"per-IP limit 3: {answered} of 6 connections answered")
         for sock in socks:
             sock.close()
+        # and at most 3 open streams per address in the server itself
+        time.sleep(1)  # (libmicrohttpd counts closed connections until it reaps them)
+        jid = s.post("/jobs", {"class_label": 1, "steps": 1000, "num_images": 16}).json()["id"]
+        streams = [s.raw(b"GET /jobs/%s/events HTTP/1.1\r\nHost: x\r\n\r\n" % jid.encode(),
+                         timeout=3) for _ in range(5)]
+        opened = 0
+        for sock in streams:
+            try:
+                opened += sock.recv(100).startswith(b"HTTP/1.1 200")
+            except OSError:
+                pass
+        check(opened == 3, f"per-IP limit 3: {opened} of 5 event streams opened")
+        for sock in streams:
+            sock.close()
         wait_for(lambda: s.try_get("/health") == 200, 10, "serving again")
+        s.request("DELETE", f"/jobs/{jid}")
+    finally:
+        s.close()
+
+
+# ---- hostile ---------------------------------------------------------------------
+
+def exchange(s, data, shut=False, timeout=10):
+    """Sends raw bytes (shutting down the sending side if shut), returns
+    all the server sends until it closes."""
+    sock = s.raw(data, timeout=timeout)
+    if shut:
+        sock.shutdown(socket.SHUT_WR)
+    out = recv_all(sock)
+    sock.close()
+    return out
+
+
+def split_response(data):
+    """(status, headers dict, body) of one raw HTTP response."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    st = int(lines[0].split()[1]) if lines and lines[0].startswith("HTTP/1.") else 0
+    hdr = {}
+    for l in lines[1:]:
+        k, _, v = l.partition(":")
+        hdr[k.strip().lower()] = v.strip()
+    return st, hdr, body
+
+
+def test_hostile():
+    """What a hostile or unusual client tried: framing (RFC 9112), a FIFO
+    in the web root, forged log lines, error bodies cut mid-character, a
+    NUL in a key, a half-closed request, an 8 MiB body sent at once."""
+    web = tempfile.mkdtemp(prefix="ditmoe-web-")
+    with open(os.path.join(web, "index.html"), "w") as f:
+        f.write("page")
+    os.mkfifo(os.path.join(web, "pipe.html"))
+    s = start("--web-root", web, "--header-timeout-s", 5)
+    try:
+        fives = five_hundreds(s)  # /ready while loading
+        body = b'{"class_label": 1, "steps": 2}'
+        # framing: one answer, our JSON 400, for each of these
+        for name, req in [
+                ("Content-Length -1", b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"),
+                ("Content-Length abc", b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"),
+                ("two Content-Lengths", b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                 b"Content-Length: 3\r\n\r\n%s" % (len(body), body)),
+                ("Content-Length and chunked", b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: %d"
+                 b"\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), len(body), body)),
+                ("HTTP/1.1 without Host", b"GET /health HTTP/1.1\r\n\r\n"),
+                ("two Hosts", b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")]:
+            data = exchange(s, req)
+            st, hdr, rest = split_response(data)
+            check(st == 400 and data.count(b"HTTP/1.1 400") == 1 and hdr.get("content-type") ==
+                  "application/json" and json.loads(rest)["error"]["code"] == 400,
+                  f"{name}: one JSON 400, got {data[:300]!r}")
+        check(exchange(s, b"GET /health HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200"),
+              "HTTP/1.0 needs no Host")
+        # HEAD on an event stream: its headers, no body
+        jid = s.post("/jobs", {"class_label": 1, "steps": 2}).json()["id"]
+        data = exchange(s, b"HEAD /jobs/%s/events HTTP/1.1\r\nHost: x\r\n\r\n" % jid.encode())
+        st, hdr, rest = split_response(data)
+        check(st == 200 and hdr.get("content-type") == "text/event-stream" and rest == b"",
+              f"HEAD events: no body: {data!r}")
+
+        # a FIFO in the web root: 404, nothing hangs
+        for _ in range(3):
+            r = s.get("/pipe.html", timeout=10)
+            is_error(r, 404)
+        check(s.get("/health", timeout=5).status == 200, "serving after GET of a FIFO")
+
+        # forged access-log lines: control characters are escaped
+        s.get("/x%0aaccess%20203.0.113.7%20GET%20/forged%20200%201.0ms")
+        s.get("/y%0d%1b[31m")
+        time.sleep(0.2)
+        log = s.log()
+        check(not any(l.startswith("access 203.0.113.7") for l in log.splitlines()),
+              "a %0a in the URL forged an access-log line")
+        check("/x\\x0aaccess\\x20203.0.113.7" in log and "\\x1b" in log and "\x1b" not in log,
+              f"escaped path in the log: {[l for l in log.splitlines() if '/x' in l or '/y' in l]}")
+
+        # error bodies are valid UTF-8, whatever the quoted value
+        for value in ["a" * 63 + "é", "é" * 40, "\udcff"]:
+            raw_body = ('{"class_label": "%s"}' % value).encode("utf-8", "surrogateescape")
+            for path in ("/generate", OPENAI):
+                r = s.post(path, raw_body if path == "/generate" else
+                           raw_body.replace(b"class_label", b"prompt"))
+                try:
+                    e = json.loads(r.body.decode("utf-8"))["error"]
+                    ok = r.status == 400 and isinstance(e["message"], str)
+                except (UnicodeDecodeError, ValueError, KeyError) as ex:
+                    ok, e = False, repr(ex)
+                check(ok, f"{path} {value[-3:]!r}: valid UTF-8 JSON 400: {r.body[:120]!r} {e}")
+        r = s.get("/%ff%fe")
+        is_error(r, 404)
+
+        # a NUL in a key or a value: 400, not another field
+        for raw_body in [b'{"class_label\\u0000junk": 7}', b'{"class_label": "Trouser\\u0000x"}',
+                         b'{"class_label": 1, "steps\\u0000": 3}', b'{"class_label": 1}\x00']:
+            is_error(s.post("/jobs", raw_body), 400, "NUL")
+        r = s.post("/jobs", b'{"class_label": 1, "steps": 2, "x": "\\\\u0000"}')
+        is_error(r, 400, "x: unknown field")  # an escaped backslash, then text: no NUL
+
+        # a client that half-closes after its request still gets its answer
+        # (one answered at once; libmicrohttpd 0.9.75 itself aborts a
+        # request whose end-of-input it reads before the answer is queued)
+        data = exchange(s, b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                        % (len(body), body), shut=True, timeout=30)
+        check(split_response(data)[0] == 202, f"half-closed /jobs: {data[:120]!r}")
+        # an 8 MiB body sent without waiting for 100-continue: the 413 arrives
+        import http.client
+        c = http.client.HTTPConnection(s.host, s.port, timeout=60)
+        try:
+            c.request("POST", "/generate", body=b"x" * (8 << 20),
+                      headers={"Content-Type": "application/json"})
+            r = c.getresponse()
+            got = (r.status, r.read())
+        except OSError as e:
+            got = (None, repr(e))
+        c.close()
+        check(got[0] == 413 and b"payload_too_large" in got[1], f"8 MiB body: {got[0]} {got[1][:100]}")
+        # with Expect: 100-continue the 413 comes at once, the body unsent
+        data = exchange(s, b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 9000000\r\n"
+                        b"Expect: 100-continue\r\n\r\n")
+        check(data.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in data,
+              f"Expect: 100-continue: {data[:80]!r}")
+        check(five_hundreds(s) == fives, "no 5xx: " + " | ".join(
+            l for l in s.log().splitlines() if re.search(r" 5\d\d [0-9.]+ms", l)))
+    finally:
+        s.close()
+        shutil.rmtree(web, ignore_errors=True)
+
+
+# ---- attack ------------------------------------------------------------------------
+
+def test_attack():
+    """A slow-header attack (bounded, loopback): 4 addresses each hold as
+    many connections as max_per_ip allows, sending a header byte every 0.5 s
+    and reconnecting when dropped, so they alone could fill max_connections.
+    A normal client must still get its answers."""
+    s = start("--max-connections", 32, "--max-per-ip", 8, "--header-timeout-s", 4)
+    stop = threading.Event()
+    held = [0]
+
+    def attacker(addr):
+        socks = []
+        while not stop.is_set():
+            while len(socks) < 8 and not stop.is_set():
+                try:
+                    k = socket.socket()
+                    k.bind((addr, 0))
+                    k.settimeout(2)
+                    k.connect((s.host, s.port))
+                    k.sendall(b"GET /health HTTP/1.1\r\n")
+                    socks.append(k)
+                except OSError:
+                    break
+            for k in list(socks):
+                try:
+                    k.sendall(b"X")
+                except OSError:
+                    socks.remove(k)
+                    k.close()
+            held[0] = max(held[0], len(socks))
+            time.sleep(0.5)
+        for k in socks:
+            k.close()
+    ts = [threading.Thread(target=attacker, args=(f"127.0.0.{i}",)) for i in range(2, 6)]
+    try:
+        for t in ts:
+            t.start()
+        time.sleep(3)
+        ok = 0
+        for _ in range(8):
+            try:
+                ok += s.get("/health", timeout=5).status == 200
+            except OSError:
+                pass
+            time.sleep(0.3)
+        r = s.post("/generate", {"class_label": 1, "steps": 2}, timeout=30)
+        check(ok == 8 and r.status == 200,
+              f"under attack ({held[0]} slow connections an address): {ok} of 8 /health "
+              f"answered, /generate {r.status}")
+        check(held[0] >= 4, f"the attack held connections: {held[0]}")
+    finally:
+        stop.set()
+        for t in ts:
+            t.join(30)
+        s.close()
+
+
+# ---- clientlimit ----------------------------------------------------------------------
+
+def test_clientlimit():
+    """max_jobs_per_client: one client address cannot take the whole
+    queue; Retry-After is estimated from the queued work."""
+    s = start("--batching", "false", "--max-jobs-per-client", 3, "--queue-capacity", 10,
+              slow=True)
+    try:
+        ids = [s.post("/jobs", LONG) for _ in range(3)]
+        check(all(r.status == 202 for r in ids), f"3 jobs accepted: {[r.status for r in ids]}")
+        wait_for(lambda: s.get(f"/jobs/{ids[0].json()['id']}").json()["step"] >= 3, 60,
+                 "a few steps (the step time is measured)")
+        r = s.post("/jobs", LONG)
+        is_error(r, 429, "max_jobs_per_client")
+        check(r.json()["error"]["type"] == "client_limit", f"type {r.json()['error']}")
+        ra = int(r.header("retry-after") or 0)
+        # its first job has ~1000 steps left: far more than a second
+        check(ra >= 5, f"Retry-After from the work left: {ra}")
+        check(s.post("/generate", LONG).status == 429, "/generate limited too")
+        # another address is served
+        other = s.request("POST", "/jobs", body=json.dumps(LONG))  # same address: refused
+        check(other.status == 429, "still refused")
+        import http.client
+        c = http.client.HTTPConnection(s.host, s.port, timeout=30, source_address=("127.0.0.2", 0))
+        c.request("POST", "/jobs", body=json.dumps(LONG))
+        r2 = c.getresponse()
+        r2.read()
+        c.close()
+        check(r2.status == 202, f"another client is not limited: {r2.status}")
+        # cancelling one frees a place for the client
+        s.request("DELETE", f"/jobs/{ids[2].json()['id']}")
+        check(s.post("/jobs", {"class_label": 1, "steps": 2}).status == 202, "a freed place")
+        # queue full: Retry-After from the running job's remaining steps
+        for j in s.stats()["queue"], :
+            pass
+        for jid in [x.json()["id"] for x in ids]:
+            s.request("DELETE", f"/jobs/{jid}")
+    finally:
+        s.close()
+    s = start("--batching", "false", "--queue-capacity", 1, "--max-jobs-per-client", 0, slow=True)
+    try:
+        a = s.post("/jobs", LONG).json()["id"]
+        wait_for(lambda: s.get(f"/jobs/{a}").json()["step"] >= 3, 60, "A running a few steps")
+        b = s.post("/jobs", LONG)
+        check(b.status == 202, "queued")
+        full = s.post("/jobs", LONG)
+        is_error(full, 429, "queue is full")
+        ra = int(full.header("retry-after") or 0)
+        check(ra >= 5, f"queue full: Retry-After from the running job's work: {ra}")
+        s.request("DELETE", f"/jobs/{a}")
+        s.request("DELETE", f"/jobs/{b.json()['id']}")
     finally:
         s.close()
 
@@ -728,11 +1072,13 @@ GARBAGE = [b"\x00\x01\x02garbage\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n",
 
 
 def test_soak():
-    """A bounded mixed load on loopback (40 clients x 50 operations): health
-    checks, generations, jobs cancelled at random, malformed requests and
-    abandoned connections. Nothing may get a 5xx or an error, and the server
-    must stay healthy and exit cleanly."""
-    s = start("--max-connections", 64, "--max-per-ip", 0, "--conn-timeout-s", 3, threads=2)
+    """A bounded mixed load on loopback (three rounds of 40 clients x 50
+    operations): health checks, generations, jobs cancelled at random,
+    malformed requests and abandoned connections. Nothing may get a 5xx or
+    an error, the server must stay healthy and exit cleanly, and its RSS
+    after the warm-up round must not grow."""
+    s = start("--max-connections", 64, "--max-per-ip", 0, "--conn-timeout-s", 3,
+              "--max-jobs-per-client", 0, threads=2)
     bad = []
 
     def client(k):
@@ -764,16 +1110,29 @@ def test_soak():
                     bad.append((r.status, r.body[:100]))
             except OSError as e:
                 bad.append(repr(e))
+    def rss_kb():
+        with open(f"/proc/{s.proc.pid}/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
     try:
         before = five_hundreds(s)
-        ts = [threading.Thread(target=client, args=(k,)) for k in range(40)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(600)
+        rss = []
+        for rnd in range(3):  # a warm-up round, then two measured ones
+            ts = [threading.Thread(target=client, args=(k + 100 * rnd,)) for k in range(40)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(600)
+            wait_for(lambda: s.stats()["queue"]["running"] + s.stats()["queue"]["depth"] == 0,
+                     120, "idle after the round")
+            rss.append(rss_kb())
+        print(f"soak: RSS after each round {rss} kB", flush=True)
         check(not bad, f"errors under load: {bad[:5]}")
         check(five_hundreds(s) == before, "no 5xx under load")
         check(s.get("/health").status == 200, "healthy after the load")
+        # the same traffic again must not need more memory (4 MiB of slack
+        # for the allocator's arenas)
+        check(rss[2] <= rss[0] + 4096 and rss[1] <= rss[0] + 4096,
+              f"RSS grew after the warm-up: {rss} kB")
     finally:
         s.close()
 
@@ -808,6 +1167,20 @@ def test_config():
         check(r.returncode == 2 and word in r.stderr, f"{args}: {r.returncode} {r.stderr}")
     r = run([], env={"DITMOE_PORT": "abc"})
     check(r.returncode == 2 and "DITMOE_PORT" in r.stderr, f"DITMOE_PORT: {r.stderr}")
+    # an unknown setting's error names the closest known one
+    for args, near in [(["--max-rowz", "3"], "'--max-rows'"), (["--queue_capcity", "3"],
+                                                               "'--queue-capacity'"),
+                       (["--api_kye", "k"], "'--api-key'"), (["--threds", "2"], "'--threads'")]:
+        r = run(args)
+        check(r.returncode == 2 and "did you mean " + near in r.stderr, f"{args}: {r.stderr}")
+    r = run(["--zzzzzzzzzzzz", "1"])
+    check(r.returncode == 2 and "did you mean" not in r.stderr, f"no far guess: {r.stderr}")
+    with open(bad, "w") as f:
+        f.write('{"max_image": 3}')
+    r = run(["--config", bad])
+    check(r.returncode == 2 and "did you mean 'max_images'" in r.stderr, f"file typo: {r.stderr}")
+    r = run(["--host", "1.2.3"])
+    check(r.returncode == 2 and "listen" in r.stderr, f"--host is --listen: {r.stderr}")
     r = run(["--model", "/nonexistent/model", "--port", "0"])
     check(r.returncode == 1 and "/nonexistent/model" in r.stderr, f"missing model: {r.stderr}")
     for args, env, word in [([], {"DITMOE_LISTEN": "localhost"}, "listen"),
@@ -833,6 +1206,24 @@ def test_config():
         check(s.host == "127.0.0.1" and s.get("/health").status == 200, "--listen beats DITMOE_LISTEN")
     finally:
         s.close()
+    s = Server(ARGS.server, ARGS.model, "--host", "127.0.0.3", listen=None)
+    try:
+        check(s.host == "127.0.0.3" and s.get("/health").status == 200, f"--host: {s.host}")
+        # a busy port is a start-up error naming it, not a silent share
+        r = run(["--model", ARGS.model, "--listen", "127.0.0.3", "--port", str(s.port)])
+        check(r.returncode == 1 and f"port {s.port}" in r.stderr and "in use" in r.stderr,
+              f"busy port: {r.returncode} {r.stderr}")
+        check(s.get("/health").status == 200, "the first server still serves")
+    finally:
+        s.close()
+    # reuse_port asks for sharing on purpose
+    a = Server(ARGS.server, ARGS.model, "--reuse-port")
+    try:
+        b = Server(ARGS.server, ARGS.model, "--reuse-port", "--port", a.port)
+        check(b.port == a.port, "reuse_port: two servers on one port")
+        b.close()
+    finally:
+        a.close()
     # the example file is valid and holds the defaults
     s = Server(ARGS.server, ARGS.model, "--config", os.path.join(HERE, "..", "..", "config",
                                                                   "server.json"))
@@ -944,6 +1335,24 @@ def test_decode_latent():
         check(metric_sum(s, "ditmoe_decode_seconds_sum") > 0, "ditmoe_decode_seconds_sum > 0")
     finally:
         s.close()
+    # the latent model without its VAE: refused at start with the CLI's
+    # words, rather than ready and failing every request after its steps
+    d = tempfile.mkdtemp(prefix="ditmoe-novae-")
+    try:
+        for f in os.listdir(latent):
+            if f != "vae":
+                shutil.copy(os.path.join(latent, f), d)
+        with open(os.path.join(d, "config.json")) as f:
+            cfg = json.load(f)
+        cfg.pop("vae", None)
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        r = run(["--model", d, "--port", "0"])
+        check(r.returncode == 1 and "a latent model (4-channel samples) whose VAE decoder is not "
+              "available" in r.stderr and "listening" in r.stdout,
+              f"latent model without a VAE: {r.returncode} {r.stderr[-300:]}")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 # ---- instance ---------------------------------------------------------------------
@@ -1149,8 +1558,10 @@ def test_install():
 GROUPS = {"api": test_api, "openai": test_openai, "batching": test_batching, "queue": test_queue,
           "errors": test_errors, "static": test_static, "auth": test_auth,
           "shutdown": test_shutdown, "limits": test_limits, "config": test_config,
-          "soak": test_soak, "decode": test_decode, "decode_latent": test_decode_latent, "instance": test_instance,
-          "keepalive": test_keepalive, "healthcheck": test_healthcheck, "install": test_install}
+          "soak": test_soak, "decode": test_decode, "decode_latent": test_decode_latent,
+          "instance": test_instance, "keepalive": test_keepalive, "healthcheck": test_healthcheck,
+          "install": test_install, "hostile": test_hostile, "attack": test_attack,
+          "clientlimit": test_clientlimit}
 
 
 def main():
