@@ -92,7 +92,7 @@ static void drop(gate *g, int i)
 static void reply(gate *g, int i, const verdict *v)
 {
     held *c = &g->h[i];
-    int openai = !strncmp(v->path, "/v1/", 4);
+    int openai = srv_openai_path(v->path);
     char *body = srv_error_json(v->status, v->type, v->msg, NULL, openai);
     char head[512];
     const char *reason = v->status == 408 ? "Request Timeout" : v->status == 431 ?

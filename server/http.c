@@ -326,7 +326,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 static enum MHD_Result send_reply(http_req *q, srv_reply *rep)
 {
     struct MHD_Response *resp;
-    if (!strncmp(q->path, "/v1/", 4))
+    if (srv_openai_path(q->path))
         srv_reply_openai(rep); /* OpenAI's error shape where its SDKs call */
     if (rep->stream) {
         resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_reader, q, NULL);

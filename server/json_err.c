@@ -162,6 +162,12 @@ void srv_reply_error_param(srv_reply *r, const char *param)
     snprintf(r->err_param, sizeof r->err_param, "%s", param);
 }
 
+int srv_openai_path(const char *path)
+{
+    return !strncmp(path, "/v1/images/", 11) || !strcmp(path, "/v1/models") ||
+           !strncmp(path, "/v1/models/", 11);
+}
+
 void srv_reply_openai(srv_reply *r)
 {
     if (!r->is_error)

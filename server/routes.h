@@ -102,6 +102,9 @@ void srv_reply_error_param(srv_reply *r, const char *param);
  * "type", "param", "code"}} with OpenAI's type for the status and ours as
  * the code; other replies are left alone. */
 void srv_reply_openai(srv_reply *r);
+/* 1 for the paths OpenAI's SDKs call (/v1/images/..., /v1/models[/...]),
+ * whose errors take OpenAI's shape; our own /v1/model keeps ours. */
+int srv_openai_path(const char *path);
 /* The error body alone (for answers written outside a route): malloc'd
  * JSON, NULL when out of memory. */
 char *srv_error_json(int status, const char *type, const char *msg, const char *param, int openai);
