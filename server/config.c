@@ -10,7 +10,7 @@
 #include "config.h"
 
 #include <arpa/inet.h>
-#include <cjson/cJSON.h>
+#include <ditmoe/dit_json.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -259,17 +259,18 @@ int srv_config_set(srv_config *c, const char *name, const char *value, char *err
 }
 
 /* A JSON array of strings becomes one comma-separated string. */
-static int set_string_list(srv_config *c, const field *f, const cJSON *arr, char *err, size_t errlen)
+static int set_string_list(srv_config *c, const field *f, const dit_json *arr, char *err,
+                           size_t errlen)
 {
     char buf[1024] = "";
     size_t len = 0;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, arr) {
-        if (!cJSON_IsString(it)) {
+    for (size_t i = 0; i < dit_json_len(arr); i++) {
+        const char *str = dit_json_str(dit_json_at(arr, i));
+        if (!str) {
             snprintf(err, errlen, "%s: array elements must be strings", f->name);
             return -1;
         }
-        int n = snprintf(buf + len, sizeof buf - len, "%s%s", len ? "," : "", it->valuestring);
+        int n = snprintf(buf + len, sizeof buf - len, "%s%s", len ? "," : "", str);
         if (n < 0 || (size_t)n >= sizeof buf - len) {
             snprintf(err, errlen, "%s: list is too long", f->name);
             return -1;
@@ -279,24 +280,25 @@ static int set_string_list(srv_config *c, const field *f, const cJSON *arr, char
     return set_string(c, f, buf, err, errlen);
 }
 
-static int apply_json_field(srv_config *c, const field *f, const cJSON *v, char *err, size_t errlen)
+static int apply_json_field(srv_config *c, const field *f, const dit_json *v, char *err,
+                            size_t errlen)
 {
     char range[96];
     describe_range(f, range, sizeof range);
     switch (f->type) {
     case F_STR:
-        if (cJSON_IsString(v))
-            return set_string(c, f, v->valuestring, err, errlen);
-        if (cJSON_IsArray(v) && !strcmp(f->name, "trusted_proxies"))
+        if (dit_json_type(v) == DIT_JSON_STRING)
+            return set_string(c, f, dit_json_str(v), err, errlen);
+        if (dit_json_type(v) == DIT_JSON_ARRAY && !strcmp(f->name, "trusted_proxies"))
             return set_string_list(c, f, v, err, errlen);
         break;
     case F_BOOL:
-        if (cJSON_IsBool(v))
-            return set_number(c, f, cJSON_IsTrue(v), err, errlen);
+        if (dit_json_type(v) == DIT_JSON_BOOL)
+            return set_number(c, f, dit_json_bool(v), err, errlen);
         break;
     default:
-        if (cJSON_IsNumber(v))
-            return set_number(c, f, v->valuedouble, err, errlen);
+        if (dit_json_type(v) == DIT_JSON_NUMBER)
+            return set_number(c, f, dit_json_num(v), err, errlen);
         break;
     }
     snprintf(err, errlen, "%s: wrong type: must be %s", f->name, range);
@@ -326,23 +328,29 @@ int srv_config_load_file(srv_config *c, const char *path, char *err, size_t errl
     }
     fclose(fp);
     text[len] = 0;
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    dit_json_doc *doc = NULL;
+    char jerr[200];
+    int rc = dit_json_parse(text, len, &doc, jerr, sizeof jerr);
     free(text);
-    if (!cJSON_IsObject(root)) {
-        snprintf(err, errlen, "%s: not a JSON object", path);
-        cJSON_Delete(root);
+    if (rc) {
+        snprintf(err, errlen, "%s: not valid JSON: %s", path, jerr);
         return -1;
     }
-    const cJSON *it;
-    int rc = 0;
-    cJSON_ArrayForEach(it, root) {
-        if (it->string && it->string[0] == '_')
+    const dit_json *root = dit_json_root(doc);
+    if (dit_json_type(root) != DIT_JSON_OBJECT) {
+        snprintf(err, errlen, "%s: not a JSON object", path);
+        dit_json_free(doc);
+        return -1;
+    }
+    for (size_t i = 0; i < dit_json_len(root); i++) {
+        const char *key = dit_json_str(dit_json_key(root, i));
+        const dit_json *it = dit_json_at(root, i);
+        if (key[0] == '_')
             continue; /* "_comment" and the like */
-        const field *f = it->string ? find_field(it->string) : NULL;
-        if (!f) {
+        const field *f = find_field(key);
+        if (!f || strlen(key) != dit_json_len(dit_json_key(root, i))) {
             char msg[320];
-            unknown_name(msg, sizeof msg, "field", it->string ? it->string : "", 0,
-                         "config/README.md");
+            unknown_name(msg, sizeof msg, "field", key, 0, "config/README.md");
             snprintf(err, errlen, "%s: %s", path, msg);
             rc = -1;
             break;
@@ -353,7 +361,7 @@ int srv_config_load_file(srv_config *c, const char *path, char *err, size_t errl
             break;
         }
     }
-    cJSON_Delete(root);
+    dit_json_free(doc);
     return rc;
 }
 

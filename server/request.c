@@ -4,22 +4,24 @@
  * here, before a job exists, so a bad request costs the server nothing but
  * this parse and the client gets a message naming the field and the range
  * it must lie in. Unknown fields are refused rather than ignored: a typo
- * such as "step" would otherwise silently run with the default. A NUL in
- * the body is refused before parsing: cJSON's C strings would cut a key
- * such as "class_label\u0000junk" at it and take it for another. Quoted
- * client text is cut on a UTF-8 character boundary (utf8_prefix).
+ * such as "step" would otherwise silently run with the default. The body
+ * is read by the project's one strict JSON reader (dit_json: duplicate
+ * keys, trailing data and invalid UTF-8 are refused; it keeps no global
+ * state, so requests parse concurrently without a lock). A NUL in the body
+ * is refused before parsing: C strings would cut a key such as
+ * "class_label\u0000junk" at it and take it for another. Quoted client
+ * text is cut on a UTF-8 character boundary (utf8_prefix).
  */
 #include "request.h"
 
-#include <cjson/cJSON.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include <ditmoe/dit.h>
+#include <ditmoe/dit_json.h>
 
 /* Every field either dialect knows: its JSON name, what it sets, and the
  * dialects (bit 1 << enum srv_dialect) that accept it. */
@@ -69,7 +71,7 @@ static int utf8_prefix(const char *s, int max)
 }
 
 /* Offset of a NUL in body[0..len): a raw byte, or \u0000 inside a string
- * (which cJSON would silently cut a key or value at); -1 when none. */
+ * (which C strings would silently cut a key or value at); -1 when none. */
 static long find_nul(const char *b, size_t len)
 {
     int in_str = 0;
@@ -89,26 +91,30 @@ static long find_nul(const char *b, size_t len)
     return -1;
 }
 
-static const char *type_of(const cJSON *v)
+static const char *type_of(const dit_json *v)
 {
-    if (cJSON_IsNumber(v)) return "a number";
-    if (cJSON_IsString(v)) return "a string";
-    if (cJSON_IsBool(v)) return "a boolean";
-    if (cJSON_IsNull(v)) return "null";
-    if (cJSON_IsArray(v)) return "an array";
-    return "an object";
+    switch (dit_json_type(v)) {
+    case DIT_JSON_NUMBER: return "a number";
+    case DIT_JSON_STRING: return "a string";
+    case DIT_JSON_BOOL: return "a boolean";
+    case DIT_JSON_NULL: return "null";
+    case DIT_JSON_ARRAY: return "an array";
+    default: return "an object";
+    }
 }
 
+static int is_num(const dit_json *v) { return dit_json_type(v) == DIT_JSON_NUMBER; }
+
 /* An integral JSON number in [lo, hi], else a message naming the field. */
-static int get_int(const cJSON *v, const char *name, double lo, double hi, double *out,
+static int get_int(const dit_json *v, const char *name, double lo, double hi, double *out,
                    char *err, size_t errlen)
 {
-    if (!cJSON_IsNumber(v)) {
+    if (!is_num(v)) {
         snprintf(err, errlen, "%s: must be an integer in [%.0f, %.0f], got %s", name, lo, hi,
                  type_of(v));
         return -1;
     }
-    double d = v->valuedouble;
+    double d = dit_json_num(v);
     if (!isfinite(d) || d != floor(d) || d < lo || d > hi) {
         snprintf(err, errlen, "%s: %.17g is out of range: must be an integer in [%.0f, %.0f]",
                  name, d, lo, hi);
@@ -118,28 +124,29 @@ static int get_int(const cJSON *v, const char *name, double lo, double hi, doubl
     return 0;
 }
 
-static int get_class(const cJSON *v, const char *name, const srv_limits *lim, int *out,
+static int get_class(const dit_json *v, const char *name, const srv_limits *lim, int *out,
                      char *err, size_t errlen)
 {
     double d;
-    if (cJSON_IsString(v)) {
-        int k = lim->find_class ? lim->find_class(lim->user, v->valuestring) : -1;
+    const char *str = dit_json_str(v);
+    if (str) {
+        int k = lim->find_class ? lim->find_class(lim->user, str) : -1;
         if (k >= 0 && k < lim->num_classes) {
             *out = k;
             return 0;
         }
         char *end;
-        long n = strtol(v->valuestring, &end, 10);
-        if (v->valuestring[0] && !*end && n >= 0 && n < lim->num_classes) {
+        long n = strtol(str, &end, 10);
+        if (str[0] && !*end && n >= 0 && n < lim->num_classes) {
             *out = (int)n;
             return 0;
         }
         snprintf(err, errlen, "%s: unknown class '%.*s': must be an integer in [0, %d] "
                  "or a class name (GET /v1/model lists them)", name,
-                 utf8_prefix(v->valuestring, 64), v->valuestring, lim->num_classes - 1);
+                 utf8_prefix(str, 64), str, lim->num_classes - 1);
         return -1;
     }
-    if (cJSON_IsNumber(v)) {
+    if (is_num(v)) {
         if (get_int(v, name, 0, lim->num_classes - 1, &d, err, errlen))
             return -1;
         *out = (int)d;
@@ -151,33 +158,35 @@ static int get_class(const cJSON *v, const char *name, const srv_limits *lim, in
 }
 
 /* A string naming one of `names` (NULL-terminated); its index in *out. */
-static int get_enum(const cJSON *v, const char *name, const char *const *names, int *out,
+static int get_enum(const dit_json *v, const char *name, const char *const *names, int *out,
                     char *err, size_t errlen)
 {
     char allowed[128] = "";
+    const char *str = dit_json_str(v);
     for (int i = 0; names[i]; i++) {
-        if (cJSON_IsString(v) && !strcasecmp(v->valuestring, names[i])) {
+        if (str && !strcasecmp(str, names[i])) {
             *out = i;
             return 0;
         }
         size_t l = strlen(allowed);
         snprintf(allowed + l, sizeof allowed - l, "%s\"%s\"", i ? ", " : "", names[i]);
     }
-    if (cJSON_IsString(v))
+    if (str)
         snprintf(err, errlen, "%s: unknown value '%.*s': must be one of %s", name,
-                 utf8_prefix(v->valuestring, 32), v->valuestring, allowed);
+                 utf8_prefix(str, 32), str, allowed);
     else
         snprintf(err, errlen, "%s: must be one of %s, got %s", name, allowed, type_of(v));
     return -1;
 }
 
-static int get_sampler(const cJSON *v, int *out, char *err, size_t errlen)
+static int get_sampler(const dit_json *v, int *out, char *err, size_t errlen)
 {
-    int k = cJSON_IsString(v) ? dit_sampler_parse(v->valuestring) : -1;
+    const char *str = dit_json_str(v);
+    int k = str ? dit_sampler_parse(str) : -1;
     if (k < 0) {
-        if (cJSON_IsString(v))
+        if (str)
             snprintf(err, errlen, "sampler: unknown sampler '%.*s': must be \"euler\", \"ddpm\" "
-                     "or \"ddim\"", utf8_prefix(v->valuestring, 32), v->valuestring);
+                     "or \"ddim\"", utf8_prefix(str, 32), str);
         else
             snprintf(err, errlen, "sampler: must be \"euler\", \"ddpm\" or \"ddim\", got %s",
                      type_of(v));
@@ -188,37 +197,39 @@ static int get_sampler(const cJSON *v, int *out, char *err, size_t errlen)
 }
 
 /* "size": "WxH", the one size the model makes. */
-static int get_size(const cJSON *v, const srv_limits *lim, char *err, size_t errlen)
+static int get_size(const dit_json *v, const srv_limits *lim, char *err, size_t errlen)
 {
     char want[32];
+    const char *str = dit_json_str(v);
     snprintf(want, sizeof want, "%dx%d", lim->image_w, lim->image_h);
-    if (cJSON_IsString(v) && !strcmp(v->valuestring, want))
+    if (str && !strcmp(str, want))
         return 0;
-    if (cJSON_IsString(v))
+    if (str)
         snprintf(err, errlen, "size: '%.*s' is not a size this model makes: must be \"%s\"",
-                 utf8_prefix(v->valuestring, 32), v->valuestring, want);
+                 utf8_prefix(str, 32), str, want);
     else
         snprintf(err, errlen, "size: must be the string \"%s\", got %s", want, type_of(v));
     return -1;
 }
 
-static int get_cfg(const cJSON *v, const srv_limits *lim, double *out, char *err, size_t errlen)
+static int get_cfg(const dit_json *v, const srv_limits *lim, double *out, char *err,
+                   size_t errlen)
 {
-    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < 1.0 ||
-        v->valuedouble > lim->max_cfg) {
-        if (cJSON_IsNumber(v))
+    double d = dit_json_num(v);
+    if (!is_num(v) || !isfinite(d) || d < 1.0 || d > lim->max_cfg) {
+        if (is_num(v))
             snprintf(err, errlen, "cfg_scale: %.17g is out of range: must be a number in "
-                     "[1, %g] (1 = no guidance)", v->valuedouble, lim->max_cfg);
+                     "[1, %g] (1 = no guidance)", d, lim->max_cfg);
         else
             snprintf(err, errlen, "cfg_scale: must be a number in [1, %g], got %s",
                      lim->max_cfg, type_of(v));
         return -1;
     }
-    *out = v->valuedouble;
+    *out = d;
     return 0;
 }
 
-static int apply_field(const struct field *f, const cJSON *v, const srv_limits *lim,
+static int apply_field(const struct field *f, const dit_json *v, const srv_limits *lim,
                        srv_gen_req *r, char *err, size_t errlen)
 {
     static const char *const CFG_MODES[] = {"upstream", "all", NULL};
@@ -248,7 +259,7 @@ static int apply_field(const struct field *f, const cJSON *v, const srv_limits *
     case F_SIZE: return get_size(v, lim, err, errlen);
     case F_FORMAT: return get_enum(v, "response_format", FORMATS, &ignored, err, errlen);
     default:
-        if (cJSON_IsString(v) || cJSON_IsNull(v))
+        if (dit_json_type(v) == DIT_JSON_STRING || dit_json_type(v) == DIT_JSON_NULL)
             return 0;
         snprintf(err, errlen, "%s: must be a string (it has no effect here), got %s", f->name,
                  type_of(v));
@@ -256,26 +267,22 @@ static int apply_field(const struct field *f, const cJSON *v, const srv_limits *
     }
 }
 
-static int parse_fields(const cJSON *root, const srv_limits *lim, int dialect, srv_gen_req *r,
-                        char *err, size_t errlen)
+static int parse_fields(const dit_json *root, const srv_limits *lim, int dialect,
+                        srv_gen_req *r, char *err, size_t errlen)
 {
-    int seen[NFIELDS] = {0}, have_class = 0;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, root) {
+    int have_class = 0; /* (a key given twice is refused by the parser) */
+    for (size_t i = 0; i < dit_json_len(root); i++) {
+        const dit_json *it = dit_json_at(root, i);
+        const char *key = dit_json_str(dit_json_key(root, i));
         int k = 0;
         while (k < NFIELDS && (!(FIELDS[k].dialects & (1 << dialect)) ||
-                               strcmp(FIELDS[k].name, it->string ? it->string : "")))
+                               strcmp(FIELDS[k].name, key)))
             k++;
         if (k == NFIELDS) {
             char allowed[256];
             allowed_fields(dialect, allowed, sizeof allowed);
-            const char *key = it->string ? it->string : "";
             snprintf(err, errlen, "%.*s: unknown field: allowed fields are %s",
                      utf8_prefix(key, 48), key, allowed);
-            return -1;
-        }
-        if (seen[k]++) {
-            snprintf(err, errlen, "%s: given more than once", FIELDS[k].name);
             return -1;
         }
         if (apply_field(&FIELDS[k], it, lim, r, err, errlen))
@@ -322,35 +329,20 @@ int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, int 
                  "field names or values", nul);
         return SRV_PARSE_FIELD;
     }
-    /* cJSON's parser writes a process-wide error position: one at a time. */
-    static pthread_mutex_t parse_mu = PTHREAD_MUTEX_INITIALIZER;
-    const char *end = NULL;
-    pthread_mutex_lock(&parse_mu);
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-    pthread_mutex_unlock(&parse_mu);
-    if (root && end) {
-        size_t pos = (size_t)(end - body);
-        while (pos < len && strchr(" \t\r\n", body[pos]) && body[pos])
-            pos++;
-        if (pos < len) {
-            cJSON_Delete(root);
-            snprintf(err, errlen, "malformed JSON: unexpected data at byte %zu after the object",
-                     pos);
-            return SRV_PARSE_JSON;
-        }
-    }
-    if (!root) {
-        size_t pos = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;
-        snprintf(err, errlen, "malformed JSON near byte %zu", pos);
+    dit_json_doc *doc = NULL;
+    char jerr[200];
+    if (dit_json_parse(body, len, &doc, jerr, sizeof jerr)) {
+        snprintf(err, errlen, "malformed JSON: %s", jerr);
         return SRV_PARSE_JSON;
     }
-    if (!cJSON_IsObject(root)) {
+    const dit_json *root = dit_json_root(doc);
+    if (dit_json_type(root) != DIT_JSON_OBJECT) {
         snprintf(err, errlen, "body must be a JSON object, got %s", type_of(root));
-        cJSON_Delete(root);
+        dit_json_free(doc);
         return SRV_PARSE_JSON;
     }
     int rc = parse_fields(root, lim, dialect, &r, err, errlen);
-    cJSON_Delete(root);
+    dit_json_free(doc);
     if (rc)
         return SRV_PARSE_FIELD;
     *out = r;
