@@ -26,6 +26,7 @@
 
 #include <ditmoe/dit.h>
 #include <ditmoe/dit_json.h>
+#include "dtype.h"
 #include "ops.h"
 #include "st.h"
 #include "vae.h"
@@ -244,17 +245,12 @@ static int bind(binder *b, const float **out, const char *name, int ndim,
         return ERR(DIT_E_FORMAT, "%s: tensor \"%s\" has shape %s, but the VAE's "
                    VAE_CONFIG_FILE " implies %s", path, name, got, exp);
     }
-    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
+    if (!dtype_get(t->dtype))
         return ERR(DIT_E_FORMAT, "%s: tensor \"%s\" has dtype %s, expected F32, F16 or BF16",
                    path, name, st_dtype_name(t->dtype));
     size_t n = (size_t)st_numel(t);
     float *dst = b->m->w + b->m->w_used; /* room was counted by count_floats */
-    const uint16_t *half = t->data;
-    if (t->dtype == ST_F32)
-        memcpy(dst, t->data, n * sizeof(float));
-    else
-        for (size_t i = 0; i < n; i++)
-            dst[i] = t->dtype == ST_F16 ? f16_to_f32(half[i]) : bf16_to_f32(half[i]);
+    dtype_get(t->dtype)->to_f32(dst, t->data, n);
     b->m->w_used += n;
     *out = dst;
     b->used[b->nused++] = t;
