@@ -1132,9 +1132,12 @@ def test_soak():
         check(five_hundreds(s) == before, "no 5xx under load")
         check(s.get("/health").status == 200, "healthy after the load")
         # the same traffic again must not need more memory (4 MiB of slack
-        # for the allocator's arenas)
-        check(rss[2] <= rss[0] + 4096 and rss[1] <= rss[0] + 4096,
-              f"RSS grew after the warm-up: {rss} kB")
+        # for the allocator's arenas). Under AddressSanitizer freed memory
+        # sits in its quarantine (up to 256 MiB), so RSS says nothing there;
+        # LeakSanitizer checks that build for leaks at exit instead.
+        if os.environ.get("DITMOE_SANITIZED") != "address":
+            check(rss[2] <= rss[0] + 4096 and rss[1] <= rss[0] + 4096,
+                  f"RSS grew after the warm-up: {rss} kB")
     finally:
         s.close()
 
