@@ -104,9 +104,10 @@ int routes_job(srv_req *req, srv_reply *out, const char *id, const char *sub);
 /* static.c: GET/HEAD of files under the web root. */
 int routes_static(srv_req *req, srv_reply *out);
 
-/* introspect.c: /v1/model, /stats, /metrics. */
+/* introspect.c: /v1/model, /stats, /stats/routing, /metrics. */
 int routes_model(srv_req *req, srv_reply *out);
 int routes_stats(srv_req *req, srv_reply *out);
+int routes_stats_routing(srv_req *req, srv_reply *out);
 int routes_metrics(srv_req *req, srv_reply *out);
 
 #endif
