@@ -53,13 +53,24 @@ static cJSON *noise_rows(const rt_counts *c, int l, int uncond)
     return a;
 }
 
+void rt_layer_info(const rt_counts *c, int l, rt_info *cls, rt_info *noise, rt_info *uncond)
+{
+    size_t le = (size_t)c->L * c->E;
+    if (cls)
+        rt_mutual_info(c->by_class + (size_t)l * c->E, c->K, le, c->E, cls);
+    if (noise)
+        rt_mutual_info(noise_table(c, l, 0), RT_BUCKETS, le, c->E, noise);
+    if (uncond)
+        rt_mutual_info(noise_table(c, l, 1), RT_BUCKETS, le, c->E, uncond);
+}
+
 /* The unconditional rows of layer l: their entropy and I(E; noise). */
 static cJSON *layer_uncond(const rt_counts *c, int l)
 {
     rt_info noise;
     size_t le = (size_t)c->L * c->E;
     const uint64_t *row = c->by_class + (size_t)c->K * le + (size_t)l * c->E;
-    rt_mutual_info(noise_table(c, l, 1), RT_BUCKETS, le, c->E, &noise);
+    rt_layer_info(c, l, NULL, NULL, &noise);
     cJSON *u = cJSON_CreateObject();
     cJSON_AddNumberToObject(u, "tokens", noise.tokens);
     add_measure(u, "entropy_bits", noise.h_expert, noise.tokens > 0);
@@ -77,8 +88,7 @@ static cJSON *layer_json(const rt_counts *c, int l)
     rt_info cls, noise;
     size_t le = (size_t)c->L * c->E;
     const uint64_t *by_class = c->by_class + (size_t)l * c->E;
-    rt_mutual_info(by_class, c->K, le, c->E, &cls);
-    rt_mutual_info(noise_table(c, l, 0), RT_BUCKETS, le, c->E, &noise);
+    rt_layer_info(c, l, &cls, &noise, NULL);
     cJSON *o = cJSON_CreateObject(), *rows = cJSON_CreateArray();
     int ok = cls.tokens > 0;
     cJSON_AddNumberToObject(o, "layer", l);

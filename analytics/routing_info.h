@@ -92,6 +92,11 @@ int rt_cover_set(const uint64_t *row, int E, double frac, int *out);
 
 /* ---- report (report.c) --------------------------------------------------- */
 
+/* Layer l of a table: I(E; class) over the conditional rows' classes, I(E;
+ * noise) over their noise buckets, and I(E; noise) of the unconditional
+ * rows. Any of the three may be NULL. */
+void rt_layer_info(const rt_counts *c, int l, rt_info *cls, rt_info *noise, rt_info *uncond);
+
 struct cJSON;
 
 /* The JSON report of a table (docs/routing.md describes every field): per

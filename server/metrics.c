@@ -188,31 +188,34 @@ static void put_counters(buf *b, srv_metrics *m)
            "ditmoe_images_total %llu\n", (unsigned long long)m->images);
 }
 
+/* One gauge per layer and period: values (2, L), since start then window. */
+static void put_layer_gauge(buf *b, const char *name, const char *help, const double *values,
+                            int layers)
+{
+    static const char *const period[2] = {"since_start", "window"};
+    put(b, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
+    for (int p = 0; p < 2; p++)
+        for (int l = 0; l < layers; l++)
+            put(b, "%s{layer=\"%d\",period=\"%s\"} %.6g\n", name, l, period[p],
+                values[p * layers + l]);
+}
+
 /* The expert token counters and, per layer and period, the two mutual
  * informations (stats.c measures them; NaN until a period has tokens). */
 static void put_routing(buf *b, const srv_metrics_routing *r)
 {
-    static const char *const period[2] = {"since_start", "window"};
     put(b, "# HELP ditmoe_expert_tokens_total Tokens routed to each expert of each MoE layer.\n"
            "# TYPE ditmoe_expert_tokens_total counter\n");
     for (int l = 0; l < r->layers; l++)
         for (int e = 0; e < r->experts; e++)
             put(b, "ditmoe_expert_tokens_total{layer=\"%d\",expert=\"%d\"} %llu\n", l, e,
                 (unsigned long long)r->expert_tokens[(size_t)l * r->experts + e]);
-    put(b, "# HELP ditmoe_routing_class_information_bits I(expert; class) of each MoE layer "
-           "in bits, over the conditional rows (GET /stats/routing).\n"
-           "# TYPE ditmoe_routing_class_information_bits gauge\n");
-    for (int p = 0; p < 2; p++)
-        for (int l = 0; l < r->layers; l++)
-            put(b, "ditmoe_routing_class_information_bits{layer=\"%d\",period=\"%s\"} %.6g\n", l,
-                period[p], r->mi_class[p * r->layers + l]);
-    put(b, "# HELP ditmoe_routing_noise_information_bits I(expert; noise level) of each MoE "
-           "layer in bits, over the conditional rows (GET /stats/routing).\n"
-           "# TYPE ditmoe_routing_noise_information_bits gauge\n");
-    for (int p = 0; p < 2; p++)
-        for (int l = 0; l < r->layers; l++)
-            put(b, "ditmoe_routing_noise_information_bits{layer=\"%d\",period=\"%s\"} %.6g\n", l,
-                period[p], r->mi_noise[p * r->layers + l]);
+    put_layer_gauge(b, "ditmoe_routing_class_information_bits", "I(expert; class) of each MoE "
+                    "layer in bits, over the conditional rows (GET /stats/routing).",
+                    r->mi_class, r->layers);
+    put_layer_gauge(b, "ditmoe_routing_noise_information_bits", "I(expert; noise level) of each "
+                    "MoE layer in bits, over the conditional rows (GET /stats/routing).",
+                    r->mi_noise, r->layers);
 }
 
 char *srv_metrics_text(srv_metrics *m, int queued, int running, int queue_capacity,
