@@ -7,6 +7,7 @@
  */
 #include "metrics.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -195,9 +196,15 @@ static void put_layer_gauge(buf *b, const char *name, const char *help, const do
     static const char *const period[2] = {"since_start", "window"};
     put(b, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
     for (int p = 0; p < 2; p++)
-        for (int l = 0; l < layers; l++)
-            put(b, "%s{layer=\"%d\",period=\"%s\"} %.6g\n", name, l, period[p],
-                values[p * layers + l]);
+        for (int l = 0; l < layers; l++) {
+            double v = values[p * layers + l];
+            char num[32]; /* the exposition format spells it NaN; printf says nan */
+            if (isnan(v))
+                snprintf(num, sizeof num, "NaN");
+            else
+                snprintf(num, sizeof num, "%.6g", v);
+            put(b, "%s{layer=\"%d\",period=\"%s\"} %s\n", name, l, period[p], num);
+        }
 }
 
 /* The expert token counters and, per layer and period, the two mutual
