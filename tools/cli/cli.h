@@ -25,6 +25,7 @@ int cmd_generate(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_decode(int argc, char **argv);
+int cmd_routing(int argc, char **argv);
 
 /* ---- messages --------------------------------------------------------- */
 

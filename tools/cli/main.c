@@ -20,6 +20,7 @@ static const struct cli_command {
     { "bench", cmd_bench, "measure forward latency, throughput and GFLOP/s" },
     { "convert", cmd_convert, "turn a PyTorch .pt checkpoint into a model directory" },
     { "decode", cmd_decode, "decode SD-VAE latents (.npy) to a PNG" },
+    { "routing", cmd_routing, "which experts each class and noise level uses (N images a class)" },
 };
 
 static void usage(FILE *f)
