@@ -243,7 +243,7 @@ static void print_text(const rt_run *r, const char *name, const int *sizes)
     printf("\nIn layer %d, where it tells most, knowing the class tells %.2f of the expert "
            "choice's %.2f bits (%.1f%%); knowing the noise level tells %.2f bits (%.1f%%).\n",
            best, cls.mi, cls.h_expert, 100 * cls.share, noise.mi, 100 * noise.share);
-    printf("cost        counting %.3f ms for %ld forwards of %.3f s: %.4f%% of the forward time\n",
+    printf("cost        counting %.3f ms for %ld forwards of %.3f s: %.2g%% of the forward time\n",
            1e3 * r->count_s, r->forwards, r->forward_s, 100 * r->count_s / r->forward_s);
 }
 
