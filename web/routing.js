@@ -7,6 +7,8 @@
 
 import { drawHeatmap, drawLegend, maxShare, shares } from './heatmap.js';
 
+const MAX_CLASS_ROWS = 24; // an ImageNet server may have seen 1000 classes
+
 const bits = (v) => (v == null ? '–' : v < 0.01 && v > 0 ? v.toPrecision(1) : v.toFixed(2));
 const pct = (v) => `${+(v * 100).toFixed(1)}%`;
 
@@ -54,9 +56,14 @@ export function drawRouting(els, rep, l, period) {
   const n = rep.noise_buckets;
   const noiseRows = lay.noise_counts.map((r, b) => ({ r, b })).reverse() // pure noise on top
     .filter((x) => x.r.some((v) => v > 0));
-  const max = maxShare(shares(lay.class_counts), shares(noiseRows.map((x) => x.r))) || 1;
-  drawHeatmap(els.cls, lay.class_counts, max, `Layer ${l}: experts used by each class`,
-    { head: 'class', names: rep.classes.map((c) => c.name || String(c.class)) });
+  // the most requested classes when there are many, still in label order
+  const keep = rep.classes.map((c, i) => ({ c, i }))
+    .sort((a, b) => b.c.tokens - a.c.tokens).slice(0, MAX_CLASS_ROWS).sort((a, b) => a.i - b.i);
+  const clsRows = keep.map((x) => lay.class_counts[x.i]);
+  const max = maxShare(shares(clsRows), shares(noiseRows.map((x) => x.r))) || 1;
+  drawHeatmap(els.cls, clsRows, max, `Layer ${l}: experts used by each class`
+    + (keep.length < rep.classes.length ? ` (the ${keep.length} most requested of ${rep.classes.length})` : ''),
+    { head: 'class', names: keep.map((x) => x.c.name || String(x.c.class)) });
   drawHeatmap(els.noise, noiseRows.map((x) => x.r), max,
     `Layer ${l}: experts used at each noise level`,
     { head: 'noise', names: noiseRows.map((x) => noiseLabel(x.b, n)) });

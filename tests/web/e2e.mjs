@@ -198,6 +198,9 @@ async function checkRouting(page, base, model, classes, steps) {
     classes.length);
   check(await page.$$eval('#rt-layer option', (o) => o.length) === L, `the layer menu lists ${L} layers`);
   const rep = (await (await fetch(`${base}/stats/routing`)).json()).since_start;
+  // the panel polls: wait until it shows what the server has now (every layer counts the same)
+  await page.waitForFunction((n) => [...document.querySelectorAll('#hm-class td')]
+    .reduce((a, td) => a + Number(td.dataset.count), 0) === n, rep.tokens);
   for (const layer of [0, L - 1]) {
     await page.selectOption('#rt-layer', String(layer));
     for (const period of ['since_start', 'window']) {
@@ -219,6 +222,27 @@ async function checkRouting(page, base, model, classes, steps) {
     }
   }
   check(await page.$$eval('#rt-legend .legend-bar', (e) => e.length) === 1, 'the routing panel has a colour legend');
+}
+
+// Many classes (an ImageNet server): the class heatmap keeps the 24 most
+// requested, in label order, and says so. The report is the server's own
+// with 30 made-up classes, class k having k + 1 tokens.
+async function checkManyClasses(page, base) {
+  const doc = await (await fetch(`${base}/stats/routing`)).json();
+  for (const rep of [doc.since_start, doc.window]) {
+    const row = rep.layers.map((l) => l.class_counts[0]);
+    rep.classes = Array.from({ length: 30 }, (_, k) => ({ ...rep.classes[0], class: k, name: `c${k}`, tokens: k + 1 }));
+    rep.layers.forEach((l, i) => { l.class_counts = rep.classes.map(() => row[i]); });
+  }
+  await page.route('**/stats/routing', (route) => route.fulfill({
+    status: 200, contentType: 'application/json', body: JSON.stringify(doc) }));
+  await page.waitForFunction(() => document.querySelectorAll('#hm-class tbody tr').length === 24);
+  const rows = await page.$$eval('#hm-class tbody th', (t) => t.map((x) => x.textContent));
+  const want = Array.from({ length: 24 }, (_, i) => `c${i + 6}`);
+  check(JSON.stringify(rows) === JSON.stringify(want), `30 classes: the 24 most requested, in label order (${rows})`);
+  check(/the 24 most requested of 30/.test(await page.getAttribute('#hm-class table', 'aria-label')),
+    '30 classes: the heatmap says it shows 24 of them');
+  await page.unroute('**/stats/routing');
 }
 
 async function mainFlow(pw, browser, scratch, model) {
@@ -252,6 +276,7 @@ async function mainFlow(pw, browser, scratch, model) {
   await generateAndCheck(page, info, names[1], 3);
   check(await page.$$eval('#gallery li', (e) => e.length) === 2, 'gallery holds both results');
   await checkRouting(page, base, info, [names.indexOf(cls), 1], 8);
+  await checkManyClasses(page, base);
   await page.click('#gallery li:last-child button');
   check(await page.inputValue('#seed') === '7' && await page.inputValue('#class-input') === cls,
     'selecting a gallery item restores its settings');
