@@ -1,5 +1,5 @@
-/* introspect.c: GET /v1/model, GET /v1/models[/{id}], GET /stats and
- * GET /metrics.
+/* introspect.c: GET /v1/model, GET /v1/models[/{id}], GET /stats,
+ * GET /stats/routing and GET /metrics.
  *
  * Read-only views of the model and of the server's counters; each builds
  * its document on request (they are small next to an image). Paths are
@@ -179,20 +179,29 @@ int routes_stats(srv_req *req, srv_reply *out)
     return srv_reply_text(out, 200, "application/json", text);
 }
 
+int routes_stats_routing(srv_req *req, srv_reply *out)
+{
+    srv *s = req->s;
+    return srv_reply_text(out, 200, "application/json",
+                          srv_stats_routing_json(s->stats, s->model, srv_now()));
+}
+
 int routes_metrics(srv_req *req, srv_reply *out)
 {
     srv *s = req->s;
     int queued, running, L = s->mc->depth, E = s->mc->num_experts;
     job_counts(s->jobs, &queued, &running);
-    uint64_t *tokens = calloc((size_t)L * (size_t)E, sizeof *tokens);
+    uint64_t *tokens = calloc((size_t)L * (size_t)E, sizeof *tokens);   /* (L, E) */
+    double *mi = calloc(4 * (size_t)L, sizeof *mi);                     /* (2, 2, L) */
     size_t len = 0;
     char *text = NULL;
-    if (tokens) {
+    if (tokens && mi && !srv_stats_routing_mi(s->stats, srv_now(), mi, mi + 2 * L)) {
         srv_stats_totals(s->stats, tokens);
-        text = srv_metrics_text(s->metrics, queued, running, s->cfg->queue_capacity, tokens, L, E,
-                                &len);
-        free(tokens);
+        srv_metrics_routing r = {L, E, tokens, mi, mi + 2 * L};
+        text = srv_metrics_text(s->metrics, queued, running, s->cfg->queue_capacity, &r, &len);
     }
+    free(tokens);
+    free(mi);
     (void)len;
     return srv_reply_text(out, 200, "text/plain; version=0.0.4; charset=utf-8", text);
 }

@@ -7,6 +7,7 @@
  */
 #include "metrics.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -188,8 +189,44 @@ static void put_counters(buf *b, srv_metrics *m)
            "ditmoe_images_total %llu\n", (unsigned long long)m->images);
 }
 
+/* One gauge per layer and period: values (2, L), since start then window. */
+static void put_layer_gauge(buf *b, const char *name, const char *help, const double *values,
+                            int layers)
+{
+    static const char *const period[2] = {"since_start", "window"};
+    put(b, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
+    for (int p = 0; p < 2; p++)
+        for (int l = 0; l < layers; l++) {
+            double v = values[p * layers + l];
+            char num[32]; /* the exposition format spells it NaN; printf says nan */
+            if (isnan(v))
+                snprintf(num, sizeof num, "NaN");
+            else
+                snprintf(num, sizeof num, "%.6g", v);
+            put(b, "%s{layer=\"%d\",period=\"%s\"} %s\n", name, l, period[p], num);
+        }
+}
+
+/* The expert token counters and, per layer and period, the two mutual
+ * informations (stats.c measures them; NaN until a period has tokens). */
+static void put_routing(buf *b, const srv_metrics_routing *r)
+{
+    put(b, "# HELP ditmoe_expert_tokens_total Tokens routed to each expert of each MoE layer.\n"
+           "# TYPE ditmoe_expert_tokens_total counter\n");
+    for (int l = 0; l < r->layers; l++)
+        for (int e = 0; e < r->experts; e++)
+            put(b, "ditmoe_expert_tokens_total{layer=\"%d\",expert=\"%d\"} %llu\n", l, e,
+                (unsigned long long)r->expert_tokens[(size_t)l * r->experts + e]);
+    put_layer_gauge(b, "ditmoe_routing_class_information_bits", "I(expert; class) of each MoE "
+                    "layer in bits, over the conditional rows (GET /stats/routing).",
+                    r->mi_class, r->layers);
+    put_layer_gauge(b, "ditmoe_routing_noise_information_bits", "I(expert; noise level) of each "
+                    "MoE layer in bits, over the conditional rows (GET /stats/routing).",
+                    r->mi_noise, r->layers);
+}
+
 char *srv_metrics_text(srv_metrics *m, int queued, int running, int queue_capacity,
-                       const uint64_t *expert_tokens, int layers, int experts, size_t *len)
+                       const srv_metrics_routing *r, size_t *len)
 {
     buf b = {0};
     pthread_mutex_lock(&m->mu);
@@ -215,12 +252,7 @@ char *srv_metrics_text(srv_metrics *m, int queued, int running, int queue_capaci
             "ditmoe_queue_capacity %d\n", queue_capacity);
     put(&b, "# HELP ditmoe_jobs_running Jobs in the running batch.\n"
             "# TYPE ditmoe_jobs_running gauge\nditmoe_jobs_running %d\n", running);
-    put(&b, "# HELP ditmoe_expert_tokens_total Tokens routed to each expert of each MoE layer.\n"
-            "# TYPE ditmoe_expert_tokens_total counter\n");
-    for (int l = 0; l < layers; l++)
-        for (int e = 0; e < experts; e++)
-            put(&b, "ditmoe_expert_tokens_total{layer=\"%d\",expert=\"%d\"} %llu\n", l, e,
-                (unsigned long long)expert_tokens[(size_t)l * experts + e]);
+    put_routing(&b, r);
     if (b.failed) {
         free(b.p);
         return NULL;

@@ -23,9 +23,16 @@ void srv_metrics_decode(srv_metrics *m, double decode_s, double encode_s);
  * with `images` images. */
 void srv_metrics_job(srv_metrics *m, const char *outcome, double seconds, int images);
 
+/* What /metrics says about routing, read from stats.c at scrape time. */
+typedef struct srv_metrics_routing {
+    int layers, experts;
+    const uint64_t *expert_tokens;     /* (L, E) tokens since start */
+    const double *mi_class, *mi_noise; /* (2, L) bits: since start, then the window; NaN: none */
+} srv_metrics_routing;
+
 /* The exposition text (malloc'd; *len its length), with the gauges and the
- * tokens per expert (L, E) passed in. NULL when out of memory. */
+ * routing figures passed in. NULL when out of memory. */
 char *srv_metrics_text(srv_metrics *m, int queued, int running, int queue_capacity,
-                       const uint64_t *expert_tokens, int layers, int experts, size_t *len);
+                       const srv_metrics_routing *r, size_t *len);
 
 #endif

@@ -52,6 +52,12 @@ static int r_stats(srv_req *req, srv_reply *out, const char *id, const char *sub
     return routes_stats(req, out);
 }
 
+static int r_stats_routing(srv_req *req, srv_reply *out, const char *id, const char *sub)
+{
+    (void)id, (void)sub;
+    return routes_stats_routing(req, out);
+}
+
 static int r_metrics(srv_req *req, srv_reply *out, const char *id, const char *sub)
 {
     (void)id, (void)sub;
@@ -93,6 +99,7 @@ static const struct route {
     {"/v1/models", "GET, HEAD", 0, r_models},
     {"/v1/models/*", "GET, HEAD", 0, r_models},
     {"/stats", "GET, HEAD", 0, r_stats},
+    {"/stats/routing", "GET, HEAD", 0, r_stats_routing},
     {"/metrics", "GET, HEAD", 0, r_metrics},
     {"/generate", "POST", 0, r_generate},
     {"/v1/images/generations", "POST", 0, r_openai},

@@ -128,10 +128,11 @@ int routes_job(srv_req *req, srv_reply *out, const char *id, const char *sub);
 int routes_static(srv_req *req, srv_reply *out);
 
 /* introspect.c: /v1/model, /v1/models[/{id}] (OpenAI's list and model
- * object; id NULL for the list), /stats, /metrics. */
+ * object; id NULL for the list), /stats, /stats/routing, /metrics. */
 int routes_model(srv_req *req, srv_reply *out);
 int routes_models(srv_req *req, srv_reply *out, const char *id);
 int routes_stats(srv_req *req, srv_reply *out);
+int routes_stats_routing(srv_req *req, srv_reply *out);
 int routes_metrics(srv_req *req, srv_reply *out);
 
 #endif

@@ -7,8 +7,17 @@
  * cleared when the clock reaches it again, so the window covers between
  * window_s - window_s / STATS_SLOTS and window_s seconds. Everything is
  * allocated at start; a step only adds under the mutex.
+ *
+ * The counts by class and by noise level (analytics/routing_info.h: the
+ * unconditional guidance rows apart) have a ring of their own alongside,
+ * cleared with the same slots. They feed GET /stats/routing and the mutual
+ * information gauges of /metrics, and the by_class / by_noise_level
+ * breakdowns of GET /stats. A request copies the tables under the mutex
+ * and measures them after letting it go, so a report never holds up a step.
  */
 #include "stats.h"
+
+#include "routing_info.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -27,8 +36,8 @@ struct srv_stats {
     uint64_t *total;              /* (L, E) */
     uint64_t *slots;              /* (STATS_SLOTS, L, E) */
     int64_t slot_epoch[STATS_SLOTS];
-    uint64_t *by_bucket;          /* (BUCKETS, L, E) */
-    uint64_t *by_class;           /* (C, L, E) */
+    rt_counts *routing;           /* by class and noise level, since start */
+    rt_counts *routing_slots[STATS_SLOTS]; /* the same, per slot of the ring */
     uint64_t *rows_hist;          /* (max_rows + 1) steps with that many rows */
     uint64_t *jobs_hist;          /* (max_rows + 1) steps with that many jobs */
 };
@@ -46,14 +55,15 @@ int srv_stats_new(srv_stats **out, int layers, int experts, int num_classes, int
     s->slot_s = (double)window_s / STATS_SLOTS;
     s->total = calloc(le, sizeof *s->total);
     s->slots = calloc(le * STATS_SLOTS, sizeof *s->slots);
-    s->by_bucket = calloc(le * SRV_STATS_BUCKETS, sizeof *s->by_bucket);
-    s->by_class = calloc(le * (size_t)s->C, sizeof *s->by_class);
+    int bad = rt_counts_new(&s->routing, layers, experts, num_classes);
+    for (int i = 0; i < STATS_SLOTS; i++)
+        bad |= rt_counts_new(&s->routing_slots[i], layers, experts, num_classes);
     s->rows_hist = calloc((size_t)max_rows + 1, sizeof *s->rows_hist);
     s->jobs_hist = calloc((size_t)max_rows + 1, sizeof *s->jobs_hist);
     for (int i = 0; i < STATS_SLOTS; i++)
         s->slot_epoch[i] = -1;
     pthread_mutex_init(&s->mu, NULL);
-    if (!s->total || !s->slots || !s->by_bucket || !s->by_class || !s->rows_hist || !s->jobs_hist) {
+    if (bad || !s->total || !s->slots || !s->rows_hist || !s->jobs_hist) {
         srv_stats_free(s);
         return -1;
     }
@@ -68,30 +78,32 @@ void srv_stats_free(srv_stats *s)
     pthread_mutex_destroy(&s->mu);
     free(s->total);
     free(s->slots);
-    free(s->by_bucket);
-    free(s->by_class);
+    rt_counts_free(s->routing);
+    for (int i = 0; i < STATS_SLOTS; i++)
+        rt_counts_free(s->routing_slots[i]);
     free(s->rows_hist);
     free(s->jobs_hist);
     free(s);
 }
 
 /* The ring slot for time now, cleared if it last held an older period. */
-static uint64_t *slot_locked(srv_stats *s, double now)
+static int slot_locked(srv_stats *s, double now)
 {
     int64_t epoch = (int64_t)floor(now / s->slot_s);
     int k = (int)(epoch % STATS_SLOTS);
     size_t le = (size_t)s->L * (size_t)s->E;
     if (s->slot_epoch[k] != epoch) {
         memset(s->slots + (size_t)k * le, 0, le * sizeof *s->slots);
+        rt_counts_clear(s->routing_slots[k]);
         s->slot_epoch[k] = epoch;
     }
-    return s->slots + (size_t)k * le;
+    return k;
 }
 
-static int bucket_of(float noise)
+/* Whether ring slot k is inside the window ending now. */
+static int slot_live(const srv_stats *s, int k, double now)
 {
-    int b = (int)(noise * SRV_STATS_BUCKETS);
-    return b < 0 ? 0 : b >= SRV_STATS_BUCKETS ? SRV_STATS_BUCKETS - 1 : b;
+    return s->slot_epoch[k] > (int64_t)floor(now / s->slot_s) - STATS_SLOTS;
 }
 
 void srv_stats_step(srv_stats *s, int n, int n_jobs, const uint32_t *routing,
@@ -99,19 +111,17 @@ void srv_stats_step(srv_stats *s, int n, int n_jobs, const uint32_t *routing,
 {
     size_t le = (size_t)s->L * (size_t)s->E;
     pthread_mutex_lock(&s->mu);
-    uint64_t *slot = slot_locked(s, now);
+    int k = slot_locked(s, now);
+    uint64_t *slot = s->slots + (size_t)k * le;
     for (int r = 0; r < n; r++) {
         const uint32_t *c = routing + (size_t)r * le;
-        int cls = row_class[r] >= 0 && row_class[r] < s->C ? row_class[r] : s->C - 1;
-        uint64_t *bk = s->by_bucket + (size_t)bucket_of(row_noise[r]) * le;
-        uint64_t *cl = s->by_class + (size_t)cls * le;
         for (size_t i = 0; i < le; i++) {
             s->total[i] += c[i];
             slot[i] += c[i];
-            bk[i] += c[i];
-            cl[i] += c[i];
         }
     }
+    rt_counts_add(s->routing, n, routing, row_class, row_noise);
+    rt_counts_add(s->routing_slots[k], n, routing, row_class, row_noise);
     s->steps++;
     s->rows += (uint64_t)n;
     s->rows_hist[n <= s->max_rows ? n : s->max_rows]++;
@@ -219,19 +229,24 @@ static int any(const uint64_t *m, size_t n)
     return 0;
 }
 
-static void breakdowns_json(srv_stats *s, cJSON *root, const dit_model *m)
+/* by_noise_level (every row: conditional and unconditional together) and
+ * by_class, since start. tmp (L, E) scratch. */
+static void breakdowns_json(srv_stats *s, cJSON *root, const dit_model *m, uint64_t *tmp)
 {
     size_t le = (size_t)s->L * (size_t)s->E;
+    const uint64_t *cond = s->routing->by_noise, *uncond = cond + (size_t)RT_BUCKETS * le;
     cJSON *bt = cJSON_AddArrayToObject(root, "by_noise_level");
-    for (int b = 0; b < SRV_STATS_BUCKETS; b++) {
-        cJSON *o = matrix_json(s, s->by_bucket + (size_t)b * le);
-        cJSON_AddNumberToObject(o, "noise_from", (double)b / SRV_STATS_BUCKETS);
-        cJSON_AddNumberToObject(o, "noise_to", (double)(b + 1) / SRV_STATS_BUCKETS);
+    for (int b = 0; b < RT_BUCKETS; b++) {
+        for (size_t i = 0; i < le; i++)
+            tmp[i] = cond[(size_t)b * le + i] + uncond[(size_t)b * le + i];
+        cJSON *o = matrix_json(s, tmp);
+        cJSON_AddNumberToObject(o, "noise_from", (double)b / RT_BUCKETS);
+        cJSON_AddNumberToObject(o, "noise_to", (double)(b + 1) / RT_BUCKETS);
         cJSON_AddItemToArray(bt, o);
     }
     cJSON *bc = cJSON_AddArrayToObject(root, "by_class");
     for (int c = 0; c < s->C; c++) {
-        const uint64_t *mc = s->by_class + (size_t)c * le;
+        const uint64_t *mc = s->routing->by_class + (size_t)c * le;
         if (!any(mc, le))
             continue; /* classes never asked for are left out */
         cJSON *o = matrix_json(s, mc);
@@ -249,14 +264,13 @@ char *srv_stats_json(srv_stats *s, const dit_model *m, int queued, int running,
                      int queue_capacity, double now, double uptime_s)
 {
     size_t le = (size_t)s->L * (size_t)s->E;
-    uint64_t *window = calloc(le, sizeof *window);
+    uint64_t *window = calloc(2 * le, sizeof *window); /* (L, E), then (L, E) scratch */
     if (!window)
         return NULL;
     cJSON *root = cJSON_CreateObject();
     pthread_mutex_lock(&s->mu);
-    int64_t epoch = (int64_t)floor(now / s->slot_s);
     for (int k = 0; k < STATS_SLOTS; k++)
-        if (s->slot_epoch[k] > epoch - STATS_SLOTS)
+        if (slot_live(s, k, now))
             for (size_t i = 0; i < le; i++)
                 window[i] += s->slots[(size_t)k * le + i];
     cJSON_AddNumberToObject(root, "uptime_s", uptime_s);
@@ -273,10 +287,65 @@ char *srv_stats_json(srv_stats *s, const dit_model *m, int queued, int running,
     cJSON_AddItemToObject(h, "rows", counts_json(s->rows_hist, s->max_rows + 1));
     cJSON_AddItemToObject(h, "jobs", counts_json(s->jobs_hist, s->max_rows + 1));
     cJSON_AddItemToObject(root, "layers", layers_json(s, window));
-    breakdowns_json(s, root, m);
+    breakdowns_json(s, root, m, window + le);
     pthread_mutex_unlock(&s->mu);
     free(window);
     char *text = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return text;
+}
+
+/* ---- GET /stats/routing and the /metrics gauges ----------------------------- */
+
+/* New tables holding the since-start counts and the window's sum (copied
+ * under the mutex, to be measured without it). Returns 0 or -1. */
+static int routing_tables(srv_stats *s, double now, rt_counts **total, rt_counts **window)
+{
+    *window = NULL;
+    if (rt_counts_new(total, s->L, s->E, s->C - 1) ||
+        rt_counts_new(window, s->L, s->E, s->C - 1)) {
+        rt_counts_free(*total);
+        *total = NULL;
+        return -1;
+    }
+    pthread_mutex_lock(&s->mu);
+    memcpy((*total)->data, s->routing->data, s->routing->len * sizeof *s->routing->data);
+    for (int k = 0; k < STATS_SLOTS; k++)
+        if (slot_live(s, k, now))
+            rt_counts_add_table(*window, s->routing_slots[k]);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+char *srv_stats_routing_json(srv_stats *s, const dit_model *m, double now)
+{
+    rt_counts *total, *window;
+    if (routing_tables(s, now, &total, &window))
+        return NULL;
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddNumberToObject(root, "window_s", s->window_s);
+    cJSON_AddItemToObject(root, "since_start", rt_report_json(total, m));
+    cJSON_AddItemToObject(root, "window", rt_report_json(window, m));
+    rt_counts_free(total);
+    rt_counts_free(window);
+    char *text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return text;
+}
+
+int srv_stats_routing_mi(srv_stats *s, double now, double *mi_class, double *mi_noise)
+{
+    rt_counts *t[2];
+    if (routing_tables(s, now, &t[0], &t[1]))
+        return -1;
+    for (int p = 0; p < 2; p++)
+        for (int l = 0; l < s->L; l++) {
+            rt_info cls, noise;
+            rt_layer_info(t[p], l, &cls, &noise, NULL);
+            mi_class[p * s->L + l] = cls.tokens > 0 ? cls.mi : NAN;
+            mi_noise[p * s->L + l] = cls.tokens > 0 ? noise.mi : NAN;
+        }
+    rt_counts_free(t[0]);
+    rt_counts_free(t[1]);
+    return 0;
 }

@@ -1,9 +1,11 @@
-/* stats.h: expert utilization and batching statistics for GET /stats.
+/* stats.h: expert utilization and batching statistics for GET /stats, and
+ * routing analytics for GET /stats/routing.
  *
  * Fed once per denoising step by the scheduler with the step's per-row
  * routing counts (dit_ctx_routing), it keeps tokens per layer and expert
- * since start, over a recent window, per noise-level bucket and per class,
- * and histograms of rows and jobs per step.
+ * since start, over a recent window, per noise-level bucket and per class
+ * (both since start and over the window), and histograms of rows and jobs
+ * per step.
  */
 #ifndef SRV_STATS_H
 #define SRV_STATS_H
@@ -11,8 +13,6 @@
 #include <stdint.h>
 
 #include <ditmoe/dit.h>
-
-#define SRV_STATS_BUCKETS 10 /* noise-level buckets of width 0.1 */
 
 typedef struct srv_stats srv_stats;
 
@@ -33,5 +33,15 @@ char *srv_stats_json(srv_stats *s, const dit_model *m, int queued, int running,
 
 /* Copies the all-time tokens per (layer, expert) into out (L * E). */
 void srv_stats_totals(srv_stats *s, uint64_t *out);
+
+/* The /stats/routing document: the routing report (analytics/
+ * routing_info.h) since start and over the window (malloc'd JSON text,
+ * NULL when out of memory). */
+char *srv_stats_routing_json(srv_stats *s, const dit_model *m, double now);
+
+/* I(E; class) and I(E; noise level) of each layer, in bits, into mi_class
+ * and mi_noise, each (2, L): since start, then over the window; NaN for a
+ * period without tokens. Returns 0, or -1 when out of memory. */
+int srv_stats_routing_mi(srv_stats *s, double now, double *mi_class, double *mi_noise);
 
 #endif

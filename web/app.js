@@ -1,11 +1,14 @@
 // app.js: the demo page. Reads the model (GET /v1/model) to fill the form,
 // runs one job at a time (POST /jobs, its events, GET /jobs/{id}/image),
 // draws the job's expert routing beside the server-wide one (GET /stats),
-// and keeps this visit's results in a gallery. No framework, no build step.
+// the routing panel by class and noise level (GET /stats/routing, see
+// routing.js), and keeps this visit's results in a gallery. No framework,
+// no build step.
 
 import { ApiError, apiKey, getJSON, request, watchJob } from './api.js';
 import { ClassPicker } from './classpicker.js';
 import { drawHeatmap, drawLegend, maxShare, shares } from './heatmap.js';
+import { drawRouting, fillLayers } from './routing.js';
 
 const $ = (id) => document.getElementById(id);
 const form = $('gen-form');
@@ -19,6 +22,7 @@ const state = {
   serverCounts: null, // (L, E) from /stats
   samples: [],        // recent /stats and /metrics readings, for throughput
   stats: null,
+  routing: null,      // the last GET /stats/routing
 };
 
 const picker = new ClassPicker($('class-input'), $('class-list'));
@@ -95,6 +99,7 @@ $('key-form').addEventListener('submit', (e) => {
   clearError();
   if (!state.model) loadModel();
   refreshStats();
+  refreshRouting();
 });
 
 $('key-forget').addEventListener('click', () => {
@@ -422,9 +427,36 @@ async function refreshStats() {
   }
 }
 
+// ---- the routing panel ----------------------------------------------------------
+
+function drawRoutingPanel() {
+  const period = $('rt-period').value, rep = state.routing && state.routing[period];
+  if (!rep) return;
+  fillLayers($('rt-layer'), rep);
+  $('rt-period').options[1].textContent = `last ${state.routing.window_s} s`;
+  drawRouting({ cls: $('hm-class'), noise: $('hm-noise'), legend: $('rt-legend'), sentence: $('rt-sentence') },
+    rep, Number($('rt-layer').value), period === 'window' ? `in the last ${state.routing.window_s} s` : 'since the server started');
+}
+
+async function refreshRouting() {
+  if (document.hidden) return;
+  try {
+    state.routing = await getJSON('/stats/routing');
+    drawRoutingPanel();
+  } catch (err) {
+    if (err.status !== 401 && err.status !== 503) $('rt-sentence').textContent = `Cannot read the routing statistics: ${err.message}`;
+  }
+}
+
+$('rt-layer').addEventListener('change', drawRoutingPanel);
+$('rt-period').addEventListener('change', drawRoutingPanel);
+document.addEventListener('visibilitychange', refreshRouting);
+setInterval(refreshRouting, STATS_EVERY_MS);
+
 $('stats-range').addEventListener('change', refreshStats);
 document.addEventListener('visibilitychange', refreshStats);
 setInterval(refreshStats, STATS_EVERY_MS);
 
 loadModel();
 refreshStats();
+refreshRouting();

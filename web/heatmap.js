@@ -1,9 +1,9 @@
-// heatmap.js: layers × experts routing heatmaps and their colour legend.
+// heatmap.js: rows × experts routing heatmaps and their colour legend.
 //
-// A heatmap is a <table>: one row per MoE layer, one cell per expert,
-// coloured by the expert's share of the layer's routing decisions (counts
-// divided by the layer's sum, so layers are comparable and an even split
-// is 1/E). Every cell also says its numbers in a tooltip and to screen
+// A heatmap is a <table>: one row per MoE layer (or per class, or per noise
+// level, for the routing panel), one cell per expert, coloured by the
+// expert's share of the row's routing decisions (counts divided by the
+// row's sum, so rows are comparable and an even split is 1/E). Every cell also says its numbers in a tooltip and to screen
 // readers. The colour scale runs from 0 to `max` (shared by the heatmaps
 // drawn side by side) through a viridis-like ramp that stays readable in
 // greyscale and to colour-blind readers.
@@ -32,15 +32,18 @@ export const maxShare = (...mats) =>
 
 const pct = (v) => `${+(v * 100).toFixed(1)}%`; // 12.5%, 36%
 
-// Draws counts into el (replacing its content). label names the table.
-export function drawHeatmap(el, counts, max, label) {
+// Draws counts into el (replacing its content). label names the table;
+// rows names the rows: {head, names} (default: layers, by number).
+export function drawHeatmap(el, counts, max, label, rows = null) {
   const sh = shares(counts);
   const E = counts[0] ? counts[0].length : 0;
+  const rowHead = rows ? rows.head : 'layer';
+  const names = rows ? rows.names : counts.map((_, l) => String(l));
   const table = document.createElement('table');
-  table.className = 'hm';
+  table.className = rows ? 'hm hm-named' : 'hm';
   table.setAttribute('aria-label', label);
   const head = table.createTHead().insertRow();
-  head.appendChild(document.createElement('th')).textContent = 'layer';
+  head.appendChild(document.createElement('th')).textContent = rowHead;
   for (let e = 0; e < E; e++) {
     const th = head.appendChild(document.createElement('th'));
     th.scope = 'col';
@@ -52,12 +55,13 @@ export function drawHeatmap(el, counts, max, label) {
     const tr = body.insertRow();
     const th = tr.appendChild(document.createElement('th'));
     th.scope = 'row';
-    th.textContent = l;
+    th.textContent = names[l];
+    th.title = names[l];
     row.forEach((v, e) => {
       const td = tr.insertCell();
       td.style.background = colour(max > 0 ? v / max : 0);
       td.dataset.count = counts[l][e];
-      const text = `layer ${l}, expert ${e}: ${pct(v)} (${counts[l][e].toLocaleString()} tokens)`;
+      const text = `${rowHead} ${names[l]}, expert ${e}: ${pct(v)} (${counts[l][e].toLocaleString()} tokens)`;
       td.title = text;
       td.setAttribute('aria-label', text);
     });
@@ -66,13 +70,14 @@ export function drawHeatmap(el, counts, max, label) {
 }
 
 // A horizontal colour bar from 0 to max with ticks, and the even split.
-export function drawLegend(el, max, E) {
+// caption says what the shares are of.
+export function drawLegend(el, max, E, caption = 'Share of the layer') {
   const stops = Array.from({ length: 11 }, (_, i) => `${colour(i / 10)} ${i * 10}%`);
   const even = E > 0 && max > 0 ? Math.min(1, 1 / E / max) : null;
   el.innerHTML = '';
   const cap = el.appendChild(document.createElement('span'));
   cap.className = 'legend-cap';
-  cap.textContent = 'Share of the layer';
+  cap.textContent = caption;
   const bar = el.appendChild(document.createElement('div'));
   bar.className = 'legend-bar';
   bar.style.background = `linear-gradient(to right, ${stops.join(', ')})`;

@@ -4,7 +4,8 @@
 // models/fashion-mnist, else a small random model made by make_model.py),
 // drives Debian's Chromium headless through playwright-core, and checks
 // what a person would: pick a class by typing, generate with the keyboard,
-// the image at the model's size, the routing heatmaps, a 400 naming the
+// the image at the model's size, the routing heatmaps, the routing panel
+// (class and noise-level heatmaps of each layer and period), a 400 naming the
 // field, a 429 with its retry time, cancel, restoring from the gallery, an
 // API-key server (key prompt, then polling instead of EventSource), and
 // that the page fits a phone-width screen. Screenshots go to OUT_DIR.
@@ -181,6 +182,69 @@ async function checkHeatmap(page, sel, model, what) {
   return cells;
 }
 
+const sum = (a) => a.reduce((x, y) => x + y, 0);
+
+// The routing panel after jobs of `classes` (labels), `steps` Euler steps
+// each: for the first and last layer and both periods, a class × expert
+// heatmap with exactly those classes, a noise-level × expert one with a
+// row per noise bucket the steps visited, both counting the same tokens as
+// GET /stats/routing, and the sentence about that layer.
+async function checkRouting(page, base, model, classes, steps) {
+  const L = model.config.depth, E = model.config.num_experts;
+  const visited = new Set(Array.from({ length: steps },
+    (_, i) => Math.min(9, Math.floor(((steps - i) / steps) * 10 + 1e-6)))).size;
+  const names = [...classes].sort((a, b) => a - b).map((k) => model.classes[k]);
+  await page.waitForFunction((n) => document.querySelectorAll('#hm-class tbody tr').length === n,
+    classes.length);
+  check(await page.$$eval('#rt-layer option', (o) => o.length) === L, `the layer menu lists ${L} layers`);
+  const rep = (await (await fetch(`${base}/stats/routing`)).json()).since_start;
+  // the panel polls: wait until it shows what the server has now (every layer counts the same)
+  await page.waitForFunction((n) => [...document.querySelectorAll('#hm-class td')]
+    .reduce((a, td) => a + Number(td.dataset.count), 0) === n, rep.tokens);
+  for (const layer of [0, L - 1]) {
+    await page.selectOption('#rt-layer', String(layer));
+    for (const period of ['since_start', 'window']) {
+      await page.selectOption('#rt-period', period);
+      const what = `routing panel, layer ${layer}, ${period}`;
+      const rows = await page.$$eval('#hm-class tbody th', (t) => t.map((x) => x.textContent));
+      check(JSON.stringify(rows) === JSON.stringify(names), `${what}: class rows ${rows} are the classes asked for`);
+      const cls = await page.$$eval('#hm-class td', (t) => t.map((x) => Number(x.dataset.count)));
+      const noise = await page.$$eval('#hm-noise td', (t) => t.map((x) => Number(x.dataset.count)));
+      check(cls.length === classes.length * E && noise.length === visited * E,
+        `${what}: ${classes.length} class rows and ${visited} noise-level rows of ${E} experts`);
+      check(sum(cls) === rep.layers[layer].tokens && sum(noise) === sum(cls),
+        `${what}: both heatmaps count the server's ${rep.layers[layer].tokens} tokens`);
+      check((await page.getAttribute('#hm-class table', 'aria-label')).startsWith(`Layer ${layer}:`),
+        `${what}: the class heatmap is of layer ${layer}`);
+      const text = await page.textContent('#rt-sentence');
+      check(new RegExp(`^In layer ${layer}, knowing the class tells [\\d.]+ of the expert choice's [\\d.]+ bits`).test(text),
+        `${what}: the sentence "${text}"`);
+    }
+  }
+  check(await page.$$eval('#rt-legend .legend-bar', (e) => e.length) === 1, 'the routing panel has a colour legend');
+}
+
+// Many classes (an ImageNet server): the class heatmap keeps the 24 most
+// requested, in label order, and says so. The report is the server's own
+// with 30 made-up classes, class k having k + 1 tokens.
+async function checkManyClasses(page, base) {
+  const doc = await (await fetch(`${base}/stats/routing`)).json();
+  for (const rep of [doc.since_start, doc.window]) {
+    const row = rep.layers.map((l) => l.class_counts[0]);
+    rep.classes = Array.from({ length: 30 }, (_, k) => ({ ...rep.classes[0], class: k, name: `c${k}`, tokens: k + 1 }));
+    rep.layers.forEach((l, i) => { l.class_counts = rep.classes.map(() => row[i]); });
+  }
+  await page.route('**/stats/routing', (route) => route.fulfill({
+    status: 200, contentType: 'application/json', body: JSON.stringify(doc) }));
+  await page.waitForFunction(() => document.querySelectorAll('#hm-class tbody tr').length === 24);
+  const rows = await page.$$eval('#hm-class tbody th', (t) => t.map((x) => x.textContent));
+  const want = Array.from({ length: 24 }, (_, i) => `c${i + 6}`);
+  check(JSON.stringify(rows) === JSON.stringify(want), `30 classes: the 24 most requested, in label order (${rows})`);
+  check(/the 24 most requested of 30/.test(await page.getAttribute('#hm-class table', 'aria-label')),
+    '30 classes: the heatmap says it shows 24 of them');
+  await page.unroute('**/stats/routing');
+}
+
 async function mainFlow(pw, browser, scratch, model) {
   const base = await startServer(model);
   const info = await (await fetch(`${base}/v1/model`)).json();
@@ -201,7 +265,8 @@ async function mainFlow(pw, browser, scratch, model) {
   check(perLayer % (T * info.config.num_experts_per_tok) === 0,
     `a layer's counts are whole images of ${T} tokens x top-${info.config.num_experts_per_tok}`);
   await checkHeatmap(page, '#hm-server', info, 'server-wide');
-  check(await page.$$eval('.legend-bar', (e) => e.length) === 1, 'the heatmaps have a colour legend');
+  check(await page.$$eval('#legend .legend-bar', (e) => e.length) === 1, 'the heatmaps have a colour legend');
+  await checkRouting(page, base, info, [names.indexOf(cls)], 8);
   await page.waitForFunction(() => /steps\/s/.test(document.getElementById('st-throughput').textContent));
   check(/waiting/.test(await page.textContent('#st-queue')), 'queue depth shown');
   await page.evaluate(() => document.activeElement.blur());
@@ -210,6 +275,8 @@ async function mainFlow(pw, browser, scratch, model) {
   // a second result, then restore the first from the gallery
   await generateAndCheck(page, info, names[1], 3);
   check(await page.$$eval('#gallery li', (e) => e.length) === 2, 'gallery holds both results');
+  await checkRouting(page, base, info, [names.indexOf(cls), 1], 8);
+  await checkManyClasses(page, base);
   await page.click('#gallery li:last-child button');
   check(await page.inputValue('#seed') === '7' && await page.inputValue('#class-input') === cls,
     'selecting a gallery item restores its settings');

@@ -26,6 +26,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_decode(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
+int cmd_routing(int argc, char **argv);
 
 /* ---- messages --------------------------------------------------------- */
 

@@ -7,12 +7,19 @@
  * actually chose (dit_ctx_routing), the shared expert, and the final
  * layer's adaLN and linear. Elementwise work (norms, softmax, SiLU, gates)
  * is left out, so the figure is what the GEMMs achieve end to end.
+ *
+ * Also timed: what routing analytics add to a step (analytics/
+ * routing_info.h): the server adds each forward's routing counts to two
+ * tables by class and noise level (since start and the window's slot).
+ * One forward's counts are added many times over to time it against the
+ * forward's own time (docs/routing.md).
  */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "cli.h"
+#include "routing_info.h"
 
 static const char bench_usage[] =
     "usage: ditmoe bench [--model DIR | --synthetic NAME] --batch B [--iters K]\n"
@@ -92,6 +99,32 @@ static void bench_inputs(const dit_config *c, int n, float *x, float *t, int32_t
     }
 }
 
+/* Seconds the server's routing analytics add to one forward of n rows: two
+ * rt_counts_add of its routing counts (since start, window slot), timed
+ * over many repetitions. Negative when out of memory. */
+static double bench_counting(const dit_ctx *ctx, const dit_config *c, int n, const int32_t *y)
+{
+    enum { REPS = 2000 };
+    rt_counts *a = NULL, *b = NULL;
+    float *noise = malloc((size_t)n * sizeof *noise); /* (N) */
+    double t0, t = -1;
+    if (noise && !rt_counts_new(&a, c->depth, c->num_experts, c->num_classes) &&
+        !rt_counts_new(&b, c->depth, c->num_experts, c->num_classes)) {
+        for (int i = 0; i < n; i++)
+            noise[i] = (float)i / (float)n;
+        t0 = cli_now();
+        for (int rep = 0; rep < REPS; rep++) {
+            rt_counts_add(a, n, dit_ctx_routing(ctx), y, noise);
+            rt_counts_add(b, n, dit_ctx_routing(ctx), y, noise);
+        }
+        t = (cli_now() - t0) / REPS;
+    }
+    rt_counts_free(a);
+    rt_counts_free(b);
+    free(noise);
+    return t;
+}
+
 typedef struct bench_opts {
     int batch, iters, threads, gemm_n;
     double gemm; /* measured sgemm GFLOP/s */
@@ -108,7 +141,7 @@ static int bench_run(const dit_model *m, const char *name, const bench_opts *o)
     float *out = malloc((size_t)batch * c->out_channels * hw * sizeof *out);
     dit_ctx_settings set;
     dit_ctx *ctx = NULL;
-    double total = 0, best = 1e30, routed = 0, flops;
+    double total = 0, best = 1e30, routed = 0, flops, counting;
     int rc = CLI_EFAIL;
     dit_ctx_settings_default(&set);
     set.max_rows = batch;
@@ -137,6 +170,7 @@ static int bench_run(const dit_model *m, const char *name, const bench_opts *o)
     }
     flops = bench_dense_flops(c, batch) + routed / iters * 6.0 * c->hidden_size *
                                               c->expert_hidden;
+    counting = bench_counting(ctx, c, batch, y);
     printf("model       %s: depth %d, hidden %d, %d experts top-%d, %d tokens\n", name,
            c->depth, c->hidden_size, c->num_experts, c->num_experts_per_tok, c->num_tokens);
     printf("batch       %d rows, %d threads, %d iterations after 1 warm-up\n", batch, threads,
@@ -151,6 +185,10 @@ static int bench_run(const dit_model *m, const char *name, const bench_opts *o)
     printf("sgemm       %.2f GFLOP/s (%d x %d x %d, %d BLAS threads)\n", o->gemm, o->gemm_n,
            o->gemm_n, o->gemm_n, threads);
     printf("ratio       %.3f of sgemm\n", flops / (total / iters) * 1e-9 / o->gemm);
+    if (counting >= 0)
+        printf("counting    %.2f us per forward: routing analytics by class and noise level "
+               "(2 tables), %.2g%% of the mean forward\n", 1e6 * counting,
+               100 * counting / (total / iters));
     rc = 0;
 done:
     dit_ctx_free(ctx);

@@ -21,6 +21,7 @@ static const struct cli_command {
     { "convert", cmd_convert, "turn a PyTorch .pt checkpoint into a model directory" },
     { "decode", cmd_decode, "decode SD-VAE latents (.npy) to a PNG" },
     { "synth", cmd_synth, "write a model directory with random weights (tests, benchmarks)" },
+    { "routing", cmd_routing, "which experts each class and noise level uses (N images a class)" },
 };
 
 static void usage(FILE *f)
