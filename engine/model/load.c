@@ -215,8 +215,8 @@ int dit_model_load(dit_model **out, const char *path, const dit_model_settings *
         rc = read_config(m, dir, err, errlen);
     if (rc == DIT_OK)
         rc = model_bind(m, err, errlen);
-    if (rc == DIT_OK && (rc = model_pack(m, set)))
-        snprintf(err, errlen, "%s: out of memory packing the weights", file);
+    if (rc == DIT_OK)
+        rc = model_pack(m, set, file, err, errlen);
     if (rc == DIT_OK)
         rc = model_open_vae(m, dir, err, errlen);
     if (rc != DIT_OK) {
@@ -429,8 +429,8 @@ int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
         rng_default_init(&s.rng, seed, 0);
         synth_tensors(&s, &m->cfg);
         rc = s.fail ? DIT_E_NOMEM : model_bind(m, err, errlen);
-        if (rc == DIT_OK && (rc = model_pack(m, set)))
-            snprintf(err, errlen, "%s: out of memory packing the weights", p->name);
+        if (rc == DIT_OK)
+            rc = model_pack(m, set, p->name, err, errlen);
     }
     if (rc) {
         dit_model_free(m);

@@ -94,11 +94,12 @@ typedef struct dit_sampler dit_sampler;
 
 typedef struct dit_model_settings {
     /* 1 (default): at load, copy every weight matrix, in its stored
-     * precision, into the layout of the engine's own GEMM kernel (AVX-512;
-     * ignored on CPUs without it) and give the mapped file pages back, so
-     * the weights stay resident once. 0: keep matrices as stored in the
-     * mapping and run them through BLAS (F16/BF16 widened per use), the
-     * slower path, kept for comparison and for CPUs without AVX-512. */
+     * precision, into the layout of the engine's own GEMM kernel (the
+     * entry for this CPU: AVX-512, AVX2, NEON or plain C; the environment
+     * variable DITMOE_ISA=auto|avx512|avx2|neon|c picks another) and give
+     * the mapped file pages back, so the weights stay resident once.
+     * 0: keep matrices as stored in the mapping and run them through BLAS
+     * (F16/BF16 widened per use), the slower path, kept for comparison. */
     int pack_weights;
 } dit_model_settings;
 
@@ -133,6 +134,8 @@ typedef struct dit_model_info {
     uint64_t weight_bytes;   /* resident weight memory */
     const char *weight_dtype;/* "F32", "F16", "BF16" or "mixed" (as stored) */
     int packed;              /* matrices run on the packed kernel */
+    const char *kernel;      /* the GEMM kernel entry chosen at load: "avx512",
+                              * "avx2", "neon" or "c" (DITMOE_ISA overrides) */
 } dit_model_info;
 DIT_API void dit_model_get_info(const dit_model *m, dit_model_info *info);
 
