@@ -101,6 +101,11 @@ typedef struct gemm_kernel {
                      const float *src, ptrdiff_t rs, ptrdiff_t cs, float scale);
     /* The product of gemm_args, rows [m0, m1), panels [p0, p1). */
     void (*tile)(const gemm_args *a, int m0, int m1, int p0, int p1);
+    /* The yardstick: reps rounds of independent FMAs on registers only
+     * (enough chains to fill every FMA port), in this entry's widest
+     * vectors; returns the floating-point operations done (2 per lane per
+     * FMA). Timed by dit_kernel_peak_gflops. */
+    double (*fma_loop)(long reps);
 } gemm_kernel;
 
 /* The entries built into this binary, best first, NULL-terminated; the C

@@ -175,6 +175,24 @@ static void a2_tile(const gemm_args *a, int m0, int m1, int p0, int p1)
     gemm_tile_blocks(&gemm_kernel_avx2, rows, a, m0, m1, p0, p1);
 }
 
+/* 10 chains of ymm FMAs: 2 ports x latency 4 (Haswell to Zen 3) need 8
+ * in flight; c converges to x / (1 - b), so nothing overflows. */
+A2_TARGET static double a2_fma_loop(long reps)
+{
+    __m256 c[10], b = _mm256_set1_ps(0.999999f), x = _mm256_set1_ps(1e-6f);
+    for (int i = 0; i < 10; i++)
+        c[i] = _mm256_set1_ps((float)i);
+    for (long r = 0; r < reps; r++)
+#pragma GCC unroll 10
+        for (int i = 0; i < 10; i++)
+            c[i] = _mm256_fmadd_ps(c[i], b, x);
+    float sum[8];
+    for (int i = 1; i < 10; i++)
+        c[0] = _mm256_add_ps(c[0], c[i]);
+    _mm256_storeu_ps(sum, c[0]);
+    return (double)reps * 10 * 8 * 2 + (sum[0] != sum[0]); /* the sum keeps the loop alive */
+}
+
 #else /* not x86-64: the entry exists but never runs */
 
 static int a2_supported(void)
@@ -187,9 +205,15 @@ static void a2_tile(const gemm_args *a, int m0, int m1, int p0, int p1)
     (void)a, (void)m0, (void)m1, (void)p0, (void)p1;
 }
 
+static double a2_fma_loop(long reps)
+{
+    (void)reps;
+    return 0;
+}
+
 #endif
 
 const gemm_kernel gemm_kernel_avx2 = {
     "avx2", a2_supported, A2_MR, A2_NR, gemm_pack_bytes_panels, gemm_pack_panels,
-    gemm_pack_glu_panels, gemm_pack_f32_panels, a2_tile,
+    gemm_pack_glu_panels, gemm_pack_f32_panels, a2_tile, a2_fma_loop,
 };

@@ -74,7 +74,22 @@ static void c_tile(const gemm_args *a, int m0, int m1, int p0, int p1)
     gemm_tile_blocks(&gemm_kernel_c, rows, a, m0, m1, p0, p1);
 }
 
+/* 16 independent multiply-add chains in plain C: what the compiler makes
+ * of them for this build's target is the C entry's peak. */
+static double c_fma_loop(long reps)
+{
+    float c[16], s = 0;
+    for (int i = 0; i < 16; i++)
+        c[i] = (float)i;
+    for (long r = 0; r < reps; r++)
+        for (int i = 0; i < 16; i++)
+            c[i] = c[i] * 0.999999f + 1e-6f;
+    for (int i = 0; i < 16; i++)
+        s += c[i];
+    return (double)reps * 16 * 2 + (s != s); /* the sum keeps the loop alive */
+}
+
 const gemm_kernel gemm_kernel_c = {
     "c", c_supported, C_MR, C_NR, gemm_pack_bytes_panels, gemm_pack_panels,
-    gemm_pack_glu_panels, gemm_pack_f32_panels, c_tile,
+    gemm_pack_glu_panels, gemm_pack_f32_panels, c_tile, c_fma_loop,
 };

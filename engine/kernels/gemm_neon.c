@@ -151,6 +151,22 @@ static void n_tile(const gemm_args *a, int m0, int m1, int p0, int p1)
     gemm_tile_blocks(&gemm_kernel_neon, rows, a, m0, m1, p0, p1);
 }
 
+/* 16 chains of q-register FMAs: up to 4 pipes x latency 4. */
+static double n_fma_loop(long reps)
+{
+    float32x4_t c[16], b = vdupq_n_f32(0.999999f), x = vdupq_n_f32(1e-6f);
+    for (int i = 0; i < 16; i++)
+        c[i] = vdupq_n_f32((float)i);
+    for (long r = 0; r < reps; r++)
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++)
+            c[i] = vfmaq_f32(x, c[i], b);
+    for (int i = 1; i < 16; i++)
+        c[0] = vaddq_f32(c[0], c[i]);
+    float s = vaddvq_f32(c[0]);
+    return (double)reps * 16 * 4 * 2 + (s != s); /* the sum keeps the loop alive */
+}
+
 #else /* not AArch64: the entry exists but never runs */
 
 static int n_supported(void)
@@ -163,9 +179,15 @@ static void n_tile(const gemm_args *a, int m0, int m1, int p0, int p1)
     (void)a, (void)m0, (void)m1, (void)p0, (void)p1;
 }
 
+static double n_fma_loop(long reps)
+{
+    (void)reps;
+    return 0;
+}
+
 #endif
 
 const gemm_kernel gemm_kernel_neon = {
     "neon", n_supported, N_MR, N_NR, gemm_pack_bytes_panels, gemm_pack_panels,
-    gemm_pack_glu_panels, gemm_pack_f32_panels, n_tile,
+    gemm_pack_glu_panels, gemm_pack_f32_panels, n_tile, n_fma_loop,
 };

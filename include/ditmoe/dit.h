@@ -314,8 +314,29 @@ DIT_API int dit_vae_decode(dit_vae *v, int n, int h, int w, const float *z, floa
 /* Floating-point operations of decoding one h x w latent. */
 DIT_API double dit_vae_flops(const dit_vae *v, int h, int w);
 
-/* Sets the BLAS library's thread count (process-wide: call once at start). */
+/* Sets the BLAS library's thread count (process-wide: call once at start).
+ * The engine's own pool owns the cores: BLAS, where it is still called
+ * (--no-pack, the VAE's attention), should run 1 thread inside it. */
 DIT_API void dit_set_blas_threads(int n);
+
+/* ---- CPU --------------------------------------------------------------- */
+
+/* The GEMM kernel entries this CPU runs, best first, the plain C one last
+ * ("avx512", "avx2", "neon", "c"): up to max names into names (may be
+ * NULL); returns how many there are. A model uses the first unless the
+ * environment variable DITMOE_ISA names another. */
+DIT_API int dit_kernels_available(const char **names, int max);
+
+/* The FP32 FMA peak in GFLOP/s of kernel entry `name` on `threads` threads
+ * (1..256): a register-only loop of independent FMAs in that entry's
+ * vectors, timed on every thread at once (about 0.5 s) and summed. 0 for
+ * an entry this CPU lacks. */
+DIT_API double dit_kernel_peak_gflops(const char *name, int threads);
+
+/* When OpenBLAS does not recognise this CPU (a generic core such as
+ * Prescott on a CPU with AVX2 or AVX-512), writes a warning naming the
+ * OPENBLAS_CORETYPE fix into buf and returns buf; else NULL. */
+DIT_API const char *dit_blas_warning(char *buf, size_t len);
 
 #ifdef __cplusplus
 }
