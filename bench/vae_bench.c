@@ -108,7 +108,9 @@ int main(int argc, char **argv)
     char err[512];
     vae_model *m;
     stamp t0 = now();
-    if (vae_load(&m, argv[1], err, sizeof err) != DIT_OK) {
+    const gemm_kernel *gk = NULL;
+    if (gemm_kernel_choose(&gk, err, sizeof err) != DIT_OK ||
+        vae_load(&m, argv[1], gk, err, sizeof err) != DIT_OK) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
@@ -116,7 +118,7 @@ int main(int argc, char **argv)
     int up = vae_upscale(m);
     size_t zn = (size_t)batch * vae_latent_channels(m) * size * size;
     size_t on = (size_t)batch * vae_out_channels(m) * size * up * size * up;
-    size_t wsb = vae_workspace_bytes(m, batch, size, size);
+    size_t wsb = vae_workspace_bytes(m, use_pool && threads > 1 ? threads : 1, batch, size, size);
     float *z = malloc(zn * sizeof *z), *rgb = malloc(on * sizeof *rgb);
     float *a = malloc(sizeof(float) << 22), *b = malloc(sizeof(float) << 24);
     float *c = malloc(sizeof(float) << 22);

@@ -107,7 +107,7 @@ int dit_ctx_new(dit_ctx **out, const dit_model *m, const dit_ctx_settings *s)
     if (set.n_threads > 1 && !(c->pool = op_pool_new(set.n_threads)))
         goto nomem;
     c->env = (op_env){ c->pool, c->wide, (size_t)m->max_mat_elems, m->gk };
-    c->vae_ws_bytes = decode_ws_bytes(m, set.max_decode);
+    c->vae_ws_bytes = decode_ws_bytes(m, set.n_threads, set.max_decode);
     if (c->vae_ws_bytes && !(c->vae_ws = malloc(c->vae_ws_bytes)))
         goto nomem;
     *out = c;

@@ -99,8 +99,9 @@ struct dit_ctx {
     size_t vae_ws_bytes;
 };
 
-/* Workspace bytes dit_decode needs for n images (0 for pixel models). */
-size_t decode_ws_bytes(const dit_model *m, int n);
+/* Workspace bytes dit_decode needs for n images on a pool of `threads`
+ * (0 for pixel models). */
+size_t decode_ws_bytes(const dit_model *m, int threads, int n);
 
 /* Latent models: opens the VAE named by cfg.vae_dir (relative to the model
  * directory `dir`) into m->vae; pixel models: nothing. */
