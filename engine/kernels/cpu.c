@@ -4,7 +4,10 @@
  *
  * The peak is the yardstick `ditmoe bench` divides achieved GFLOP/s by: a
  * register-only loop of independent FMAs (the entry's fma_loop) timed on
- * each thread of a pool at once and summed. Unlike an sgemm it cannot be
+ * each thread of a pool at once and summed. Each thread times itself on
+ * its own CPU clock, so other jobs time-slicing a shared machine do not
+ * lower the figure: it is what the cores can do (on SMT siblings, which
+ * share one core's FMA ports, it would count that core twice). Unlike an sgemm it cannot be
  * crippled by a BLAS that does not know the CPU: OpenBLAS 0.3.21 runs its
  * generic Prescott kernels on recent Xeons, 5x slower, and then "a fraction
  * of sgemm" flatters everything. dit_blas_warning names that case and its
@@ -32,10 +35,10 @@ int dit_kernels_available(const char **names, int max)
     return n;
 }
 
-static double now(void)
+static double thread_cpu_now(void)
 {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
@@ -44,8 +47,8 @@ typedef struct peak_job {
     double *rate; /* (tasks) GFLOP/s each */
 } peak_job;
 
-/* One thread's peak: reps doubled until a run takes 50 ms, then the best
- * of three runs of that length. */
+/* One thread's peak: reps doubled until a run takes 50 ms of the thread's
+ * CPU time, then the best of three runs of that length. */
 static void peak_task(void *arg, int task, int thread)
 {
     peak_job *j = arg;
@@ -53,7 +56,7 @@ static void peak_task(void *arg, int task, int thread)
     double best = 0;
     (void)thread;
     for (int runs = 0; runs < 3;) {
-        double t0 = now(), f = j->k->fma_loop(reps), dt = now() - t0;
+        double t0 = thread_cpu_now(), f = j->k->fma_loop(reps), dt = thread_cpu_now() - t0;
         if (dt < 0.05) {
             reps *= 2;
             continue;

@@ -329,8 +329,9 @@ DIT_API int dit_kernels_available(const char **names, int max);
 
 /* The FP32 FMA peak in GFLOP/s of kernel entry `name` on `threads` threads
  * (1..256): a register-only loop of independent FMAs in that entry's
- * vectors, timed on every thread at once (about 0.5 s) and summed. 0 for
- * an entry this CPU lacks. */
+ * vectors, run on every thread at once (about 0.2 s of CPU each), each
+ * timed on its thread's CPU clock (so load from other processes does not
+ * lower it), summed. 0 for an entry this CPU lacks. */
 DIT_API double dit_kernel_peak_gflops(const char *name, int threads);
 
 /* When OpenBLAS does not recognise this CPU (a generic core such as

@@ -70,6 +70,8 @@ int cli_load_model(const char *path, int no_pack, dit_model **m, const char **na
 
 /* Seconds on a monotonic clock. */
 double cli_now(void);
+/* CPU seconds of the whole process (all threads). */
+double cli_cpu_now(void);
 
 /* ---- threads ------------------------------------------------------------ */
 

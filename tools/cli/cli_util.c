@@ -207,6 +207,13 @@ void cli_engine_setup(void)
         fprintf(stderr, "ditmoe: warning: %s\n", warn);
 }
 
+double cli_cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 double cli_now(void)
 {
     struct timespec ts;

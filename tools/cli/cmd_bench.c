@@ -5,6 +5,10 @@
  * cripple) and OpenBLAS sgemm (which runs generic kernels on CPUs it does
  * not know, see dit_blas_warning).
  *
+ * Both are shown on two clocks: wall time, and the process's CPU time (all
+ * threads), which other jobs time-slicing a shared machine do not inflate:
+ * GFLOP per CPU-second against one thread's share of the peak.
+ *
  * FLOPs are the multiply-adds (2 each) of the forward's matrix products:
  * patch embedding, timestep MLP, per block adaLN, qkv, attention (QK^T and
  * AV), proj, router, the routed experts with the token counts the router
@@ -102,9 +106,11 @@ typedef struct bench_opts {
     double gemm; /* measured sgemm GFLOP/s */
 } bench_opts;
 
-/* The yardsticks beside the forward's GFLOP/s: the FMA peak of the model's
- * kernel entry on the threads used, and sgemm. */
-static void bench_yardsticks(const dit_model *m, const bench_opts *o, double achieved)
+/* The yardsticks beside the forward's GFLOP/s (wall clock; per_cpu: GFLOP
+ * per CPU-second): the FMA peak of the model's kernel entry on the threads
+ * used, and sgemm. */
+static void bench_yardsticks(const dit_model *m, const bench_opts *o, double achieved,
+                             double per_cpu)
 {
     dit_model_info info;
     dit_model_get_info(m, &info);
@@ -117,6 +123,8 @@ static void bench_yardsticks(const dit_model *m, const bench_opts *o, double ach
            o->gemm_n, o->gemm_n, o->threads);
     printf("ratio       %.3f of the FMA peak, %.3f of sgemm\n", peak > 0 ? achieved / peak : 0,
            achieved / o->gemm);
+    printf("cpu clock   %.2f GFLOP per CPU-second: %.3f of one thread's FMA peak\n", per_cpu,
+           peak > 0 ? per_cpu / (peak / o->threads) : 0);
 }
 
 static int bench_run(const dit_model *m, const char *name, const bench_opts *o)
@@ -130,7 +138,7 @@ static int bench_run(const dit_model *m, const char *name, const bench_opts *o)
     float *out = malloc((size_t)batch * c->out_channels * hw * sizeof *out);
     dit_ctx_settings set;
     dit_ctx *ctx = NULL;
-    double total = 0, best = 1e30, routed = 0, flops;
+    double total = 0, best = 1e30, routed = 0, flops, cpu = 0;
     int rc = CLI_EFAIL;
     dit_ctx_settings_default(&set);
     set.max_rows = batch;
@@ -145,7 +153,7 @@ static int bench_run(const dit_model *m, const char *name, const bench_opts *o)
         goto done;
     }
     for (int it = 0; it <= iters; it++) { /* iteration 0 warms up */
-        double t0 = cli_now(), dt;
+        double t0 = cli_now(), c0 = cli_cpu_now(), dt;
         if ((rc = dit_forward(ctx, batch, x, t, y, out)) != DIT_OK) {
             rc = cli_fail("forward failed: %s", dit_strerror(rc));
             goto done;
@@ -153,6 +161,7 @@ static int bench_run(const dit_model *m, const char *name, const bench_opts *o)
         dt = cli_now() - t0;
         if (it == 0)
             continue;
+        cpu += cli_cpu_now() - c0;
         total += dt;
         best = dt < best ? dt : best;
         routed += bench_routed(ctx, c, batch);
@@ -170,7 +179,7 @@ static int bench_run(const dit_model *m, const char *name, const bench_opts *o)
            flops * 1e-9, routed / iters / c->depth, batch * c->num_tokens,
            c->num_experts_per_tok);
     printf("achieved    %.2f GFLOP/s\n", flops / (total / iters) * 1e-9);
-    bench_yardsticks(m, o, flops / (total / iters) * 1e-9);
+    bench_yardsticks(m, o, flops / (total / iters) * 1e-9, flops / (cpu / iters) * 1e-9);
     rc = 0;
 done:
     dit_ctx_free(ctx);
