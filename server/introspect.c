@@ -115,6 +115,7 @@ int routes_model(srv_req *req, srv_reply *out)
     cJSON_AddNumberToObject(p, "weight_bytes", (double)info.weight_bytes);
     cJSON_AddStringToObject(p, "weight_dtype", info.weight_dtype ? info.weight_dtype : "?");
     cJSON_AddBoolToObject(p, "weights_packed", info.packed);
+    cJSON_AddStringToObject(p, "kernel", info.kernel ? info.kernel : "?");
     cJSON *d = cJSON_AddObjectToObject(root, "sampling_defaults");
     cJSON_AddStringToObject(d, "sampler", dit_sampler_name(c->default_sampler));
     cJSON_AddNumberToObject(d, "steps", c->default_steps);

@@ -216,8 +216,8 @@ int dit_model_load(dit_model **out, const char *path, const dit_model_settings *
         rc = read_config(m, dir, err, errlen);
     if (rc == DIT_OK)
         rc = model_bind(m, err, errlen);
-    if (rc == DIT_OK && (rc = model_pack(m, set)))
-        snprintf(err, errlen, "%s: out of memory packing the weights", file);
+    if (rc == DIT_OK)
+        rc = model_pack(m, set, file, err, errlen);
     if (rc == DIT_OK)
         rc = model_open_vae(m, dir, err, errlen);
     if (rc != DIT_OK) {
@@ -394,8 +394,8 @@ int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
         rc = names_each(NULL, &m->cfg, has_null, synth_add, &s);
         if (rc == DIT_OK)
             rc = model_bind(m, err, errlen);
-        if (rc == DIT_OK && (rc = model_pack(m, set)))
-            snprintf(err, errlen, "%s: out of memory packing the weights", preset);
+        if (rc == DIT_OK)
+            rc = model_pack(m, set, preset, err, errlen);
     }
     if (rc) {
         dit_model_free(m);

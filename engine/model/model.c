@@ -168,28 +168,30 @@ typedef struct packer {
 static void pack_mat(packer *k, kmat *w)
 {
     int dtype = gemm_pack_dtype(w, NULL);
+    const gemm_kernel *gk = k->m->gk;
     if (k->base) {
-        gemm_pack(k->base + k->pos, dtype, w, k->row);
+        gk->pack(gk, k->base + k->pos, dtype, w, k->row);
         w->pk = k->base + k->pos;
         w->pk_dtype = dtype;
         st_drop(k->m->weights, w->data, (size_t)w->rows * w->cols * st_dtype_size(w->dtype));
     }
-    k->pos += gemm_pack_bytes(w->rows, w->cols, 0, dtype);
+    k->pos += gk->pack_bytes(gk, w->rows, w->cols, 0, dtype);
 }
 
 /* An expert: gate and up as one GLU pack, down alone. */
 static void pack_expert(packer *k, model_expert *e)
 {
     int dtype = gemm_pack_dtype(&e->gu.gate, &e->gu.up);
+    const gemm_kernel *gk = k->m->gk;
     if (k->base) {
-        gemm_pack_glu(k->base + k->pos, dtype, &e->gu.gate, &e->gu.up, k->row);
+        gk->pack_glu(gk, k->base + k->pos, dtype, &e->gu.gate, &e->gu.up, k->row);
         e->gu.pk = k->base + k->pos;
         e->gu.pk_dtype = dtype;
         size_t n = (size_t)e->gu.gate.rows * e->gu.gate.cols;
         st_drop(k->m->weights, e->gu.gate.data, n * st_dtype_size(e->gu.gate.dtype));
         st_drop(k->m->weights, e->gu.up.data, n * st_dtype_size(e->gu.up.dtype));
     }
-    k->pos += gemm_pack_bytes(e->gu.gate.rows, e->gu.gate.cols, 1, dtype);
+    k->pos += gk->pack_bytes(gk, e->gu.gate.rows, e->gu.gate.cols, 1, dtype);
     pack_mat(k, &e->down);
 }
 
@@ -214,13 +216,18 @@ static void pack_all(packer *k)
     pack_mat(k, &m->final_lin.w);
 }
 
-int model_pack(dit_model *m, const dit_model_settings *s)
+int model_pack(dit_model *m, const dit_model_settings *s, const char *name, char *err,
+               size_t errlen)
 {
     dit_model_settings set;
     dit_model_settings_default(&set);
     if (s)
         set = *s;
-    if (!set.pack_weights || !gemm_available())
+    int rc = gemm_kernel_choose(&m->gk, err, errlen);
+    if (rc)
+        return rc;
+    m->info.kernel = m->gk->name;
+    if (!set.pack_weights)
         return DIT_OK;
     const dit_config *g = &m->cfg;
     int widest = g->hidden_size > 256 ? g->hidden_size : 256; /* t_mlp0 reads 256 */
@@ -235,6 +242,7 @@ int model_pack(dit_model *m, const dit_model_settings *s)
     m->packed = k.row ? aligned_alloc(64, n) : NULL;
     if (!m->packed) {
         free(k.row);
+        snprintf(err, errlen, "%s: out of memory packing the weights", name);
         return DIT_E_NOMEM;
     }
     k.base = m->packed;
