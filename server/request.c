@@ -22,7 +22,7 @@
  * dialects (bit 1 << enum srv_dialect) that accept it. */
 enum field_id {
     F_CLASS, F_SEED, F_STEPS, F_CFG, F_SAMPLER, F_IMAGES, F_CFG_MODE, F_RNG, F_SIZE, F_FORMAT,
-    F_IGNORED,
+    F_SPACING, F_INTERVAL, F_CACHE, F_IGNORED,
 };
 #define N_ (1 << SRV_NATIVE)
 #define O_ (1 << SRV_OPENAI)
@@ -36,6 +36,8 @@ static const struct field {
     {"sampler", F_SAMPLER, N_ | O_},
     {"num_images", F_IMAGES, N_}, {"n", F_IMAGES, O_},
     {"cfg_mode", F_CFG_MODE, N_ | O_}, {"rng", F_RNG, N_ | O_},
+    {"spacing", F_SPACING, N_ | O_}, {"cfg_interval", F_INTERVAL, N_ | O_},
+    {"cache", F_CACHE, N_ | O_},
     {"size", F_SIZE, O_}, {"response_format", F_FORMAT, O_},
     {"model", F_IGNORED, O_}, {"user", F_IGNORED, O_}, {"quality", F_IGNORED, O_},
     {"style", F_IGNORED, O_},
@@ -137,20 +139,100 @@ static int get_enum(const cJSON *v, const char *name, const char *const *names, 
     return -1;
 }
 
+/* "a", "b", ...: every sampler's name, for messages. */
+static void sampler_names(char *buf, size_t len)
+{
+    buf[0] = 0;
+    for (int k = 0; k < dit_sampler_count(); k++) {
+        size_t l = strlen(buf);
+        snprintf(buf + l, len - l, "%s\"%s\"", k ? ", " : "", dit_sampler_name(k));
+    }
+}
+
 static int get_sampler(const cJSON *v, int *out, char *err, size_t errlen)
 {
     int k = cJSON_IsString(v) ? dit_sampler_parse(v->valuestring) : -1;
     if (k < 0) {
+        char names[192];
+        sampler_names(names, sizeof names);
         if (cJSON_IsString(v))
-            snprintf(err, errlen, "sampler: unknown sampler '%.32s': must be \"euler\", \"ddpm\" "
-                     "or \"ddim\"", v->valuestring);
+            snprintf(err, errlen, "sampler: unknown sampler '%.32s': must be one of %s "
+                     "(GET /v1/model lists them)", v->valuestring, names);
         else
-            snprintf(err, errlen, "sampler: must be \"euler\", \"ddpm\" or \"ddim\", got %s",
-                     type_of(v));
+            snprintf(err, errlen, "sampler: must be one of %s, got %s", names, type_of(v));
         return -1;
     }
     *out = k;
     return 0;
+}
+
+/* "cfg_interval": [lo, hi], noise levels with 0 <= lo <= hi <= 1. */
+static int get_interval(const cJSON *v, double *iv, char *err, size_t errlen)
+{
+    const cJSON *lo = cJSON_GetArrayItem(v, 0), *hi = cJSON_GetArrayItem(v, 1);
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2 || !cJSON_IsNumber(lo) ||
+        !cJSON_IsNumber(hi)) {
+        snprintf(err, errlen, "cfg_interval: must be [lo, hi], two numbers (noise levels in "
+                 "[0, 1]), got %s", type_of(v));
+        return -1;
+    }
+    if (!(lo->valuedouble >= 0 && lo->valuedouble <= hi->valuedouble && hi->valuedouble <= 1)) {
+        snprintf(err, errlen, "cfg_interval: [%.17g, %.17g] is out of range: must satisfy "
+                 "0 <= lo <= hi <= 1", lo->valuedouble, hi->valuedouble);
+        return -1;
+    }
+    iv[0] = lo->valuedouble;
+    iv[1] = hi->valuedouble;
+    return 0;
+}
+
+/* The members of a "cache" object: mode (required), interval, threshold. */
+static int get_cache_fields(const cJSON *v, dit_cache_params *c, char *err, size_t errlen)
+{
+    static const char *const MODES[] = {"off", "fixed", "adaptive", NULL};
+    const cJSON *it;
+    double d;
+    cJSON_ArrayForEach(it, v) {
+        const char *k = it->string ? it->string : "";
+        int rc;
+        if (!strcmp(k, "mode"))
+            rc = get_enum(it, "cache.mode", MODES, &c->mode, err, errlen);
+        else if (!strcmp(k, "interval")) {
+            rc = get_int(it, "cache.interval", 2, 100, &d, err, errlen);
+            if (!rc)
+                c->interval = (int)d;
+        }
+        else if (!strcmp(k, "threshold")) {
+            rc = !cJSON_IsNumber(it) || !(it->valuedouble > 0 && it->valuedouble <= 10);
+            if (rc)
+                snprintf(err, errlen, "cache.threshold: must be a number in (0, 10]");
+            else
+                c->threshold = it->valuedouble;
+        } else {
+            snprintf(err, errlen, "cache: unknown member '%.32s': allowed are mode, interval, "
+                     "threshold", k);
+            rc = -1;
+        }
+        if (rc)
+            return -1;
+    }
+    return 0;
+}
+
+/* "cache": "off" | "fixed" | "adaptive" (default interval 2, threshold
+ * 0.1) or {"mode": ..., "interval": N, "threshold": T}. */
+static int get_cache(const cJSON *v, dit_cache_params *c, char *err, size_t errlen)
+{
+    static const char *const MODES[] = {"off", "fixed", "adaptive", NULL};
+    if (cJSON_IsString(v))
+        return get_enum(v, "cache", MODES, &c->mode, err, errlen);
+    if (!cJSON_IsObject(v) || !cJSON_GetObjectItemCaseSensitive(v, "mode")) {
+        snprintf(err, errlen, "cache: must be \"off\", \"fixed\", \"adaptive\" or an object "
+                 "with \"mode\" (and \"interval\" 2..100 or \"threshold\" (0, 10]), got %s",
+                 type_of(v));
+        return -1;
+    }
+    return get_cache_fields(v, c, err, errlen);
 }
 
 /* "size": "WxH", the one size the model makes. */
@@ -190,6 +272,7 @@ static int apply_field(const struct field *f, const cJSON *v, const srv_limits *
     static const char *const CFG_MODES[] = {"upstream", "all", NULL};
     static const char *const RNGS[] = {"default", "torch", NULL};
     static const char *const FORMATS[] = {"b64_json", NULL}; /* no URLs: nothing is stored */
+    static const char *const SPACINGS[] = {"default", "uniform", "logsnr", NULL};
     int ignored;
     double d;
     switch (f->id) {
@@ -213,6 +296,9 @@ static int apply_field(const struct field *f, const cJSON *v, const srv_limits *
     case F_RNG: return get_enum(v, "rng", RNGS, &r->rng, err, errlen);
     case F_SIZE: return get_size(v, lim, err, errlen);
     case F_FORMAT: return get_enum(v, "response_format", FORMATS, &ignored, err, errlen);
+    case F_SPACING: return get_enum(v, "spacing", SPACINGS, &r->spacing, err, errlen);
+    case F_INTERVAL: return get_interval(v, r->cfg_interval, err, errlen);
+    case F_CACHE: return get_cache(v, &r->cache, err, errlen);
     default:
         if (cJSON_IsString(v) || cJSON_IsNull(v))
             return 0;
@@ -270,6 +356,7 @@ int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, int 
     srv_gen_req r = {
         .steps = lim->default_steps, .cfg_scale = lim->default_cfg,
         .sampler = lim->default_sampler, .num_images = 1,
+        .cfg_interval = {0.0, 1.0}, .cache = {DIT_CACHE_OFF, 2, 0.1},
     };
     if (dialect != SRV_NATIVE && dialect != SRV_OPENAI) {
         snprintf(err, errlen, "srv_parse_generate: unknown dialect %d", dialect);
@@ -314,4 +401,20 @@ int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, int 
         return SRV_PARSE_FIELD;
     *out = r;
     return SRV_PARSE_OK;
+}
+
+void srv_req_params(const srv_gen_req *r, dit_sample_params *p)
+{
+    p->class_label = r->class_label;
+    p->num_images = r->num_images;
+    p->seed = r->seed;
+    p->steps = r->steps;
+    p->cfg_scale = r->cfg_scale;
+    p->sampler = r->sampler;
+    p->cfg_mode = r->cfg_mode;
+    p->rng = r->rng;
+    p->spacing = r->spacing;
+    p->cfg_interval[0] = r->cfg_interval[0];
+    p->cfg_interval[1] = r->cfg_interval[1];
+    p->cache = r->cache;
 }
