@@ -305,6 +305,34 @@ def case_refusals(ditmoe, tmp):
     expect_error(ditmoe, tmp, "a missing model", os.path.join(tmp, "nope"), [], "nope")
 
 
+def case_config(ditmoe, tmp):
+    """config.json "sampling" may name any sampler of the table that fits
+    the model: its default then runs; one that does not fit (or no
+    sampler) refuses to load, naming the field."""
+    import json
+    import shutil
+    eps = make_model(tmp, "eps_sigma")
+    for name, sampler, ok in (("dflt_dpm", "dpm++2m", True), ("dflt_heun", "heun", False),
+                              ("dflt_bad", "dpm++9m", False)):
+        path = os.path.join(tmp, name)
+        shutil.copytree(eps, path)
+        cfg = json.load(open(os.path.join(path, "config.json")))
+        cfg["sampling"] = {"sampler": sampler, "steps": 7, "cfg_scale": 2.0}
+        json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
+        if ok:
+            noise = ["--noise", noise_file(tmp, 4, 1, 3)]
+            a = engine(ditmoe, tmp, path, noise)
+            b = engine(ditmoe, tmp, eps, noise + ["--sampler", sampler, "--steps", 7,
+                                                  "--cfg-scale", 2.0])
+            good = np.array_equal(a, b)
+            print(f"{'ok  ' if good else 'FAIL'} config default {sampler} runs it")
+            if not good:
+                failures.append(f"config default {sampler}")
+        else:
+            expect_error(ditmoe, tmp, f"config sampling.sampler {sampler}", path, [],
+                         "sampling.sampler")
+
+
 def run_forward(ditmoe, tmp, model, x, t, y):
     paths = [os.path.join(tmp, f"{k}.npy") for k in ("fx", "ft", "fy", "fout")]
     for path, arr in zip(paths, (x, t, y)):
@@ -356,7 +384,7 @@ def case_batch(ditmoe, tmp):
 CASES = {"forward": case_forward, "batch": case_batch, "euler": case_euler, "ddpm_sigma": case_ddpm_sigma, "ddpm_fixed": case_ddpm_fixed,
          "ddim": case_ddim, "torch": case_torch, "refusals": case_refusals,
          "dpmpp": case_dpmpp, "heun": case_heun, "interval": case_interval,
-         "cache": case_cache}
+         "cache": case_cache, "config": case_config}
 
 
 def main():

@@ -249,15 +249,17 @@ done:
     return rc;
 }
 
-/* One line for scripts (bench/solvers.py): what the sampling cost. */
-static void gen_stats(const dit_model *m, const dit_sampler *s)
+/* One line for scripts (bench/solvers.py): what the sampling cost, and the
+ * wall seconds of the denoising loop and of decoding + writing the PNG. */
+static void gen_stats(const dit_model *m, const dit_sampler *s, double loop_s, double png_s)
 {
     uint64_t run, reused;
     int L = dit_model_config(m)->depth;
     dit_sampler_cache_stats(s, &run, &reused);
-    fprintf(stderr, "stats: evals %d rows %llu blocks_run %llu blocks_reused %llu\n",
-            dit_sampler_evals(s), (unsigned long long)((run + reused) / (uint64_t)L),
-            (unsigned long long)run, (unsigned long long)reused);
+    fprintf(stderr, "stats: evals %d rows %llu blocks_run %llu blocks_reused %llu "
+            "loop_s %.3f png_s %.3f\n", dit_sampler_evals(s),
+            (unsigned long long)((run + reused) / (uint64_t)L), (unsigned long long)run,
+            (unsigned long long)reused, loop_s, png_s);
 }
 
 static int gen_run(const dit_model *m, const dit_sample_params *p, const gen_args *a,
@@ -269,6 +271,7 @@ static int gen_run(const dit_model *m, const dit_sample_params *p, const gen_arg
     dit_ctx_settings set;
     char err[512] = "";
     int w, h, ch, rc;
+    double t0, t1;
     dit_model_image_size(m, &w, &h, &ch);
     if (a->out && (w < 1 || h < 1 || (ch != 1 && ch != 3))) /* refuse before sampling */
         return gen_no_decoder(m, model_name, a->out);
@@ -283,13 +286,13 @@ static int gen_run(const dit_model *m, const dit_sample_params *p, const gen_arg
         rc = cli_fail("cannot make a context for %d rows: %s", set.max_rows, dit_strerror(rc));
         goto done;
     }
+    t0 = cli_now();
     rc = dit_generate(ctx, &s, 1, isatty(2) ? gen_progress : NULL, NULL);
+    t1 = cli_now();
     if (rc != DIT_OK) {
         rc = cli_fail("sampling failed: %s", dit_strerror(rc));
         goto done;
     }
-    if (a->stats)
-        gen_stats(m, s);
     if (a->out_npy) {
         int64_t shape[4] = { p->num_images, c->in_channels, c->input_size, c->input_size };
         rc = io_npy_write(a->out_npy, IO_NPY_F32, 4, shape, dit_sampler_result(s), err,
@@ -300,6 +303,8 @@ static int gen_run(const dit_model *m, const dit_sample_params *p, const gen_arg
         }
     }
     rc = a->out ? gen_png(ctx, m, s, a->out, model_name) : 0;
+    if (!rc && a->stats)
+        gen_stats(m, s, t1 - t0, a->out ? cli_now() - t1 : 0.0);
 done:
     dit_ctx_free(ctx);
     dit_sampler_free(s);
