@@ -66,6 +66,18 @@ def generate(a, model, st, label, n, seed, out, more=()):
     return {k: float(v) for k, v in zip(line[::2], line[1::2])}
 
 
+def bootstrap_sd(fd, yard, images, draws, seed=0):
+    """sd of FD over `draws` resamplings (with replacement) of the images:
+    the spread a rerun with other seeds would show, approximately."""
+    if draws < 2:
+        return 0.0
+    feats = fd.judge.features(yard.net, images).numpy()
+    rng = np.random.default_rng(seed)
+    vals = [fd.frechet(*fd.gaussian_stats(feats[rng.integers(0, len(feats), len(feats))]),
+                       *yard.ref) for _ in range(draws)]
+    return float(np.std(vals, ddof=1))
+
+
 def quality(a, settings):
     sys.path.insert(0, a.judge_dir)
     import fd  # noqa: E402  (bench/judge/fd.py)
@@ -85,14 +97,19 @@ def quality(a, settings):
                     tot[k] = tot.get(k, 0) + v
             cpu = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - cpu0
             n = 10 * a.per_class
-            rep = yard.report(np.concatenate(imgs), np.array(labels), a.floor_draws)
+            x = np.concatenate(imgs)
+            rep = yard.report(x, np.array(labels), a.floor_draws)
+            rep["fd_sd"] = bootstrap_sd(fd, yard, x, a.boot)
+            if a.save:
+                np.save(os.path.join(a.save, st["name"].replace("/", "_") + ".npy"), x)
             blocks = tot["blocks_run"] + tot["blocks_reused"]
             r = {"setting": st["name"], "evals": tot["evals"] / 10, "rows": tot["rows"] / n,
                  "blocks_saved": tot["blocks_reused"] / blocks if blocks else 0.0,
                  "block_factor": blocks / tot["blocks_run"], "cpu_s": cpu, **rep}
             rows.append(r)
             print(f"| {r['setting']} | {r['evals']:.0f} | {r['rows']:.1f} | "
-                  f"{r['block_factor']:.2f}x | {r['fd']:.3f} | {r['floor']:.3f} | "
+                  f"{r['block_factor']:.2f}x | {r['fd']:.2f} ± {r['fd_sd']:.2f} | "
+                  f"{r['floor']:.2f} ± {r['floor_sd']:.2f} | "
                   f"{r['ratio']:.2f} | {r['agreement']:.3f} | {cpu:.0f} |", flush=True)
     return rows
 
@@ -146,6 +163,8 @@ def main():
     ap.add_argument("--cfg", type=float)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--floor-draws", type=int, default=5)
+    ap.add_argument("--boot", type=int, default=20, help="bootstrap draws for FD's sd")
+    ap.add_argument("--save", metavar="DIR", help="keep each setting's images here")
     ap.add_argument("--judge-dir", default=os.path.join(HERE, "judge"),
                     help="where fd.py (the FD yardstick) is")
     ap.add_argument("--s2", action="store_true", help="S/2 wall times instead of quality")
