@@ -8,8 +8,13 @@
  * step boundary while their rows fit (FIFO: the head of the queue is never
  * overtaken), and leave as soon as they finish, are cancelled or time out.
  * Jobs with different step counts, samplers and guidance scales share
- * steps: a sampler only sees its own rows. With batching off, a job runs
- * alone (the benchmark's baseline).
+ * steps: a sampler only sees its own rows. A job reserves its largest row
+ * count (dit_sampler_max_rows) at admission, but puts in each forward only
+ * the rows of that evaluation (a guidance interval drops the null rows
+ * outside it), each with its step cache (dit_forward_cached: rows of
+ * different jobs may reuse or run their blocks in the same forward). A
+ * job's step counter counts evaluations (heun takes two a step). With
+ * batching off, a job runs alone (the benchmark's baseline).
  *
  * Finished jobs are decoded (dit_decode: the VAE of a latent model, run on
  * the engine's worker pool, or the pixel mapping) and PNG-encoded here,
@@ -43,6 +48,8 @@ struct batcher {
     uint8_t *pixels;                /* (max_images, h, w, ch) */
     uint8_t *grid;                  /* the largest grid */
     job **act;                      /* running jobs, in admission order */
+    int *cur;                       /* (max_rows) rows of each running job this step */
+    dit_cache **cache;              /* (N) the row caches of this step */
     int n, rows;
 };
 
@@ -87,7 +94,10 @@ int batcher_new(batcher **out, srv *s, char *err, size_t errlen)
     b->pixels = malloc((size_t)max_images * img);
     b->grid = malloc((size_t)gw * (size_t)gh * (size_t)s->img_ch);
     b->act = calloc(n, sizeof *b->act);
-    if (!b->x || !b->t || !b->out || !b->noise || !b->y || !b->pixels || !b->grid || !b->act) {
+    b->cur = calloc(n, sizeof *b->cur);
+    b->cache = calloc(n, sizeof *b->cache);
+    if (!b->x || !b->t || !b->out || !b->noise || !b->y || !b->pixels || !b->grid || !b->act ||
+        !b->cur || !b->cache) {
         batcher_free(b);
         goto nomem;
     }
@@ -113,6 +123,8 @@ void batcher_free(batcher *b)
     free(b->pixels);
     free(b->grid);
     free(b->act);
+    free(b->cur);
+    free(b->cache);
     free(b);
 }
 
@@ -132,19 +144,12 @@ static void admit(batcher *b)
             return;
         dit_sample_params p;
         dit_sample_params_default(s->model, &p);
-        p.class_label = j->req.class_label;
-        p.num_images = j->req.num_images;
-        p.seed = j->req.seed;
-        p.steps = j->req.steps;
-        p.cfg_scale = j->req.cfg_scale;
-        p.sampler = j->req.sampler;
-        p.cfg_mode = j->req.cfg_mode;
-        p.rng = j->req.rng;
+        srv_req_params(&j->req, &p);
         dit_sampler *smp = NULL;
         int rc = dit_sampler_new(&smp, s->model, &p, err, sizeof err);
-        if (!rc && dit_sampler_rows(smp) != j->rows) {
+        if (!rc && dit_sampler_max_rows(smp) != j->rows) {
             snprintf(err, sizeof err, "the engine wants %d rows per step, not %d",
-                     dit_sampler_rows(smp), j->rows);
+                     dit_sampler_max_rows(smp), j->rows);
             dit_sampler_free(smp);
             rc = DIT_E_UNSUPPORTED;
         }
@@ -241,7 +246,7 @@ static void count_routing(batcher *b, const uint32_t *routing)
     size_t off = 0;
     for (int i = 0; i < b->n; i++) {
         job *j = b->act[i];
-        for (int r = 0; r < j->rows; r++, off++)
+        for (int r = 0; r < b->cur[i]; r++, off++)
             for (size_t e = 0; e < b->le; e++)
                 j->experts[e] += routing[off * b->le + e];
     }
@@ -256,12 +261,14 @@ static void step(batcher *b)
     for (int i = 0; i < b->n; i++) {
         dit_sampler *smp = b->act[i]->sampler;
         float level = (float)dit_sampler_noise_level(smp);
+        int rows = b->cur[i] = dit_sampler_rows(smp); /* may change between steps */
         dit_sampler_inputs(smp, b->x + (size_t)off * b->in_sz, b->t + off, b->y + off);
-        for (int r = 0; r < b->act[i]->rows; r++)
+        dit_sampler_caches(smp, b->cache + off);
+        for (int r = 0; r < rows; r++)
             b->noise[off + r] = level;
-        off += b->act[i]->rows;
+        off += rows;
     }
-    int rc = dit_forward(b->ctx, off, b->x, b->t, b->y, b->out);
+    int rc = dit_forward_cached(b->ctx, off, b->x, b->t, b->y, b->cache, b->out);
     if (rc) {
         char msg[128];
         snprintf(msg, sizeof msg, "the model's forward pass failed: %s", dit_strerror(rc));
@@ -279,7 +286,7 @@ static void step(batcher *b)
     off = 0;
     for (int i = 0; i < b->n; i++) {
         dit_sampler_update(b->act[i]->sampler, b->out + (size_t)off * b->out_sz);
-        off += b->act[i]->rows;
+        off += b->cur[i];
     }
     double t1 = srv_now();
     srv_stats_step(s->stats, off, b->n, routing, b->y, b->noise, t1);

@@ -90,6 +90,37 @@ static void add_limits(cJSON *root, const srv *s)
     cJSON_AddNumberToObject(srvj, "ctx_bytes", (double)batcher_ctx_bytes(s->batcher));
 }
 
+/* "samplers": the engine's sampler table, each with the predictions it
+ * supports and whether this model's prediction is one of them. */
+static void add_samplers(cJSON *root, int prediction)
+{
+    static const char *const PRED[] = {"epsilon", "velocity"};
+    cJSON *a = cJSON_AddArrayToObject(root, "samplers");
+    for (int k = 0; k < dit_sampler_count(); k++) {
+        const dit_sampler_desc *d = dit_sampler_info(k);
+        cJSON *o = cJSON_CreateObject(), *al = cJSON_CreateArray(), *pr = cJSON_CreateArray();
+        cJSON_AddStringToObject(o, "name", d->name);
+        for (const char *p = d->aliases; *p;) { /* comma-separated */
+            size_t l = strcspn(p, ",");
+            char one[32];
+            snprintf(one, sizeof one, "%.*s", (int)l, p);
+            cJSON_AddItemToArray(al, cJSON_CreateString(one));
+            p += l + (p[l] == ',');
+        }
+        cJSON_AddItemToObject(o, "aliases", al);
+        for (int i = 0; i < 2; i++)
+            if (d->predictions >> i & 1u)
+                cJSON_AddItemToArray(pr, cJSON_CreateString(PRED[i]));
+        cJSON_AddItemToObject(o, "predictions", pr);
+        cJSON_AddBoolToObject(o, "supported", dit_sampler_supports(k, prediction));
+        cJSON_AddNumberToObject(o, "evals_per_step", d->evals_per_step);
+        cJSON_AddNumberToObject(o, "order", d->order);
+        cJSON_AddBoolToObject(o, "spacing", d->spacing);
+        cJSON_AddStringToObject(o, "summary", d->summary);
+        cJSON_AddItemToArray(a, o);
+    }
+}
+
 int routes_model(srv_req *req, srv_reply *out)
 {
     srv *s = req->s;
@@ -123,8 +154,12 @@ int routes_model(srv_req *req, srv_reply *out)
     cJSON_AddNumberToObject(d, "num_images", 1);
     cJSON_AddStringToObject(d, "cfg_mode", "upstream");
     cJSON_AddStringToObject(d, "rng", "default");
-    const char *samplers[] = {"euler", "ddpm", "ddim"};
-    cJSON_AddItemToObject(root, "samplers", cJSON_CreateStringArray(samplers, 3));
+    cJSON_AddStringToObject(d, "spacing", "default");
+    cJSON *iv = cJSON_AddArrayToObject(d, "cfg_interval");
+    cJSON_AddItemToArray(iv, cJSON_CreateNumber(0));
+    cJSON_AddItemToArray(iv, cJSON_CreateNumber(1));
+    cJSON_AddStringToObject(d, "cache", "off");
+    add_samplers(root, c->prediction);
     add_limits(root, s);
     char *text = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);

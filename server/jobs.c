@@ -467,7 +467,7 @@ job *job_admit(job_table *t, int rows_free)
 
 int job_start(job_table *t, job *j, dit_sampler *s)
 {
-    int steps = dit_sampler_num_steps(s);
+    int steps = dit_sampler_num_evals(s); /* progress counts forwards */
     float *ms = calloc((size_t)steps, sizeof *ms);
     uint64_t *ex = calloc((size_t)t->L * (size_t)t->E, sizeof *ex);
     pthread_mutex_lock(&t->mu);

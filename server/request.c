@@ -27,7 +27,7 @@
  * dialects (bit 1 << enum srv_dialect) that accept it. */
 enum field_id {
     F_CLASS, F_SEED, F_STEPS, F_CFG, F_SAMPLER, F_IMAGES, F_CFG_MODE, F_RNG, F_SIZE, F_FORMAT,
-    F_IGNORED,
+    F_SPACING, F_INTERVAL, F_CACHE, F_IGNORED,
 };
 #define N_ (1 << SRV_NATIVE)
 #define O_ (1 << SRV_OPENAI)
@@ -41,6 +41,8 @@ static const struct field {
     {"sampler", F_SAMPLER, N_ | O_},
     {"num_images", F_IMAGES, N_}, {"n", F_IMAGES, O_},
     {"cfg_mode", F_CFG_MODE, N_ | O_}, {"rng", F_RNG, N_ | O_},
+    {"spacing", F_SPACING, N_ | O_}, {"cfg_interval", F_INTERVAL, N_ | O_},
+    {"cache", F_CACHE, N_ | O_},
     {"size", F_SIZE, O_}, {"response_format", F_FORMAT, O_},
     {"model", F_IGNORED, O_}, {"user", F_IGNORED, O_}, {"quality", F_IGNORED, O_},
     {"style", F_IGNORED, O_},
@@ -179,21 +181,104 @@ static int get_enum(const dit_json *v, const char *name, const char *const *name
     return -1;
 }
 
+/* "a", "b", ...: every sampler's name, for messages. */
+static void sampler_names(char *buf, size_t len)
+{
+    buf[0] = 0;
+    for (int k = 0; k < dit_sampler_count(); k++) {
+        size_t l = strlen(buf);
+        snprintf(buf + l, len - l, "%s\"%s\"", k ? ", " : "", dit_sampler_name(k));
+    }
+}
+
 static int get_sampler(const dit_json *v, int *out, char *err, size_t errlen)
 {
     const char *str = dit_json_str(v);
     int k = str ? dit_sampler_parse(str) : -1;
     if (k < 0) {
+        char names[192];
+        sampler_names(names, sizeof names);
         if (str)
-            snprintf(err, errlen, "sampler: unknown sampler '%.*s': must be \"euler\", \"ddpm\" "
-                     "or \"ddim\"", utf8_prefix(str, 32), str);
+            snprintf(err, errlen, "sampler: unknown sampler '%.*s': must be one of %s "
+                     "(GET /v1/model lists them)", utf8_prefix(str, 32), str, names);
         else
-            snprintf(err, errlen, "sampler: must be \"euler\", \"ddpm\" or \"ddim\", got %s",
-                     type_of(v));
+            snprintf(err, errlen, "sampler: must be one of %s, got %s", names, type_of(v));
         return -1;
     }
     *out = k;
     return 0;
+}
+
+/* "cfg_interval": [lo, hi], noise levels with 0 <= lo <= hi <= 1. */
+static int get_interval(const dit_json *v, double *iv, char *err, size_t errlen)
+{
+    const dit_json *lo = dit_json_at(v, 0), *hi = dit_json_at(v, 1);
+    if (dit_json_type(v) != DIT_JSON_ARRAY || dit_json_len(v) != 2 || !is_num(lo) ||
+        !is_num(hi)) {
+        snprintf(err, errlen, "cfg_interval: must be [lo, hi], two numbers (noise levels in "
+                 "[0, 1]), got %s", type_of(v));
+        return -1;
+    }
+    double l = dit_json_num(lo), h = dit_json_num(hi);
+    if (!(l >= 0 && l <= h && h <= 1)) {
+        snprintf(err, errlen, "cfg_interval: [%.17g, %.17g] is out of range: must satisfy "
+                 "0 <= lo <= hi <= 1", l, h);
+        return -1;
+    }
+    iv[0] = l;
+    iv[1] = h;
+    return 0;
+}
+
+/* The members of a "cache" object: mode (required), interval, threshold. */
+static int get_cache_fields(const dit_json *v, dit_cache_params *c, char *err,
+                            size_t errlen)
+{
+    static const char *const MODES[] = {"off", "fixed", "adaptive", NULL};
+    double d;
+    for (size_t i = 0; i < dit_json_len(v); i++) {
+        const dit_json *it = dit_json_at(v, i);
+        const char *k = dit_json_str(dit_json_key(v, i));
+        int rc;
+        if (!strcmp(k, "mode"))
+            rc = get_enum(it, "cache.mode", MODES, &c->mode, err, errlen);
+        else if (!strcmp(k, "interval")) {
+            rc = get_int(it, "cache.interval", 2, 100, &d, err, errlen);
+            if (!rc)
+                c->interval = (int)d;
+        }
+        else if (!strcmp(k, "threshold")) {
+            d = dit_json_num(it);
+            rc = !is_num(it) || !(d > 0 && d <= 10);
+            if (rc)
+                snprintf(err, errlen, "cache.threshold: must be a number in (0, 10]");
+            else
+                c->threshold = d;
+        } else {
+            snprintf(err, errlen, "cache: unknown member '%.*s': allowed are mode, interval, "
+                     "threshold", utf8_prefix(k, 32), k);
+            rc = -1;
+        }
+        if (rc)
+            return -1;
+    }
+    return 0;
+}
+
+/* "cache": "off" | "fixed" | "adaptive" (default interval 2, threshold
+ * 0.1) or {"mode": ..., "interval": N, "threshold": T}. */
+static int get_cache(const dit_json *v, dit_cache_params *c, char *err, size_t errlen)
+{
+    static const char *const MODES[] = {"off", "fixed", "adaptive", NULL};
+    if (dit_json_type(v) == DIT_JSON_STRING)
+        return get_enum(v, "cache", MODES, &c->mode, err, errlen);
+    if (dit_json_type(v) != DIT_JSON_OBJECT || !dit_json_get(v, "mode")) {
+        snprintf(err, errlen, "cache: must be \"off\", \"fixed\", \"adaptive\" or an object "
+                 "with \"mode\" (and \"interval\" 2..100 or \"threshold\" (0, 10]), got %s",
+                 type_of(v));
+        return -1;
+    }
+    return get_cache_fields(v, c, err, errlen);
 }
 
 /* "size": "WxH", the one size the model makes. */
@@ -235,6 +320,7 @@ static int apply_field(const struct field *f, const dit_json *v, const srv_limit
     static const char *const CFG_MODES[] = {"upstream", "all", NULL};
     static const char *const RNGS[] = {"default", "torch", NULL};
     static const char *const FORMATS[] = {"b64_json", NULL}; /* no URLs: nothing is stored */
+    static const char *const SPACINGS[] = {"default", "uniform", "logsnr", NULL};
     int ignored;
     double d;
     switch (f->id) {
@@ -258,6 +344,9 @@ static int apply_field(const struct field *f, const dit_json *v, const srv_limit
     case F_RNG: return get_enum(v, "rng", RNGS, &r->rng, err, errlen);
     case F_SIZE: return get_size(v, lim, err, errlen);
     case F_FORMAT: return get_enum(v, "response_format", FORMATS, &ignored, err, errlen);
+    case F_SPACING: return get_enum(v, "spacing", SPACINGS, &r->spacing, err, errlen);
+    case F_INTERVAL: return get_interval(v, r->cfg_interval, err, errlen);
+    case F_CACHE: return get_cache(v, &r->cache, err, errlen);
     default:
         if (dit_json_type(v) == DIT_JSON_STRING || dit_json_type(v) == DIT_JSON_NULL)
             return 0;
@@ -312,6 +401,7 @@ int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, int 
     srv_gen_req r = {
         .steps = lim->default_steps, .cfg_scale = lim->default_cfg,
         .sampler = lim->default_sampler, .num_images = 1,
+        .cfg_interval = {0.0, 1.0}, .cache = {DIT_CACHE_OFF, 2, 0.1},
     };
     if (dialect != SRV_NATIVE && dialect != SRV_OPENAI) {
         snprintf(err, errlen, "srv_parse_generate: unknown dialect %d", dialect);
@@ -347,4 +437,20 @@ int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, int 
         return SRV_PARSE_FIELD;
     *out = r;
     return SRV_PARSE_OK;
+}
+
+void srv_req_params(const srv_gen_req *r, dit_sample_params *p)
+{
+    p->class_label = r->class_label;
+    p->num_images = r->num_images;
+    p->seed = r->seed;
+    p->steps = r->steps;
+    p->cfg_scale = r->cfg_scale;
+    p->sampler = r->sampler;
+    p->cfg_mode = r->cfg_mode;
+    p->rng = r->rng;
+    p->spacing = r->spacing;
+    p->cfg_interval[0] = r->cfg_interval[0];
+    p->cfg_interval[1] = r->cfg_interval[1];
+    p->cache = r->cache;
 }

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <ditmoe/dit.h>
+
 /* Largest seed accepted: JSON numbers are doubles, exact up to 2^53 - 1. */
 #define SRV_SEED_MAX 9007199254740991.0
 
@@ -37,17 +39,23 @@ typedef struct srv_gen_req {
     int num_images;
     int cfg_mode;            /* enum dit_cfg_mode */
     int rng;                 /* enum dit_rng_kind */
+    int spacing;             /* enum dit_spacing */
+    double cfg_interval[2];  /* noise levels [lo, hi] where guidance runs */
+    dit_cache_params cache;
 } srv_gen_req;
 
 enum { SRV_PARSE_OK = 0, SRV_PARSE_JSON = -1, SRV_PARSE_FIELD = -2 };
 
 /* The two shapes of a request body:
  *   NATIVE  POST /generate, /jobs: class_label (required), seed, steps,
- *           cfg_scale, sampler, num_images, cfg_mode, rng;
+ *           cfg_scale, sampler, num_images, cfg_mode, rng, spacing,
+ *           cfg_interval ([lo, hi]), cache ("off" or {"mode": "fixed",
+ *           "interval": N} / {"mode": "adaptive", "threshold": T});
  *   OPENAI  POST /v1/images/generations, OpenAI's image API: prompt (the
  *           class, required), n, size ("WxH", the model's), response_format
  *           ("b64_json"), model, user, quality, style (accepted, no
- *           effect), plus seed, steps, cfg_scale, sampler, cfg_mode, rng. */
+ *           effect), plus seed, steps, cfg_scale, sampler, cfg_mode, rng,
+ *           spacing, cfg_interval, cache (extensions). */
 enum srv_dialect { SRV_NATIVE = 0, SRV_OPENAI = 1 };
 
 /* Parses body[0..len) (not necessarily NUL-terminated): one JSON object
@@ -60,5 +68,9 @@ enum srv_dialect { SRV_NATIVE = 0, SRV_OPENAI = 1 };
  * outlives the call. */
 int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, int dialect,
                        srv_gen_req *out, char *err, size_t errlen);
+
+/* The engine's sampling parameters of a parsed request (over the model's
+ * defaults, which dit_sample_params_default put in p first). */
+void srv_req_params(const srv_gen_req *r, dit_sample_params *p);
 
 #endif

@@ -119,9 +119,7 @@ static int check_request(srv_req *req, int dialect, srv_gen_req *r, srv_reply *o
     }
     dit_sample_params p;
     dit_sample_params_default(s->model, &p);
-    p.class_label = r->class_label, p.num_images = r->num_images, p.seed = r->seed;
-    p.steps = r->steps, p.cfg_scale = r->cfg_scale, p.sampler = r->sampler;
-    p.cfg_mode = r->cfg_mode, p.rng = r->rng;
+    srv_req_params(r, &p);
     dit_sampler *smp = NULL;
     rc = dit_sampler_new(&smp, s->model, &p, err, sizeof err);
     dit_sampler_free(smp);
@@ -168,6 +166,17 @@ static cJSON *params_json(const srv *s, const job *j)
     cJSON_AddNumberToObject(p, "num_images", r->num_images);
     cJSON_AddStringToObject(p, "cfg_mode", r->cfg_mode == DIT_CFG_ALL ? "all" : "upstream");
     cJSON_AddStringToObject(p, "rng", r->rng == DIT_RNG_TORCH ? "torch" : "default");
+    cJSON_AddStringToObject(p, "spacing", dit_spacing_name(r->spacing));
+    cJSON *iv = cJSON_AddArrayToObject(p, "cfg_interval");
+    cJSON_AddItemToArray(iv, cJSON_CreateNumber(r->cfg_interval[0]));
+    cJSON_AddItemToArray(iv, cJSON_CreateNumber(r->cfg_interval[1]));
+    static const char *const CACHE[] = {"off", "fixed", "adaptive"};
+    cJSON *c = cJSON_AddObjectToObject(p, "cache");
+    cJSON_AddStringToObject(c, "mode", CACHE[r->cache.mode]);
+    if (r->cache.mode == DIT_CACHE_FIXED)
+        cJSON_AddNumberToObject(c, "interval", r->cache.interval);
+    if (r->cache.mode == DIT_CACHE_ADAPTIVE)
+        cJSON_AddNumberToObject(c, "threshold", r->cache.threshold);
     return p;
 }
 

@@ -145,8 +145,11 @@ function setupForm(m) {
   $('cfg_scale').max = lim.cfg_scale_max;
   $('cfg_scale').value = d.cfg_scale;
   $('num_images').max = lim.max_images;
+  // the engine's sampler table (GET /v1/model), only those this model's prediction fits
+  const names = (m.samplers || []).filter((s) => s.supported).map((s) => s.name);
+  if (!names.includes(d.sampler)) names.unshift(d.sampler);
   const sel = $('sampler');
-  sel.replaceChildren(...(m.samplers || [d.sampler]).map((s) => new Option(s, s, s === d.sampler, s === d.sampler)));
+  sel.replaceChildren(...names.map((s) => new Option(s, s, s === d.sampler, s === d.sampler)));
 }
 
 $('dice').addEventListener('click', () => {

@@ -157,25 +157,6 @@ static int get_num(const dit_json *o, const char *key, double *out,
     return DIT_OK;
 }
 
-int dit_sampler_parse(const char *s)
-{
-    if (!s)
-        return -1;
-    if (!strcmp(s, "euler") || !strcmp(s, "rf"))
-        return DIT_SAMPLER_EULER;
-    if (!strcmp(s, "ddpm"))
-        return DIT_SAMPLER_DDPM;
-    if (!strcmp(s, "ddim"))
-        return DIT_SAMPLER_DDIM;
-    return -1;
-}
-
-const char *dit_sampler_name(int kind)
-{
-    static const char *const names[] = { "euler", "ddpm", "ddim" };
-    return kind >= 0 && kind < 3 ? names[kind] : "?";
-}
-
 static int parse_sampling(dit_config *c, const dit_json *s, const char *path,
                           char *err, size_t errlen)
 {
@@ -189,8 +170,14 @@ static int parse_sampling(dit_config *c, const dit_json *s, const char *path,
             return ERR("%s: unknown key \"sampling.%s\" (known: sampler, steps, cfg_scale)", path, k);
     }
     const dit_json *v = dit_json_get(s, "sampler");
-    if (v && (c->default_sampler = dit_sampler_parse(dit_json_str(v))) < 0)
-        return ERR("%s: sampling.sampler must be \"euler\", \"ddpm\" or \"ddim\"", path);
+    if (v && (c->default_sampler = dit_sampler_parse(dit_json_str(v))) < 0) {
+        char names[160] = "";
+        for (int k = 0; k < dit_sampler_count(); k++) {
+            size_t l = strlen(names);
+            snprintf(names + l, sizeof names - l, "%s\"%s\"", k ? ", " : "", dit_sampler_name(k));
+        }
+        return ERR("%s: sampling.sampler must be one of %s", path, names);
+    }
     int rc = get_int(s, "steps", 0, &c->default_steps, path, err, errlen);
     if (rc == DIT_OK)
         rc = get_num(s, "cfg_scale", &c->default_cfg_scale, path, err, errlen);
@@ -299,6 +286,11 @@ int config_parse(dit_model *m, const char *text, size_t len, const char *path,
     c->default_cfg_scale = 4.0;
     if ((rc = parse_sampling(c, dit_json_get(root, "sampling"), path, err, errlen)) != DIT_OK)
         goto out;
+    if (!dit_sampler_supports(c->default_sampler, c->prediction)) {
+        rc = ERR("%s: sampling.sampler \"%s\" does not support this model's prediction (%s)",
+                 path, dit_sampler_name(c->default_sampler), rf ? "velocity" : "epsilon");
+        goto out;
+    }
     const dit_json *vae = dit_json_get(root, "vae");
     if (vae && !dit_json_str(vae)) {
         rc = ERR("%s: \"vae\" must be a path (string)", path);

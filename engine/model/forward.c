@@ -9,6 +9,7 @@
  * unpatchify.
  */
 #include <cblas.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -74,6 +75,8 @@ static size_t ctx_layout(dit_ctx *c, char *base)
     c->fout = carve(base, &pos, M * (size_t)g->out_channels * P2, sizeof(float));
     c->wide = carve(base, &pos, th * (size_t)c->m->max_mat_elems, sizeof(float));
     c->routing = carve(base, &pos, N * (size_t)g->depth * E, sizeof(uint32_t));
+    c->routing2 = carve(base, &pos, N * (size_t)g->depth * E, sizeof(uint32_t));
+    c->perm = carve(base, &pos, N, sizeof(int));
     return pos + 64;
 }
 
@@ -204,19 +207,156 @@ static void block_forward(dit_ctx *c, const model_block *b, int l, int N)
     gate_residual(c, c->x, c->sub, mod + 5 * D, S, N);
 }
 
+/* ---- step caching ----------------------------------------------------- */
+
+/* ADAPTIVE: adds the relative L1 change of block 0's modulated input xm
+ * (T, D) to acc and says whether the blocks must run; keeps xm as ref. */
+static int cache_adaptive(dit_cache *r, const float *xm, size_t td)
+{
+    if (r->has_ref) {
+        double num = 0, den = 0;
+        for (size_t k = 0; k < td; k++) {
+            num += fabsf(xm[k] - r->ref[k]);
+            den += fabsf(r->ref[k]);
+        }
+        r->acc += den > 0 ? num / den : 0.0;
+    }
+    memcpy(r->ref, xm, td * sizeof(float));
+    r->has_ref = 1;
+    if (r->valid && r->acc < r->threshold)
+        return 0;
+    r->acc = 0;
+    return 1;
+}
+
+/* A row runs the blocks: it has no cache or its cache says so. */
+static int row_runs(dit_cache *const *cache, int i)
+{
+    return !cache[i] || cache[i]->computed;
+}
+
+/* Decides which rows run the blocks and orders them first in c->perm
+ * (batch position -> row), the reusing rows after; returns how many run. */
+static int cache_plan(dit_ctx *c, int N, dit_cache *const *cache)
+{
+    const dit_config *g = &c->m->cfg;
+    size_t td = (size_t)g->num_tokens * g->hidden_size;
+    int D = g->hidden_size, adaptive = 0, k = 0, nrun;
+    for (int i = 0; i < N; i++)
+        adaptive |= cache[i] && cache[i]->mode == DIT_CACHE_ADAPTIVE;
+    if (adaptive) { /* block 0's modulated input, as block_forward makes it */
+        op_linear_forward(&c->env, c->mod, c->silu_c, &c->m->blocks[0].ada, N);
+        norm_modulate(c, c->xn, c->x, c->mod, c->mod + D, 6 * D, N);
+    }
+    for (int i = 0; i < N; i++) {
+        dit_cache *r = cache[i];
+        if (r && r->mode == DIT_CACHE_ADAPTIVE)
+            r->computed = cache_adaptive(r, c->xn + (size_t)i * td, td);
+        else if (r)
+            r->computed = r->run || !r->valid;
+    }
+    for (int i = 0; i < N; i++)
+        if (row_runs(cache, i))
+            c->perm[k++] = i;
+    nrun = k;
+    for (int i = 0; i < N; i++)
+        if (!row_runs(cache, i))
+            c->perm[k++] = i;
+    return nrun;
+}
+
+/* buf (N, len) reordered by c->perm through scratch: forward puts row
+ * perm[k] at position k, back undoes it. */
+static void rows_permute(const dit_ctx *c, float *buf, float *scratch, int N, size_t len,
+                         int back)
+{
+    for (int k = 0; k < N; k++) {
+        size_t row = (size_t)c->perm[k] * len, at = (size_t)k * len;
+        memcpy(scratch + (back ? row : at), buf + (back ? at : row), len * sizeof(float));
+    }
+    memcpy(buf, scratch, (size_t)N * len * sizeof(float));
+}
+
+/* The routing counts of positions back to their rows (reusing rows: 0). */
+static void routing_back(dit_ctx *c, int N)
+{
+    size_t le = (size_t)c->m->cfg.depth * c->m->cfg.num_experts;
+    for (int k = 0; k < N; k++)
+        memcpy(c->routing2 + (size_t)c->perm[k] * le, c->routing + (size_t)k * le,
+               le * sizeof(uint32_t));
+    memcpy(c->routing, c->routing2, (size_t)N * le * sizeof(uint32_t));
+}
+
+/* The transformer blocks over the rows of c->x: the running ones (first
+ * nrun positions) run them and store their residual when cached; the
+ * others add their stored one. */
+static void blocks_cached(dit_ctx *c, int N, int nrun, dit_cache *const *cache)
+{
+    const dit_config *g = &c->m->cfg;
+    size_t td = (size_t)g->num_tokens * g->hidden_size;
+    for (int k = 0; k < nrun; k++) /* the input, to subtract afterwards */
+        if (cache[c->perm[k]])
+            memcpy(cache[c->perm[k]]->resid, c->x + k * td, td * sizeof(float));
+    for (int l = 0; nrun > 0 && l < g->depth; l++)
+        block_forward(c, &c->m->blocks[l], l, nrun);
+    for (int k = 0; k < N; k++) {
+        dit_cache *r = cache[c->perm[k]];
+        float *x = c->x + k * td; // (T, D)
+        if (!r)
+            continue;
+        if (k < nrun) {
+            for (size_t j = 0; j < td; j++)
+                r->resid[j] = x[j] - r->resid[j];
+            r->valid = 1;
+        } else {
+            for (size_t j = 0; j < td; j++)
+                x[j] += r->resid[j];
+        }
+    }
+}
+
+/* The blocks of a forward with caches: rows reordered so the running ones
+ * form one batch, and put back. */
+static void forward_blocks_cached(dit_ctx *c, int N, dit_cache *const *cache)
+{
+    const dit_config *g = &c->m->cfg;
+    size_t td = (size_t)g->num_tokens * g->hidden_size, D = (size_t)g->hidden_size;
+    int nrun = cache_plan(c, N, cache), same = 1;
+    for (int k = 0; k < N; k++)
+        same &= c->perm[k] == k;
+    if (!same) { /* xn and temb are free here */
+        rows_permute(c, c->x, c->xn, N, td, 0);
+        rows_permute(c, c->silu_c, c->temb, N, D, 0);
+    }
+    blocks_cached(c, N, nrun, cache);
+    if (!same) {
+        rows_permute(c, c->x, c->xn, N, td, 1);
+        rows_permute(c, c->silu_c, c->temb, N, D, 1);
+        routing_back(c, N);
+    }
+}
+
 int dit_forward(dit_ctx *c, int n, const float *x, const float *t,
                 const int32_t *y, float *out)
+{
+    return dit_forward_cached(c, n, x, t, y, NULL, out);
+}
+
+int dit_forward_cached(dit_ctx *c, int n, const float *x, const float *t,
+                       const int32_t *y, dit_cache *const *cache, float *out)
 {
     if (!c || !x || !t || !y || !out || n < 1 || n > c->set.max_rows)
         return DIT_E_INVAL;
     const dit_model *m = c->m;
     const dit_config *g = &m->cfg;
     int N = n, T = g->num_tokens, D = g->hidden_size, P = g->patch_size;
-    int C = g->in_channels, H = g->input_size, M = N * T;
+    int C = g->in_channels, H = g->input_size, M = N * T, any = 0;
     int nlabels = g->num_classes + m->has_null;
-    for (int i = 0; i < N; i++)
+    for (int i = 0; i < N; i++) {
         if (y[i] < 0 || y[i] >= nlabels)
             return DIT_E_INVAL;
+        any |= cache && cache[i];
+    }
     memset(c->routing, 0, sizeof(uint32_t) * (size_t)N * g->depth * g->num_experts);
     c->last_n = N;
 
@@ -235,8 +375,11 @@ int dit_forward(dit_ctx *c, int n, const float *x, const float *t,
         c->c[k] += c->temb[k];
     op_silu_forward(c->silu_c, c->c, (size_t)N * D);
 
-    for (int l = 0; l < g->depth; l++)
-        block_forward(c, &m->blocks[l], l, N);
+    if (any)
+        forward_blocks_cached(c, N, cache);
+    else
+        for (int l = 0; l < g->depth; l++)
+            block_forward(c, &m->blocks[l], l, N);
 
     // final layer: adaLN (shift, scale), LayerNorm, linear, unpatchify
     op_linear_forward(&c->env, c->mod, c->silu_c, &m->final_ada, N);        // (N, 2D)

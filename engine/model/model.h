@@ -59,6 +59,23 @@ struct dit_model {
     dit_model_info info;
 };
 
+/* One row's step cache (dit.h dit_forward_cached), owned by a sampler
+ * that allocates the buffers once. FIXED rows are told by their sampler
+ * (run); ADAPTIVE rows are decided in the forward from block 0's modulated
+ * input: the relative L1 change since the previous evaluation is added to
+ * acc, and the blocks run when acc reaches threshold (acc then restarts). */
+struct dit_cache {
+    int mode;           /* enum dit_cache_mode */
+    int run;            /* FIXED: set before each forward: 1 run the blocks, 0 reuse */
+    float threshold;    /* ADAPTIVE */
+    double acc;         /* ADAPTIVE: summed relative change since the blocks last ran */
+    int valid;          /* resid holds a computed evaluation */
+    int has_ref;        /* ref holds the previous evaluation's input */
+    int computed;       /* out: the last forward ran the blocks for this row */
+    float *resid;       /* (T, D) the blocks' summed residual contribution then */
+    float *ref;         /* (T, D) ADAPTIVE: block 0's modulated input last time */
+};
+
 /* A context: every scratch buffer of a forward pass, sized once. */
 struct dit_ctx {
     const dit_model *m;
@@ -94,6 +111,8 @@ struct dit_ctx {
     float *fout;      /* (N, T, P*P*Cout) */
     float *wide;      /* (n_threads, max_mat_elems) non-F32 weights widened */
     uint32_t *routing;/* (N, L, E) */
+    uint32_t *routing2;/* (N, L, E) scratch for reordering rows (caching) */
+    int *perm;        /* (N) cached forward: batch position -> row, running rows first */
     int last_n;
     void *vae_ws;     /* VAE workspace for max_decode images, or NULL */
     size_t vae_ws_bytes;

@@ -1,60 +1,57 @@
-/* sampler.c: denoising loops (rectified-flow Euler, DDPM, DDIM) as steppable
- * state, and dit_generate, which batches the rows of many samplers.
+/* sampler.c: denoising loops as steppable state, and dit_generate, which
+ * batches the rows of many samplers.
  *
  * A dit_sampler holds one request: n images of one class, their current
- * sample x (n, C, H, W), the schedule and the RNG state. Each step the
- * caller (dit_generate, or the server's scheduler) asks for the model
+ * sample x (n, C, H, W), the schedule and the RNG state. Each evaluation
+ * the caller (dit_generate, or the server's scheduler) asks for the model
  * inputs of its rows, runs the model on them, possibly together with the
  * rows of other samplers, and hands the output back to dit_sampler_update.
- * Everything is allocated in dit_sampler_new; stepping allocates nothing.
- *
- * Semantics, all as upstream feizc/DiT-MoE:
- *   euler  RectifiedFlow.sample: for i = N..1 the model sees t = i/N (float
- *          in [0, 1]) and z <- z - v/N, v the first C output channels.
- *   ddpm   create_diffusion(str(N)) + p_sample_loop, clip_denoised=False as
- *          sample.py: 1000 linear betas respaced by space_timesteps, the
- *          model fed the original timestep (timestep_map), learned-range
- *          variance when learn_sigma (channels C..2C), fixed-large variance
- *          otherwise, no noise on the last step.
- *   ddim   ddim_sample_loop with eta 0 on the same respaced schedule.
- * The update arithmetic is float32 with float32 coefficients, in upstream's
- * order of operations, so results match a float32 PyTorch run closely.
+ * A step takes one evaluation, or two for a second-order single-step
+ * solver (heun). Everything is allocated in dit_sampler_new; stepping
+ * allocates nothing. What each kind computes lives in its row of the
+ * sampler table (table.c; upstream.c and solvers.c hold the rows).
  *
  * Guidance (cfg_scale != 1): the rows are [n conditional, n null-class],
  * both fed the same x, as upstream forward_with_cfg. The guided value is
  * u + g (c - u); other channels come from the conditional rows. Channels
- * guided: euler every velocity channel (as RectifiedFlow.sample); ddpm and
- * ddim the first min(3, Cout) output channels in UPSTREAM mode (literally
- * forward_with_cfg's eps[:, :3], which for a 1-channel learn_sigma model
- * includes the variance channel, and for 4 channels leaves one out), the C
- * prediction channels in ALL mode. cfg_scale 1 adds no null rows at all.
+ * guided: velocity models every velocity channel (as RectifiedFlow.sample);
+ * epsilon models the first min(3, Cout) output channels in UPSTREAM mode
+ * (literally forward_with_cfg's eps[:, :3], which for a 1-channel
+ * learn_sigma model includes the variance channel, and for 4 channels
+ * leaves one out), the C prediction channels in ALL mode. cfg_scale 1 adds
+ * no null rows at all, and neither does an evaluation whose noise level is
+ * outside cfg_interval: its rows are the n conditional ones, unguided, so
+ * the row count of a sampler may change between evaluations.
  *
- * Prediction types: a velocity (rectified-flow) model samples with euler
- * only, an epsilon model with ddpm or ddim only; other pairs are refused.
+ * Prediction types: each kind lists the predictions it supports; other
+ * pairs are refused by name.
  *
  * Random numbers:
  *   DEFAULT  rng_default stream i for image i (so an image never depends on
  *            its batch): its initial noise (C*H*W values), then for ddpm
- *            each step but the last its step noise. ddim (eta 0) and euler
- *            draw nothing after the initial noise.
+ *            each step but the last its step noise. The other kinds draw
+ *            nothing after the initial noise.
  *   TORCH    one rng_torch seeded with the seed, drawing what upstream
  *            sample.py draws after torch.manual_seed(seed), in its order:
- *            ddpm/ddim: randn(n, C, H, W) as the initial noise, then every
- *            step (the last included, and ddim too: p_sample and ddim_sample
- *            both call randn_like) randn(rows, C, H, W) for the whole model
- *            batch, of which the first n images are used (rows = 2n with
- *            guidance, n without). euler (sample.py's rf path): randn(n, ...)
- *            drawn and discarded (sample.py's z), then randn(n, ...) as the
- *            initial noise. (sample.py builds the model after manual_seed,
- *            and its initialisation draws from the same generator first; to
- *            reproduce a sample.py run, reseed after building the model.)
+ *            epsilon models: randn(n, C, H, W) as the initial noise, then
+ *            for ddpm and ddim every step (the last included: p_sample and
+ *            ddim_sample both call randn_like) randn(rows, C, H, W) for the
+ *            whole model batch, of which the first n images are used.
+ *            Velocity models (sample.py's rf path): randn(n, ...) drawn and
+ *            discarded (sample.py's z), then randn(n, ...) as the initial
+ *            noise. dpm++2m and heun draw nothing per step. (sample.py
+ *            builds the model after manual_seed, and its initialisation
+ *            draws from the same generator first; to reproduce a sample.py
+ *            run, reseed after building the model.)
  * With params.noise the initial noise is copied instead, but the generator
  * still advances past it, so the per-step noise is the same either way.
+ *
+ * Step cache (params.cache): each row owns a dit_cache (model.h) with room
+ * for its residual (T, D) and, adaptive, block 0's last modulated input.
+ * Before each evaluation dit_sampler_caches tells the fixed schedule's rows
+ * whether to run the blocks; dit_forward_cached decides the adaptive ones.
  */
-#include <ditmoe/dit.h>
-#include "model.h"
-#include "rng.h"
-#include "sampler.h"
+#include "samp.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -66,25 +63,6 @@
 #define SAMP_MAX_IMAGES 64
 #define SAMP_MAX_CFG 50.0
 
-struct dit_sampler {
-    const dit_model *m;
-    int n;              /* images */
-    int rows;           /* model rows per step: n, or 2n with guidance */
-    int guided;         /* cfg_scale != 1 */
-    float g;            /* cfg_scale */
-    int gch;            /* output channels guidance applies to */
-    int c, cout, hw;    /* C, Cout, H*W */
-    size_t chw;         /* C*H*W */
-    int kind, rng_kind, learn_sigma;
-    int label, null_label;
-    int steps, step;
-    samp_coef *sched;   /* (steps), index = respaced step i; NULL for euler */
-    float *x;           /* (n, C, H, W) the current sample */
-    float *noise;       /* (rows, C, H, W) one step's noise */
-    rng_default *rd;    /* (n) DEFAULT: stream i for image i */
-    rng_torch rt;       /* TORCH */
-};
-
 static void samp_err(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
@@ -93,83 +71,6 @@ static void samp_err(char *err, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
-}
-
-/* ---- schedules -------------------------------------------------------- */
-
-int samp_respace(int n, int *map)
-{
-    /* one section of 1000 steps: stride (1000-1)/(n-1), Python round()
-     * (half to even, as nearbyint), kept as a set in increasing order */
-    unsigned char keep[SAMP_BASE_STEPS] = {0};
-    double stride = n <= 1 ? 1.0 : (double)(SAMP_BASE_STEPS - 1) / (double)(n - 1);
-    double cur = 0.0;
-    int count = 0;
-    if (n < 1 || n > SAMP_BASE_STEPS)
-        return -1;
-    for (int k = 0; k < n; k++) {
-        double r = nearbyint(cur);
-        if (r >= 0 && r < SAMP_BASE_STEPS)
-            keep[(int)r] = 1;
-        cur += stride;
-    }
-    for (int i = 0; i < SAMP_BASE_STEPS; i++)
-        if (keep[i])
-            map[count++] = i;
-    return count;
-}
-
-/* np.linspace(1e-4, 0.02, 1000) and its cumulative product of 1 - beta. */
-static void samp_base_alphas_cumprod(double *ac)
-{
-    const double start = 0.0001, stop = 0.02;
-    const double step = (stop - start) / (double)(SAMP_BASE_STEPS - 1);
-    double prod = 1.0;
-    for (int i = 0; i < SAMP_BASE_STEPS; i++) {
-        double beta = i == SAMP_BASE_STEPS - 1 ? stop : (double)i * step + start;
-        prod *= 1.0 - beta;
-        ac[i] = prod;
-    }
-}
-
-int samp_schedule(int n, samp_coef *out)
-{
-    double base[SAMP_BASE_STEPS], beta[SAMP_BASE_STEPS], ac[SAMP_BASE_STEPS];
-    int map[SAMP_BASE_STEPS];
-    int count = samp_respace(n, map);
-    double last = 1.0, prod = 1.0;
-    if (count < 1)
-        return -1;
-    samp_base_alphas_cumprod(base);
-    for (int i = 0; i < count; i++) { /* SpacedDiffusion: the new betas */
-        beta[i] = 1.0 - base[map[i]] / last;
-        last = base[map[i]];
-    }
-    for (int i = 0; i < count; i++) { /* GaussianDiffusion on them */
-        prod *= 1.0 - beta[i];
-        ac[i] = prod;
-    }
-    for (int i = 0; i < count; i++) {
-        double acp = i == 0 ? 1.0 : ac[i - 1];
-        double pv = beta[i] * (1.0 - acp) / (1.0 - ac[i]);
-        double pv1 = count > 1 ? beta[1] * (1.0 - ac[0]) / (1.0 - ac[1]) : 0.0;
-        samp_coef *s = &out[i];
-        s->timestep = map[i];
-        s->noise_level = sqrt(1.0 - ac[i]);
-        s->recip = (float)sqrt(1.0 / ac[i]);
-        s->recipm1 = (float)sqrt(1.0 / ac[i] - 1.0);
-        s->coef1 = (float)(beta[i] * sqrt(acp) / (1.0 - ac[i]));
-        s->coef2 = (float)((1.0 - acp) * sqrt(1.0 - beta[i]) / (1.0 - ac[i]));
-        s->abar_prev = (float)acp;
-        s->log_max = (float)log(beta[i]);
-        if (count > 1) {
-            s->log_min = (float)log(i == 0 ? pv1 : pv);
-            s->log_fixed = (float)log(i == 0 ? pv1 : beta[i]);
-        } else {
-            s->log_min = s->log_fixed = 0.0f;
-        }
-    }
-    return count;
 }
 
 /* ---- parameters ------------------------------------------------------- */
@@ -187,6 +88,82 @@ void dit_sample_params_default(const dit_model *m, dit_sample_params *p)
     p->cfg_mode = DIT_CFG_UPSTREAM;
     p->rng = DIT_RNG_DEFAULT;
     p->noise = NULL;
+    p->spacing = DIT_SPACING_DEFAULT;
+    p->cfg_interval[0] = 0.0;
+    p->cfg_interval[1] = 1.0;
+    p->cache.mode = DIT_CACHE_OFF;
+    p->cache.interval = 2;
+    p->cache.threshold = 0.1;
+}
+
+/* "euler, heun" (the kinds that support prediction) into buf. */
+static void samp_fitting(int prediction, char *buf, size_t len)
+{
+    buf[0] = 0;
+    for (int k = 0; k < dit_sampler_count(); k++)
+        if (dit_sampler_supports(k, prediction)) {
+            size_t l = strlen(buf);
+            snprintf(buf + l, len - l, "%s%s", l ? ", " : "", dit_sampler_name(k));
+        }
+}
+
+/* The sampler, its spacing and the model's prediction; DIT_OK or an error. */
+static int samp_check_kind(const dit_config *cfg, const dit_sample_params *p, char *err,
+                           size_t errlen)
+{
+    const dit_sampler_desc *d = dit_sampler_info(p->sampler);
+    char fit[128];
+    if (!d) {
+        samp_err(err, errlen, "sampler: %d is not a sampler (0..%d)", p->sampler,
+                 dit_sampler_count() - 1);
+        return DIT_E_INVAL;
+    }
+    if (!dit_sampler_supports(p->sampler, cfg->prediction)) {
+        samp_fitting(cfg->prediction, fit, sizeof fit);
+        samp_err(err, errlen, "sampler: %s does not support this model's prediction (%s); "
+                 "use one of %s", d->name,
+                 cfg->prediction == DIT_PRED_VELOCITY ? "velocity, rectified flow" : "epsilon",
+                 fit);
+        return DIT_E_INVAL;
+    }
+    if (p->spacing < DIT_SPACING_DEFAULT || p->spacing > DIT_SPACING_LOGSNR) {
+        samp_err(err, errlen, "spacing: %d is not one of default (0), uniform (1), logsnr (2)",
+                 p->spacing);
+        return DIT_E_INVAL;
+    }
+    if (p->spacing != DIT_SPACING_DEFAULT && !d->spacing) {
+        samp_err(err, errlen, "spacing: %s keeps upstream's schedule; only \"default\" fits it",
+                 d->name);
+        return DIT_E_INVAL;
+    }
+    return DIT_OK;
+}
+
+/* Guidance interval and cache settings. */
+static int samp_check_extras(const dit_sample_params *p, char *err, size_t errlen)
+{
+    double lo = p->cfg_interval[0], hi = p->cfg_interval[1];
+    const dit_cache_params *c = &p->cache;
+    if (!isfinite(lo) || !isfinite(hi) || lo < 0 || hi > 1 || lo > hi) {
+        samp_err(err, errlen, "cfg_interval: [%g, %g] must satisfy 0 <= lo <= hi <= 1 "
+                 "(noise levels)", lo, hi);
+        return DIT_E_INVAL;
+    }
+    if (c->mode < DIT_CACHE_OFF || c->mode > DIT_CACHE_ADAPTIVE) {
+        samp_err(err, errlen, "cache: mode %d is not one of off (0), fixed (1), adaptive (2)",
+                 c->mode);
+        return DIT_E_INVAL;
+    }
+    if (c->mode == DIT_CACHE_FIXED && (c->interval < 2 || c->interval > 100)) {
+        samp_err(err, errlen, "cache: interval %d is out of range 2..100", c->interval);
+        return DIT_E_INVAL;
+    }
+    if (c->mode == DIT_CACHE_ADAPTIVE &&
+        (!isfinite(c->threshold) || c->threshold <= 0 || c->threshold > 10)) {
+        samp_err(err, errlen, "cache: threshold %g is out of range (0, 10]", c->threshold);
+        return DIT_E_INVAL;
+    }
+    return DIT_OK;
 }
 
 /* Checks p against the model; DIT_OK or DIT_E_INVAL with a message. */
@@ -195,22 +172,11 @@ static int samp_check(const dit_config *cfg, const dit_sample_params *p,
 {
     int has_null = cfg->class_dropout_prob > 0;
     int max_label = cfg->num_classes - 1 + has_null;
-    if (p->sampler < DIT_SAMPLER_EULER || p->sampler > DIT_SAMPLER_DDIM) {
-        samp_err(err, errlen, "sampler: %d is not one of euler (0), ddpm (1), ddim (2)",
-                 p->sampler);
-        return DIT_E_INVAL;
-    }
-    if (cfg->prediction == DIT_PRED_VELOCITY && p->sampler != DIT_SAMPLER_EULER) {
-        samp_err(err, errlen, "sampler: %s needs an epsilon-prediction model; this model "
-                 "predicts velocity (rectified flow), so only euler fits",
-                 dit_sampler_name(p->sampler));
-        return DIT_E_INVAL;
-    }
-    if (cfg->prediction != DIT_PRED_VELOCITY && p->sampler == DIT_SAMPLER_EULER) {
-        samp_err(err, errlen, "sampler: euler needs a velocity-prediction (rectified flow) "
-                 "model; this model predicts epsilon, so use ddpm or ddim");
-        return DIT_E_INVAL;
-    }
+    int rc = samp_check_kind(cfg, p, err, errlen);
+    if (rc == DIT_OK)
+        rc = samp_check_extras(p, err, errlen);
+    if (rc != DIT_OK)
+        return rc;
     if (p->cfg_mode != DIT_CFG_UPSTREAM && p->cfg_mode != DIT_CFG_ALL) {
         samp_err(err, errlen, "cfg_mode: %d is not one of upstream (0), all (1)", p->cfg_mode);
         return DIT_E_INVAL;
@@ -266,7 +232,7 @@ static void samp_initial_noise(dit_sampler *s, uint64_t seed, const float *noise
         }
     } else {
         rng_torch_seed(&s->rt, seed);
-        if (s->kind == DIT_SAMPLER_EULER) /* sample.py's unused z */
+        if (s->prediction == DIT_PRED_VELOCITY) /* sample.py's unused z */
             rng_torch_randn(&s->rt, s->x, nx);
         rng_torch_randn(&s->rt, s->x, nx);
     }
@@ -279,9 +245,12 @@ static void samp_init(dit_sampler *s, const dit_model *m, const dit_sample_param
 {
     const dit_config *cfg = dit_model_config(m);
     s->m = m;
+    s->ops = samp_ops_get(p->sampler);
     s->n = p->num_images;
     s->guided = p->cfg_scale != 1.0;
-    s->rows = s->guided ? 2 * s->n : s->n;
+    s->max_rows = s->guided ? 2 * s->n : s->n;
+    s->cfg_lo = p->cfg_interval[0];
+    s->cfg_hi = p->cfg_interval[1];
     s->g = (float)p->cfg_scale;
     s->c = cfg->in_channels;
     s->cout = cfg->out_channels;
@@ -290,18 +259,76 @@ static void samp_init(dit_sampler *s, const dit_model *m, const dit_sample_param
     s->kind = p->sampler;
     s->rng_kind = p->rng;
     s->learn_sigma = cfg->learn_sigma;
+    s->prediction = cfg->prediction;
+    s->spacing = p->spacing == DIT_SPACING_DEFAULT ? DIT_SPACING_UNIFORM : p->spacing;
     s->label = p->class_label;
     s->null_label = cfg->num_classes;
-    if (s->kind == DIT_SAMPLER_EULER || p->cfg_mode == DIT_CFG_ALL)
+    s->steps = p->steps;
+    s->cache_p = p->cache;
+    if (s->prediction == DIT_PRED_VELOCITY || p->cfg_mode == DIT_CFG_ALL)
         s->gch = s->c;
     else
         s->gch = s->cout < 3 ? s->cout : 3;
 }
 
+/* Rows and guidance of the next evaluation. */
+static void samp_next(dit_sampler *s)
+{
+    double level;
+    if (dit_sampler_done(s)) {
+        s->rows = 0;
+        return;
+    }
+    level = s->ops->level(s);
+    s->g_now = s->guided && level >= s->cfg_lo && level <= s->cfg_hi;
+    s->rows = s->g_now ? 2 * s->n : s->n;
+}
+
+/* The row caches and their buffers (one allocation), per the header. */
+static int samp_cache_new(dit_sampler *s)
+{
+    const dit_config *cfg = dit_model_config(s->m);
+    size_t td = (size_t)cfg->num_tokens * cfg->hidden_size;
+    int adaptive = s->cache_p.mode == DIT_CACHE_ADAPTIVE;
+    size_t per = adaptive ? 2 * td : td;
+    if (s->cache_p.mode == DIT_CACHE_OFF)
+        return DIT_OK;
+    s->cache = calloc((size_t)s->max_rows, sizeof *s->cache);
+    s->cache_mem = malloc((size_t)s->max_rows * per * sizeof(float));
+    if (!s->cache || !s->cache_mem)
+        return DIT_E_NOMEM;
+    for (int r = 0; r < s->max_rows; r++) {
+        dit_cache *c = &s->cache[r];
+        c->mode = s->cache_p.mode;
+        c->threshold = s->cache_p.threshold;
+        c->resid = s->cache_mem + (size_t)r * per;      // (T, D)
+        c->ref = adaptive ? c->resid + td : NULL;        // (T, D)
+    }
+    return DIT_OK;
+}
+
+/* Buffers every kind needs, and the solvers' extra state. */
+static int samp_alloc(dit_sampler *s)
+{
+    size_t nx = (size_t)s->n * s->chw;
+    s->x = malloc(nx * sizeof(float));
+    s->noise = malloc((size_t)s->max_rows * s->chw * sizeof(float));
+    s->rd = calloc((size_t)s->n, sizeof *s->rd);
+    if (!s->x || !s->noise || !s->rd)
+        return DIT_E_NOMEM;
+    if (s->ops->d.spacing) { /* the solvers: prediction, history, Euler point */
+        s->pred = malloc(nx * sizeof(float));
+        s->prev = malloc(nx * sizeof(float));
+        s->xe = malloc(nx * sizeof(float));
+        if (!s->pred || !s->prev || !s->xe)
+            return DIT_E_NOMEM;
+    }
+    return samp_cache_new(s);
+}
+
 int dit_sampler_new(dit_sampler **out, const dit_model *m, const dit_sample_params *p,
                     char *err, size_t errlen)
 {
-    const dit_config *cfg;
     dit_sampler *s;
     int rc;
     if (!out)
@@ -311,32 +338,22 @@ int dit_sampler_new(dit_sampler **out, const dit_model *m, const dit_sample_para
         samp_err(err, errlen, "dit_sampler_new: model and params must not be NULL");
         return DIT_E_INVAL;
     }
-    cfg = dit_model_config(m);
-    rc = samp_check(cfg, p, err, errlen);
+    rc = samp_check(dit_model_config(m), p, err, errlen);
     if (rc != DIT_OK)
         return rc;
     s = calloc(1, sizeof *s);
     if (!s)
         goto nomem;
     samp_init(s, m, p);
-    s->steps = p->steps;
-    if (s->kind != DIT_SAMPLER_EULER) {
-        s->sched = malloc((size_t)p->steps * sizeof *s->sched);
-        if (!s->sched)
-            goto nomem;
-        s->steps = samp_schedule(p->steps, s->sched);
-        if (s->steps < 1) {
-            samp_err(err, errlen, "steps: %d cannot respace 1000 diffusion steps", p->steps);
-            dit_sampler_free(s);
-            return DIT_E_INVAL;
-        }
-    }
-    s->x = malloc((size_t)s->n * s->chw * sizeof(float));
-    s->noise = malloc((size_t)s->rows * s->chw * sizeof(float));
-    s->rd = calloc((size_t)s->n, sizeof *s->rd);
-    if (!s->x || !s->noise || !s->rd)
+    rc = s->ops->init(s, err, errlen);
+    if (rc == DIT_E_NOMEM || (rc == DIT_OK && samp_alloc(s) != DIT_OK))
         goto nomem;
+    if (rc != DIT_OK) {
+        dit_sampler_free(s);
+        return rc;
+    }
     samp_initial_noise(s, p->seed, p->noise);
+    samp_next(s);
     *out = s;
     return DIT_OK;
 nomem:
@@ -350,129 +367,95 @@ void dit_sampler_free(dit_sampler *s)
     if (!s)
         return;
     free(s->sched);
+    free(s->grid);
     free(s->x);
     free(s->noise);
+    free(s->pred);
+    free(s->prev);
+    free(s->xe);
     free(s->rd);
+    free(s->cache);
+    free(s->cache_mem);
     free(s);
 }
 
 int dit_sampler_rows(const dit_sampler *s) { return s->rows; }
+int dit_sampler_max_rows(const dit_sampler *s) { return s->max_rows; }
 int dit_sampler_num_images(const dit_sampler *s) { return s->n; }
 int dit_sampler_step(const dit_sampler *s) { return s->step; }
 int dit_sampler_num_steps(const dit_sampler *s) { return s->steps; }
+int dit_sampler_evals(const dit_sampler *s) { return s->evals; }
+int dit_sampler_num_evals(const dit_sampler *s) { return s->num_evals; }
 int dit_sampler_done(const dit_sampler *s) { return s->step >= s->steps; }
 const float *dit_sampler_result(const dit_sampler *s) { return s->x; }
 
-/* Respaced index of the current step: steps-1 down to 0. */
-static int samp_index(const dit_sampler *s) { return s->steps - 1 - s->step; }
+void dit_sampler_cache_stats(const dit_sampler *s, uint64_t *computed, uint64_t *reused)
+{
+    if (computed)
+        *computed = s->blk_run;
+    if (reused)
+        *reused = s->blk_reused;
+}
 
 double dit_sampler_noise_level(const dit_sampler *s)
 {
-    if (dit_sampler_done(s))
-        return 0.0;
-    if (s->kind == DIT_SAMPLER_EULER)
-        return (double)(s->steps - s->step) / (double)s->steps;
-    return s->sched[samp_index(s)].noise_level;
+    return dit_sampler_done(s) ? 0.0 : s->ops->level(s);
 }
 
 void dit_sampler_inputs(const dit_sampler *s, float *x, float *t, int32_t *y)
 {
     size_t nx = (size_t)s->n * s->chw;
+    const float *in;
     float tv;
     if (dit_sampler_done(s))
         return;
-    if (s->kind == DIT_SAMPLER_EULER) /* as upstream: a Python float i/N */
-        tv = (float)((double)(s->steps - s->step) / (double)s->steps);
-    else
-        tv = (float)s->sched[samp_index(s)].timestep;
-    memcpy(x, s->x, nx * sizeof(float)); // (n, C, H, W) conditional rows
-    if (s->guided)                        // (n, C, H, W) null rows: same x
-        memcpy(x + nx, s->x, nx * sizeof(float));
+    tv = (float)s->ops->time(s);
+    in = s->ops->input(s);
+    memcpy(x, in, nx * sizeof(float)); // (n, C, H, W) conditional rows
+    if (s->g_now)                      // (n, C, H, W) null rows: same x
+        memcpy(x + nx, in, nx * sizeof(float));
     for (int r = 0; r < s->rows; r++) {
         t[r] = tv;
         y[r] = r < s->n ? s->label : s->null_label;
     }
 }
 
-/* Output channel ch at pixel p of image i, guided when it should be. */
-static inline float samp_pred(const dit_sampler *s, const float *out, int i, int ch,
-                              int p)
+void dit_sampler_caches(dit_sampler *s, dit_cache **cache)
 {
-    float c = out[((size_t)i * s->cout + ch) * s->hw + p];
-    float u;
-    if (!s->guided || ch >= s->gch)
-        return c;
-    u = out[((size_t)(i + s->n) * s->cout + ch) * s->hw + p];
-    return u + s->g * (c - u);
+    int fixed_run = s->cache_p.mode == DIT_CACHE_FIXED &&
+                    s->evals % s->cache_p.interval == 0;
+    for (int r = 0; r < s->rows; r++) {
+        /* null rows keep their own caches (rows n..2n) */
+        dit_cache *c = s->cache ? &s->cache[r] : NULL;
+        if (c && c->mode == DIT_CACHE_FIXED)
+            c->run = fixed_run || !c->valid;
+        cache[r] = c;
+    }
 }
 
-static void samp_update_euler(dit_sampler *s, const float *out)
+void samp_guided(dit_sampler *s, const float *out)
 {
-    const float dt = (float)(1.0 / (double)s->steps);
     for (int i = 0; i < s->n; i++) {
-        float *x = s->x + i * s->chw; // (C, H, W)
+        float *d = s->pred + i * s->chw; // (C, H, W)
         for (int ch = 0; ch < s->c; ch++)
             for (int p = 0; p < s->hw; p++)
-                x[ch * s->hw + p] -= dt * samp_pred(s, out, i, ch, p);
+                d[ch * s->hw + p] = samp_pred(s, out, i, ch, p);
     }
 }
 
-/* The noise of this step into s->noise (n images used), per the header. */
-static void samp_step_noise(dit_sampler *s, int last)
+/* Counts the block computations of the evaluation just taken. */
+static void samp_count_cache(dit_sampler *s)
 {
-    if (s->rng_kind == DIT_RNG_TORCH) {
-        rng_torch_randn(&s->rt, s->noise, (size_t)s->rows * s->chw);
-    } else if (s->kind == DIT_SAMPLER_DDPM && !last) {
-        for (int i = 0; i < s->n; i++)
-            rng_default_randn(&s->rd[i], s->noise + i * s->chw, s->chw);
+    int L = dit_model_config(s->m)->depth;
+    if (!s->cache) {
+        s->blk_run += (uint64_t)s->rows * L;
+        return;
     }
-}
-
-static void samp_update_ddpm(dit_sampler *s, const float *out)
-{
-    const samp_coef *k = &s->sched[samp_index(s)];
-    int last = samp_index(s) == 0;
-    samp_step_noise(s, last);
-    for (int i = 0; i < s->n; i++) {
-        float *x = s->x + i * s->chw;           // (C, H, W)
-        const float *z = s->noise + i * s->chw; // (C, H, W)
-        for (int ch = 0; ch < s->c; ch++) {
-            for (int p = 0; p < s->hw; p++) {
-                float xt = x[ch * s->hw + p];
-                float eps = samp_pred(s, out, i, ch, p);
-                float x0 = k->recip * xt - k->recipm1 * eps;
-                float mean = k->coef1 * x0 + k->coef2 * xt;
-                float logvar = k->log_fixed;
-                if (last) {
-                    x[ch * s->hw + p] = mean;
-                    continue;
-                }
-                if (s->learn_sigma) {
-                    float frac = (samp_pred(s, out, i, s->c + ch, p) + 1.0f) / 2.0f;
-                    logvar = frac * k->log_max + (1.0f - frac) * k->log_min;
-                }
-                x[ch * s->hw + p] = mean + expf(0.5f * logvar) * z[ch * s->hw + p];
-            }
-        }
-    }
-}
-
-static void samp_update_ddim(dit_sampler *s, const float *out)
-{
-    const samp_coef *k = &s->sched[samp_index(s)];
-    const float a_prev = sqrtf(k->abar_prev);
-    const float s_prev = sqrtf(1.0f - k->abar_prev);
-    samp_step_noise(s, samp_index(s) == 0); /* only TORCH draws (unused) */
-    for (int i = 0; i < s->n; i++) {
-        float *x = s->x + i * s->chw; // (C, H, W)
-        for (int ch = 0; ch < s->c; ch++) {
-            for (int p = 0; p < s->hw; p++) {
-                float xt = x[ch * s->hw + p];
-                float x0 = k->recip * xt - k->recipm1 * samp_pred(s, out, i, ch, p);
-                float eps = (k->recip * xt - x0) / k->recipm1; /* re-derived */
-                x[ch * s->hw + p] = x0 * a_prev + s_prev * eps;
-            }
-        }
+    for (int r = 0; r < s->rows; r++) {
+        if (s->cache[r].computed)
+            s->blk_run += (uint64_t)L;
+        else
+            s->blk_reused += (uint64_t)L;
     }
 }
 
@@ -480,13 +463,15 @@ void dit_sampler_update(dit_sampler *s, const float *out)
 {
     if (dit_sampler_done(s))
         return;
-    if (s->kind == DIT_SAMPLER_EULER)
-        samp_update_euler(s, out);
-    else if (s->kind == DIT_SAMPLER_DDPM)
-        samp_update_ddpm(s, out);
-    else
-        samp_update_ddim(s, out);
-    s->step++;
+    samp_count_cache(s);
+    if (s->ops->update(s, out)) {
+        s->step++;
+        s->stage = 0;
+    } else {
+        s->stage++;
+    }
+    s->evals++;
+    samp_next(s);
 }
 
 /* ---- batching --------------------------------------------------------- */
@@ -494,24 +479,28 @@ void dit_sampler_update(dit_sampler *s, const float *out)
 /* One forward over the rows of every unfinished sampler, packed in order
  * into x/t/y, and the outputs handed back to the same samplers. */
 static int samp_generate_step(dit_ctx *c, dit_sampler **s, int n, size_t chw, size_t couthw,
-                              float *x, float *t, int32_t *y, float *out)
+                              float *x, float *t, int32_t *y, dit_cache **cache, float *out)
 {
     int r = 0, rc;
     for (int i = 0; i < n; i++) {
         if (dit_sampler_done(s[i]))
             continue;
         dit_sampler_inputs(s[i], x + r * chw, t + r, y + r);
+        dit_sampler_caches(s[i], cache + r);
         r += s[i]->rows;
     }
-    rc = dit_forward(c, r, x, t, y, out);
+    if (r == 0)
+        return DIT_OK;
+    rc = dit_forward_cached(c, r, x, t, y, cache, out);
     if (rc != DIT_OK)
         return rc;
     r = 0;
     for (int i = 0; i < n; i++) { /* done-ness is unchanged since packing */
+        int rows = s[i]->rows;
         if (dit_sampler_done(s[i]))
             continue;
         dit_sampler_update(s[i], out + r * couthw);
-        r += s[i]->rows;
+        r += rows;
     }
     return DIT_OK;
 }
@@ -523,6 +512,7 @@ int dit_generate(dit_ctx *c, dit_sampler **s, int n, dit_progress_fn progress, v
     const dit_config *cfg;
     float *x = NULL, *t = NULL, *out = NULL;
     int32_t *y = NULL;
+    dit_cache **cache = NULL;
     int rows = 0, iters = 0, rc = DIT_OK;
     size_t chw, couthw;
     if (!c || n < 0 || (n > 0 && !s))
@@ -533,9 +523,9 @@ int dit_generate(dit_ctx *c, dit_sampler **s, int n, dit_progress_fn progress, v
             return DIT_E_INVAL; /* missing, or made from another model */
         if (dit_sampler_done(s[i]))
             continue;
-        rows += s[i]->rows;
-        if (s[i]->steps - s[i]->step > iters)
-            iters = s[i]->steps - s[i]->step;
+        rows += s[i]->max_rows;
+        if (s[i]->num_evals - s[i]->evals > iters)
+            iters = s[i]->num_evals - s[i]->evals;
     }
     if (rows > c->set.max_rows)
         return DIT_E_INVAL;
@@ -546,13 +536,14 @@ int dit_generate(dit_ctx *c, dit_sampler **s, int n, dit_progress_fn progress, v
     x = malloc((size_t)rows * chw * sizeof *x);       // (R, C, H, W)
     t = malloc((size_t)rows * sizeof *t);             // (R)
     y = malloc((size_t)rows * sizeof *y);             // (R)
+    cache = malloc((size_t)rows * sizeof *cache);     // (R)
     out = malloc((size_t)rows * couthw * sizeof *out); // (R, Cout, H, W)
-    if (!x || !t || !y || !out) {
+    if (!x || !t || !y || !cache || !out) {
         rc = DIT_E_NOMEM;
         goto done;
     }
     for (int it = 0; it < iters; it++) {
-        rc = samp_generate_step(c, s, n, chw, couthw, x, t, y, out);
+        rc = samp_generate_step(c, s, n, chw, couthw, x, t, y, cache, out);
         if (rc != DIT_OK)
             goto done;
         if (progress && progress(user, it + 1, iters)) {
@@ -564,6 +555,7 @@ done:
     free(x);
     free(t);
     free(y);
+    free(cache);
     free(out);
     return rc;
 }

@@ -24,6 +24,10 @@ typedef struct samp_coef {
     float abar_prev;      /* alphas_cumprod_prev (DDIM) */
 } samp_coef;
 
+/* np.linspace(1e-4, 0.02, 1000)'s cumulative product of 1 - beta into
+ * ac[0..1000). */
+void samp_base_alphas_cumprod(double *ac);
+
 /* Upstream space_timesteps(1000, [n]): writes the kept original timesteps,
  * increasing, to map (room for n) and returns how many there are, or -1
  * when n is outside 1..1000. */

@@ -37,15 +37,66 @@ extern "C" {
 #endif
 
 enum dit_prediction { DIT_PRED_EPSILON = 0, DIT_PRED_VELOCITY = 1 };
-enum dit_sampler_kind { DIT_SAMPLER_EULER = 0, DIT_SAMPLER_DDPM = 1, DIT_SAMPLER_DDIM = 2 };
+/* A sampler is its row in the sampler table (engine/sampling/table.c); the
+ * kind is the row's index. These names are the rows there today; any kind
+ * 0 .. dit_sampler_count() - 1 is valid. */
+enum dit_sampler_kind {
+    DIT_SAMPLER_EULER = 0, DIT_SAMPLER_DDPM = 1, DIT_SAMPLER_DDIM = 2,
+    DIT_SAMPLER_DPMPP_2M = 3, DIT_SAMPLER_HEUN = 4,
+};
 /* UPSTREAM: guidance on the first 3 output channels, as upstream
  * forward_with_cfg does for DDPM/DDIM. ALL: on every predicted channel.
  * Rectified flow (euler) always guides every velocity channel, as upstream. */
 enum dit_cfg_mode { DIT_CFG_UPSTREAM = 0, DIT_CFG_ALL = 1 };
-/* "euler" (alias "rf"), "ddpm", "ddim" -> enum dit_sampler_kind, or -1. */
+
+/* One row of the sampler table, for listing samplers (CLI help, the
+ * server's /v1/model, the demo page). */
+typedef struct dit_sampler_desc {
+    const char *name;        /* "dpm++2m" */
+    const char *aliases;     /* other accepted names, comma-separated ("" if none) */
+    unsigned predictions;    /* bit (1u << enum dit_prediction) per supported model type */
+    int evals_per_step;      /* model evaluations per step (heun: 2) */
+    int order;               /* the solver's order of accuracy */
+    int spacing;             /* 1: takes a timestep spacing (enum dit_spacing) */
+    const char *summary;     /* one line for help texts */
+} dit_sampler_desc;
+
+/* Rows in the sampler table. */
+DIT_API int dit_sampler_count(void);
+/* Row `kind` (0 .. count-1), or NULL. Valid for the life of the program. */
+DIT_API const dit_sampler_desc *dit_sampler_info(int kind);
+/* A name or alias (ASCII case-insensitive) -> its kind, or -1. */
 DIT_API int dit_sampler_parse(const char *name);
-/* enum dit_sampler_kind -> "euler", "ddpm", "ddim" ("?" otherwise). */
+/* kind -> its name ("?" otherwise). */
 DIT_API const char *dit_sampler_name(int kind);
+/* 1 when sampler `kind` can sample a model of `prediction`. */
+DIT_API int dit_sampler_supports(int kind, int prediction);
+
+/* Where the steps of a solver that takes a spacing (dpm++2m, heun) lie.
+ * UNIFORM: equal steps in time (t for rectified flow, the DDPM timestep
+ * for epsilon models); LOGSNR: equal steps in log(alpha / sigma). DEFAULT
+ * is the solver's own choice (uniform). Samplers with a fixed upstream
+ * schedule (euler, ddpm, ddim) take DEFAULT only. */
+enum dit_spacing { DIT_SPACING_DEFAULT = 0, DIT_SPACING_UNIFORM = 1, DIT_SPACING_LOGSNR = 2 };
+/* "default", "uniform", "logsnr" -> enum dit_spacing, or -1; and back. */
+DIT_API int dit_spacing_parse(const char *name);
+DIT_API const char *dit_spacing_name(int spacing);
+
+/* Step caching (dit_sample_params.cache). Every row keeps the sum of the
+ * transformer blocks' residual contributions from the last evaluation that
+ * ran them; a reusing evaluation adds that sum instead of running the
+ * blocks. FIXED runs the blocks on every `interval`-th evaluation of the
+ * sampler; ADAPTIVE (TeaCache-like) runs them when the relative L1 change
+ * of block 0's modulated input, summed over the evaluations since they last
+ * ran, reaches `threshold`. The first evaluation always runs them. */
+enum dit_cache_mode { DIT_CACHE_OFF = 0, DIT_CACHE_FIXED = 1, DIT_CACHE_ADAPTIVE = 2 };
+typedef struct dit_cache_params {
+    int mode;            /* enum dit_cache_mode */
+    int interval;        /* FIXED: 2..100 */
+    double threshold;    /* ADAPTIVE: (0, 10] */
+} dit_cache_params;
+/* "off", "fixed", "adaptive" -> enum dit_cache_mode, or -1. */
+DIT_API int dit_cache_mode_parse(const char *name);
 
 /* DEFAULT: a fast counter-based generator, one stream per image, so an
  * image does not depend on what it was batched with. TORCH: draws exactly
@@ -89,6 +140,8 @@ typedef struct dit_config {
 typedef struct dit_model dit_model;
 typedef struct dit_ctx dit_ctx;
 typedef struct dit_sampler dit_sampler;
+/* One row's step-cache state, owned by its sampler (see dit_sample_params). */
+typedef struct dit_cache dit_cache;
 
 /* ---- model ------------------------------------------------------------- */
 
@@ -189,6 +242,15 @@ DIT_API size_t dit_ctx_bytes(const dit_ctx *c);
 DIT_API int dit_forward(dit_ctx *c, int n, const float *x, const float *t,
                 const int32_t *y, float *out);
 
+/* dit_forward with per-row step caches (cache[i] for row i, NULL: no
+ * cache; cache itself may be NULL). A row whose cache says so skips every
+ * transformer block and adds the blocks' residual contribution stored at
+ * its last computed evaluation; the others run the blocks (storing their
+ * contribution when they have a cache). Rows of one call may be in any mix
+ * of states. Reused rows route no tokens (their routing counts are 0). */
+DIT_API int dit_forward_cached(dit_ctx *c, int n, const float *x, const float *t,
+                               const int32_t *y, dit_cache *const *cache, float *out);
+
 /* Routing counts of the last forward: (N, L, E) tokens of row n that layer
  * l sent to expert e. Valid until the next forward on c. */
 DIT_API const uint32_t *dit_ctx_routing(const dit_ctx *c);
@@ -215,6 +277,14 @@ typedef struct dit_sample_params {
     int cfg_mode;       /* enum dit_cfg_mode; default UPSTREAM */
     int rng;            /* enum dit_rng_kind; default DEFAULT */
     const float *noise; /* optional initial noise (num_images, C, H, W), copied */
+    int spacing;        /* enum dit_spacing; default DEFAULT */
+    /* Guidance runs only on evaluations whose noise level (as
+     * dit_sampler_noise_level reports it: t for rectified flow,
+     * sqrt(1 - alpha_bar) for epsilon models) lies in [lo, hi]; outside, the
+     * null-class rows are not run at all and the conditional prediction is
+     * used as is. Default {0, 1}: every evaluation. */
+    double cfg_interval[2];
+    dit_cache_params cache; /* default: off */
 } dit_sample_params;
 
 /* Fills p with the model's defaults (class 0, one image, seed 0). */
@@ -226,22 +296,40 @@ DIT_API int dit_sampler_new(dit_sampler **out, const dit_model *m,
                     const dit_sample_params *p, char *err, size_t errlen);
 DIT_API void dit_sampler_free(dit_sampler *s);
 
-/* Rows this sampler puts in each forward: num_images, doubled with guidance. */
+/* Rows this sampler puts in its next forward: num_images, doubled when
+ * guidance runs on that evaluation (see cfg_interval); 0 once done. */
 DIT_API int dit_sampler_rows(const dit_sampler *s);
+/* The most rows any of its forwards has: what a batch must reserve. */
+DIT_API int dit_sampler_max_rows(const dit_sampler *s);
 DIT_API int dit_sampler_num_images(const dit_sampler *s);
 /* Steps taken so far and in all; done when they are equal. */
 DIT_API int dit_sampler_step(const dit_sampler *s);
 DIT_API int dit_sampler_num_steps(const dit_sampler *s);
+/* Model evaluations (forwards) taken so far and in all: a step of a
+ * second-order single-step solver (heun) takes two. */
+DIT_API int dit_sampler_evals(const dit_sampler *s);
+DIT_API int dit_sampler_num_evals(const dit_sampler *s);
 DIT_API int dit_sampler_done(const dit_sampler *s);
-/* Noise level of the next step in [0, 1] (1 = pure noise), for statistics. */
+/* Noise level of the next evaluation in [0, 1] (1 = pure noise): t for
+ * rectified flow, sqrt(1 - alpha_bar) for epsilon models. */
 DIT_API double dit_sampler_noise_level(const dit_sampler *s);
+/* Block computations (rows x depth) run and reused from the step cache so
+ * far; either pointer may be NULL. */
+DIT_API void dit_sampler_cache_stats(const dit_sampler *s, uint64_t *computed,
+                                     uint64_t *reused);
 
-/* Writes this step's model inputs for its rows: x (rows, C, H, W), t (rows),
- * y (rows). Must not be called once done. */
+/* Writes the next evaluation's model inputs for its rows: x (rows, C, H,
+ * W), t (rows), y (rows). Must not be called once done. */
 DIT_API void dit_sampler_inputs(const dit_sampler *s, float *x, float *t, int32_t *y);
 
-/* Takes the model output for its rows (rows, Cout, H, W) and advances one
- * step (drawing this step's noise, if the sampler needs any). */
+/* Writes the cache of each of the next evaluation's rows to cache[0..rows),
+ * NULL for rows without one (caching off). Pass them to dit_forward_cached
+ * in the same order as the inputs. */
+DIT_API void dit_sampler_caches(dit_sampler *s, dit_cache **cache);
+
+/* Takes the model output for its rows (rows, Cout, H, W) of one
+ * evaluation, advancing the step when it was the step's last evaluation
+ * (drawing this step's noise, if the sampler needs any). */
 DIT_API void dit_sampler_update(dit_sampler *s, const float *out);
 
 /* The current sample (num_images, C, H, W): the final one once done. */
@@ -250,9 +338,10 @@ DIT_API const float *dit_sampler_result(const dit_sampler *s);
 /* Called after every step of dit_generate; a non-zero return cancels. */
 typedef int (*dit_progress_fn)(void *user, int step, int num_steps);
 
-/* Runs samplers s[0..n) to completion on c, one forward per step holding
- * the rows of every unfinished sampler (their rows must fit max_rows).
- * Returns DIT_E_CANCELLED if progress asked to stop. */
+/* Runs samplers s[0..n) to completion on c, one forward per evaluation
+ * holding the rows of every unfinished sampler (their max_rows must fit the
+ * ctx's max_rows). progress counts forwards. Returns DIT_E_CANCELLED if
+ * progress asked to stop. */
 DIT_API int dit_generate(dit_ctx *c, dit_sampler **s, int n, dit_progress_fn progress,
                  void *user);
 

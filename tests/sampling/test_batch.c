@@ -92,6 +92,58 @@ done:
         dit_sampler_free(s[i]);
 }
 
+/* A sampler of kind k with a guidance interval and a cache mode. */
+static dit_sampler *make_solver(const dit_model *m, int kind, uint64_t seed, int steps,
+                                double lo, double hi, int cache)
+{
+    dit_sample_params p;
+    dit_sampler *s = NULL;
+    char err[256] = "";
+    dit_sample_params_default(m, &p);
+    p.seed = seed, p.steps = steps, p.cfg_scale = 3.0, p.class_label = 2, p.sampler = kind;
+    p.cfg_interval[0] = lo, p.cfg_interval[1] = hi;
+    p.cache.mode = cache, p.cache.interval = 2, p.cache.threshold = 0.2;
+    CHECK(dit_sampler_new(&s, m, &p, err, sizeof err) == DIT_OK, "dit_sampler_new: %s", err);
+    return s;
+}
+
+/* Solvers with one or two evaluations a step, guidance intervals (row
+ * counts changing between forwards) and caches of every mode in one
+ * dit_generate equal each alone; rows and evaluation counts as documented. */
+static void test_mixed(const dit_model *m, dit_ctx *ctx, size_t chw)
+{
+    static const int kind[3] = { DIT_SAMPLER_HEUN, DIT_SAMPLER_DPMPP_2M, DIT_SAMPLER_EULER };
+    static const int steps[3] = { 4, 6, 5 }, cache[3] = { DIT_CACHE_FIXED, DIT_CACHE_ADAPTIVE,
+                                                          DIT_CACHE_OFF };
+    static const double lo[3] = { 0.3, 0.0, 0.5 }, hi[3] = { 0.9, 0.5, 1.0 };
+    dit_sampler *s[3], *alone;
+    for (int i = 0; i < 3; i++)
+        s[i] = make_solver(m, kind[i], 40 + i, steps[i], lo[i], hi[i], cache[i]);
+    if (!s[0] || !s[1] || !s[2])
+        goto done;
+    CHECK(dit_sampler_num_evals(s[0]) == 7 && dit_sampler_num_evals(s[1]) == 6, "evals");
+    CHECK(dit_sampler_rows(s[0]) == 1 && dit_sampler_max_rows(s[0]) == 2,
+          "heun at level 1 is outside [0.3, 0.9]: 1 row");
+    CHECK(dit_generate(ctx, s, 3, NULL, NULL) == DIT_OK, "generate mixed");
+    for (int i = 0; i < 3; i++) {
+        uint64_t run = 0, reused = 0;
+        CHECK(dit_sampler_done(s[i]) && dit_sampler_rows(s[i]) == 0, "mixed %d done", i);
+        dit_sampler_cache_stats(s[i], &run, &reused);
+        CHECK(cache[i] == DIT_CACHE_OFF ? reused == 0 : reused > 0,
+              "sampler %d: %llu block computations reused", i, (unsigned long long)reused);
+        alone = make_solver(m, kind[i], 40 + i, steps[i], lo[i], hi[i], cache[i]);
+        if (!alone)
+            continue;
+        CHECK(dit_generate(ctx, &alone, 1, NULL, NULL) == DIT_OK, "generate alone");
+        double d = max_rel_diff(dit_sampler_result(s[i]), dit_sampler_result(alone), chw);
+        CHECK(d < 1e-5, "mixed sampler %d batched differs from alone by %g", i, d);
+        dit_sampler_free(alone);
+    }
+done:
+    for (int i = 0; i < 3; i++)
+        dit_sampler_free(s[i]);
+}
+
 /* Image 0 of a 3-image request is the 1-image request of the same seed. */
 static void test_streams(const dit_model *m, dit_ctx *ctx, size_t chw)
 {
@@ -156,6 +208,22 @@ static void test_params(const dit_model *m)
     q = p, q.class_label = -1, expect_refusal(m, &q, "class_label");
     q = p, q.class_label = dit_model_config(m)->num_classes + 1,
     expect_refusal(m, &q, "class_label");
+    q = p, q.sampler = DIT_SAMPLER_EULER, q.spacing = DIT_SPACING_LOGSNR;
+    expect_refusal(m, &q, "spacing");
+    q = p, q.sampler = DIT_SAMPLER_HEUN, q.spacing = 3, expect_refusal(m, &q, "spacing");
+    q = p, q.cfg_interval[0] = 0.6, q.cfg_interval[1] = 0.4;
+    expect_refusal(m, &q, "cfg_interval");
+    q = p, q.cfg_interval[1] = NAN, expect_refusal(m, &q, "cfg_interval");
+    q = p, q.cache.mode = 3, expect_refusal(m, &q, "cache");
+    q = p, q.cache.mode = DIT_CACHE_FIXED, q.cache.interval = 1, expect_refusal(m, &q, "cache");
+    q = p, q.cache.mode = DIT_CACHE_ADAPTIVE, q.cache.threshold = 0;
+    expect_refusal(m, &q, "cache");
+    CHECK(dit_sampler_parse("DPM++2M") == DIT_SAMPLER_DPMPP_2M &&
+          dit_sampler_parse("dpmpp_2m") == DIT_SAMPLER_DPMPP_2M &&
+          dit_sampler_parse("rf") == DIT_SAMPLER_EULER && dit_sampler_parse("r") < 0 &&
+          dit_sampler_parse("") < 0 && dit_sampler_parse(NULL) < 0, "sampler names");
+    CHECK(dit_sampler_count() == 5 && !dit_sampler_info(5) && !dit_sampler_info(-1) &&
+          !strcmp(dit_sampler_name(DIT_SAMPLER_HEUN), "heun"), "sampler table");
 }
 
 int main(int argc, char **argv)
@@ -183,6 +251,7 @@ int main(int argc, char **argv)
         test_together(m, ctx, chw);
         test_streams(m, ctx, chw);
         test_limits(m, other, ctx);
+        test_mixed(m, ctx, chw);
     }
     test_params(m);
     dit_ctx_free(ctx);

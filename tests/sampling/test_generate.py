@@ -40,6 +40,7 @@ MODELS = {
                     class_dropout_prob=0.0),
 }
 TOL = 2e-4  # relative to the sample's largest magnitude (float32 engine vs torch)
+TOL_SOLVER = 1e-4  # the fast solvers, interval and cache cases (issue 14)
 
 failures = []
 
@@ -81,31 +82,42 @@ def engine(ditmoe, tmp, model, args):
     return np.load(out)
 
 
-def compare(what, got, want):
+def compare(what, got, want, tol=TOL):
     want = np.asarray(want, dtype=np.float32)
     err = float(np.abs(got - want).max()) / max(1.0, float(np.abs(want).max()))
-    ok = got.shape == want.shape and np.isfinite(got).all() and err <= TOL
+    ok = got.shape == want.shape and np.isfinite(got).all() and err <= tol
     print(f"{'ok  ' if ok else 'FAIL'} {what}: rel err {err:.2e}, |x| max {np.abs(want).max():.3g}")
     if not ok:
         failures.append(what)
 
 
 def check_run(ditmoe, tmp, name, sampler, steps, cfg, mode="upstream", label=1, n=1,
-              noise_seed=5, rng="default", seed=0):
-    """One engine run against the reference from the same noise."""
+              noise_seed=5, rng="default", seed=0, spacing=None, interval=None, cache=None,
+              tol=TOL):
+    """One engine run against the reference from the same noise. interval:
+    (lo, hi); cache: ("fixed", N) or ("adaptive", T)."""
     model = make_model(tmp, name)
     c = MODELS[name]["in_channels"]
     args = ["--sampler", sampler, "--steps", steps, "--cfg-scale", cfg, "--cfg-mode", mode,
             "--class", label, "--seed", seed, "--rng", rng, "--num-images", n]
+    if spacing:
+        args += ["--spacing", spacing]
+    if interval:
+        args += ["--cfg-interval", f"{interval[0]},{interval[1]}"]
+    if cache:
+        args += ["--cache", f"{cache[0]}:{cache[1]}"]
     noise = None
     if noise_seed is not None:
         path = noise_file(tmp, c, n, noise_seed)
         args += ["--noise", path]
         noise = np.load(path)
     got = engine(ditmoe, tmp, model, args)
-    want = samplers_ref.run(model, steps, sampler, cfg, label, mode, rng, seed, noise, n)
+    want = samplers_ref.run(model, steps, sampler, cfg, label, mode, rng, seed, noise, n,
+                            spacing or "uniform", interval or (0.0, 1.0), cache)
+    extra = "".join(f" {k}={v}" for k, v in (("spacing", spacing), ("interval", interval),
+                                             ("cache", cache)) if v)
     compare(f"{name} {sampler} steps={steps} cfg={cfg} {mode} n={n} rng={rng} "
-            f"noise={'given' if noise is not None else 'drawn'}", got, want.numpy())
+            f"noise={'given' if noise is not None else 'drawn'}{extra}", got, want.numpy(), tol)
     return got
 
 
@@ -149,6 +161,101 @@ def case_ddim(ditmoe, tmp):
     check_run(ditmoe, tmp, "eps_fixed", "ddim", 12, 3.0, noise_seed=None, seed=11)
 
 
+def case_dpmpp(ditmoe, tmp):
+    """dpm++2m on epsilon (learned sigma and fixed) and velocity models, both
+    spacings, short runs (first-order last step) and longer ones."""
+    t = TOL_SOLVER
+    for sp in ("uniform", "logsnr"):
+        check_run(ditmoe, tmp, "eps_sigma", "dpm++2m", 6, 1.0, spacing=sp, tol=t)
+        check_run(ditmoe, tmp, "eps_sigma", "dpm++2m", 12, 4.0, spacing=sp, n=2, tol=t)
+        check_run(ditmoe, tmp, "flow", "dpm++2m", 6, 4.0, spacing=sp, tol=t)
+        check_run(ditmoe, tmp, "flow", "dpm++2m", 11, 1.0, spacing=sp, n=2, tol=t)
+    check_run(ditmoe, tmp, "eps_fixed", "dpm++2m", 8, 3.0, "all", tol=t)
+    check_run(ditmoe, tmp, "eps_gray", "dpm++2m", 5, 3.0, tol=t)
+    check_run(ditmoe, tmp, "eps_sigma", "dpm++2m", 1, 4.0, tol=t)
+    check_run(ditmoe, tmp, "flow", "dpm++2m", 2, 4.0, noise_seed=None, seed=3, tol=t)
+    check_run(ditmoe, tmp, "flow", "dpm++2m", 5, 2.0, noise_seed=None, rng="torch", seed=4,
+              tol=t)
+    # on the flow model, one step of dpm++2m's first order is upstream's Euler
+    a = check_run(ditmoe, tmp, "flow", "dpm++2m", 1, 4.0, tol=t)
+    b = check_run(ditmoe, tmp, "flow", "euler", 1, 4.0, tol=t)
+    if float(np.abs(a - b).max()) > 1e-5:
+        failures.append("dpm++2m 1 step != euler 1 step on the flow model")
+
+
+def case_heun(ditmoe, tmp):
+    t = TOL_SOLVER
+    check_run(ditmoe, tmp, "flow", "heun", 5, 1.0, tol=t)
+    check_run(ditmoe, tmp, "flow", "heun", 4, 4.0, n=2, tol=t)
+    check_run(ditmoe, tmp, "flow", "heun", 6, 3.0, spacing="logsnr", tol=t)
+    check_run(ditmoe, tmp, "flow", "heun", 1, 3.0, tol=t)
+    check_run(ditmoe, tmp, "flow", "heun", 3, 3.0, noise_seed=None, rng="torch", seed=8, tol=t)
+
+
+def case_interval(ditmoe, tmp):
+    """Guidance only inside [lo, hi]: every solver, and an interval that
+    excludes everything equals the unguided run."""
+    t = TOL_SOLVER
+    check_run(ditmoe, tmp, "flow", "euler", 8, 4.0, interval=(0.2, 0.7), tol=t)
+    check_run(ditmoe, tmp, "flow", "heun", 5, 4.0, interval=(0.3, 0.9), n=2, tol=t)
+    check_run(ditmoe, tmp, "flow", "dpm++2m", 8, 4.0, interval=(0.0, 0.5), tol=t)
+    check_run(ditmoe, tmp, "eps_sigma", "dpm++2m", 10, 4.0, interval=(0.1, 0.8), tol=t)
+    check_run(ditmoe, tmp, "eps_sigma", "ddpm", 6, 4.0, interval=(0.0, 0.7), tol=t)
+    check_run(ditmoe, tmp, "eps_sigma", "ddpm", 6, 4.0, interval=(0.3, 1.0), rng="torch",
+              noise_seed=None, seed=12, tol=t)
+    check_run(ditmoe, tmp, "eps_sigma", "ddim", 6, 4.0, interval=(0.0, 0.6), tol=t)
+    a = check_run(ditmoe, tmp, "flow", "euler", 6, 4.0, interval=(0.0, 0.1), tol=t)
+    b = check_run(ditmoe, tmp, "flow", "euler", 6, 1.0, tol=t)
+    if not np.array_equal(a, b):  # no level of 6 euler steps is <= 0.1
+        failures.append("an interval outside every step is not the unguided run")
+
+
+def cache_stats(ditmoe, tmp, name, args):
+    """(blocks run, blocks reused) of an engine run, from --stats."""
+    cmd = [ditmoe, "generate", "--model", make_model(tmp, name), "--out-npy",
+           os.path.join(tmp, "s.npy"), "--stats"] + [str(a) for a in args]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    for line in r.stderr.splitlines():
+        if line.startswith("stats: "):
+            f = line.split()
+            return int(f[6]), int(f[8])
+    raise AssertionError(f"{' '.join(cmd)}: no stats line: {r.stderr}")
+
+
+def case_cache(ditmoe, tmp):
+    """Step caching against the reference's cached forward: fixed and
+    adaptive, with guidance (null rows have their own caches) and without."""
+    t = TOL_SOLVER
+    a = check_run(ditmoe, tmp, "flow", "euler", 8, 1.0, cache=("fixed", 2), tol=t)
+    b = check_run(ditmoe, tmp, "flow", "euler", 8, 1.0, tol=t)
+    if np.allclose(a, b, atol=1e-6):
+        failures.append("fixed:2 caching changed nothing")
+    check_run(ditmoe, tmp, "flow", "dpm++2m", 9, 4.0, cache=("fixed", 3), n=2, tol=t)
+    check_run(ditmoe, tmp, "flow", "heun", 5, 4.0, cache=("adaptive", 0.3), tol=t)
+    check_run(ditmoe, tmp, "eps_sigma", "ddpm", 8, 4.0, cache=("adaptive", 0.2), tol=t)
+    check_run(ditmoe, tmp, "flow", "euler", 10, 4.0, cache=("fixed", 2),
+              interval=(0.2, 0.8), tol=t)
+    # the cases above reuse blocks (depth 2): counted as the cache documents
+    want = {("flow", "euler", 8, 1.0, "fixed:2"): (8, 8),         # 4 of 8 evaluations run
+            ("flow", "dpm++2m", 9, 4.0, "fixed:3"): (24, 48),     # 3 of 9, 4 rows each
+            ("flow", "euler", 8, 1.0, "off"): (16, 0)}
+    for (name, smp, steps, cfg, cache), (run, reused) in want.items():
+        n = 2 if smp == "dpm++2m" else 1
+        got = cache_stats(ditmoe, tmp, name, ["--sampler", smp, "--steps", steps, "--cfg-scale",
+                                              cfg, "--cache", cache, "--num-images", n])
+        ok = got == (run, reused)
+        print(f"{'ok  ' if ok else 'FAIL'} {smp} {cache}: blocks run/reused {got}, "
+              f"want {(run, reused)}")
+        if not ok:
+            failures.append(f"cache stats {smp} {cache}")
+    run, reused = cache_stats(ditmoe, tmp, "flow", ["--sampler", "heun", "--steps", 5,
+                                                    "--cfg-scale", 4, "--cache", "adaptive:0.3"])
+    print(f"{'ok  ' if reused > 0 and run > 0 else 'FAIL'} heun adaptive:0.3 reuses "
+          f"{reused} of {run + reused} block computations")
+    if not (reused > 0 and run > 0 and (run + reused) == 2 * 2 * 9):
+        failures.append("adaptive cache reused nothing (or miscounted)")
+
+
 def case_torch(ditmoe, tmp):
     """--rng torch: initial and per-step draws as upstream sample.py."""
     check_run(ditmoe, tmp, "eps_sigma", "ddpm", 6, 4.0, noise_seed=None, rng="torch", seed=2024)
@@ -187,13 +294,52 @@ def case_refusals(ditmoe, tmp):
     expect_error(ditmoe, tmp, "cfg-scale nan", flow, ["--cfg-scale", "nan"], "cfg-scale")
     expect_error(ditmoe, tmp, "cfg-scale 51", flow, ["--cfg-scale", "51"], "0..50")
     expect_error(ditmoe, tmp, "num-images 65", flow, ["--num-images", "65"], "num-images")
-    expect_error(ditmoe, tmp, "an unknown sampler", flow, ["--sampler", "heun"], "heun")
+    expect_error(ditmoe, tmp, "an unknown sampler", flow, ["--sampler", "dpm++9m"], "dpm++9m")
+    expect_error(ditmoe, tmp, "heun on an epsilon model", eps, ["--sampler", "heun"],
+                 "prediction")
+    expect_error(ditmoe, tmp, "a spacing for ddpm", eps, ["--sampler", "ddpm", "--spacing",
+                                                         "logsnr"], "spacing")
+    expect_error(ditmoe, tmp, "an unknown spacing", flow, ["--spacing", "cosine"], "spacing")
+    expect_error(ditmoe, tmp, "cfg-interval reversed", flow, ["--cfg-interval", "0.8,0.2"],
+                 "cfg-interval")
+    expect_error(ditmoe, tmp, "cfg-interval above 1", flow, ["--cfg-interval", "0,1.5"],
+                 "cfg-interval")
+    expect_error(ditmoe, tmp, "cache fixed:1", flow, ["--cache", "fixed:1"], "cache")
+    expect_error(ditmoe, tmp, "an unknown cache", flow, ["--cache", "sometimes"], "cache")
     expect_error(ditmoe, tmp, "an unknown cfg-mode", flow, ["--cfg-mode", "some"], "cfg-mode")
     expect_error(ditmoe, tmp, "noise of the wrong shape", flow,
                  ["--noise", noise_file(tmp, 3, 1, 0)], "noise")
     expect_error(ditmoe, tmp, "noise for the wrong image count", flow,
                  ["--noise", noise_file(tmp, 4, 2, 0), "--num-images", "3"], "3")
     expect_error(ditmoe, tmp, "a missing model", os.path.join(tmp, "nope"), [], "nope")
+
+
+def case_config(ditmoe, tmp):
+    """config.json "sampling" may name any sampler of the table that fits
+    the model: its default then runs; one that does not fit (or no
+    sampler) refuses to load, naming the field."""
+    import json
+    import shutil
+    eps = make_model(tmp, "eps_sigma")
+    for name, sampler, ok in (("dflt_dpm", "dpm++2m", True), ("dflt_heun", "heun", False),
+                              ("dflt_bad", "dpm++9m", False)):
+        path = os.path.join(tmp, name)
+        shutil.copytree(eps, path)
+        cfg = json.load(open(os.path.join(path, "config.json")))
+        cfg["sampling"] = {"sampler": sampler, "steps": 7, "cfg_scale": 2.0}
+        json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
+        if ok:
+            noise = ["--noise", noise_file(tmp, 4, 1, 3)]
+            a = engine(ditmoe, tmp, path, noise)
+            b = engine(ditmoe, tmp, eps, noise + ["--sampler", sampler, "--steps", 7,
+                                                  "--cfg-scale", 2.0])
+            good = np.array_equal(a, b)
+            print(f"{'ok  ' if good else 'FAIL'} config default {sampler} runs it")
+            if not good:
+                failures.append(f"config default {sampler}")
+        else:
+            expect_error(ditmoe, tmp, f"config sampling.sampler {sampler}", path, [],
+                         "sampling.sampler")
 
 
 def run_forward(ditmoe, tmp, model, x, t, y):
@@ -247,7 +393,9 @@ def case_batch(ditmoe, tmp):
 # cases that need no PyTorch (their models come from `ditmoe synth`)
 NO_TORCH = {"batch", "refusals"}
 CASES = {"forward": case_forward, "batch": case_batch, "euler": case_euler, "ddpm_sigma": case_ddpm_sigma, "ddpm_fixed": case_ddpm_fixed,
-         "ddim": case_ddim, "torch": case_torch, "refusals": case_refusals}
+         "ddim": case_ddim, "torch": case_torch, "refusals": case_refusals,
+         "dpmpp": case_dpmpp, "heun": case_heun, "interval": case_interval,
+         "cache": case_cache, "config": case_config}
 
 
 def main():

@@ -7,6 +7,9 @@ small random-weight model (make_model.py) and checks one area:
   api        every endpoint's happy path and document shapes
   openai     POST /v1/images/generations: OpenAI's image API over the same jobs
   batching   8 concurrent requests share steps and equal their solo runs
+  solvers    jobs of different solvers, guidance intervals and step caches
+             share steps (rows changing per step) and equal their solo runs;
+             /v1/model lists the sampler table
   queue      queue-full 429, cancel frees a place, client disconnect cancels
   errors     bad input: each a 4xx JSON error naming the field, no 5xx
   static     the web root: content types, path traversal refused
@@ -320,6 +323,59 @@ def test_batching():
         s.close()
 
 
+SOLVER_REQS = [
+    {"class_label": 0, "seed": 200, "steps": 40, "sampler": "dpm++2m", "cfg_scale": 3.0},
+    {"class_label": 1, "seed": 201, "steps": 30, "sampler": "heun", "cfg_scale": 2.0,
+     "cfg_interval": [0.2, 0.8]},
+    {"class_label": 2, "seed": 202, "steps": 60, "cfg_scale": 3.0, "cfg_interval": [0.3, 1.0],
+     "cache": {"mode": "fixed", "interval": 3}, "num_images": 2},
+    {"class_label": 3, "seed": 203, "steps": 50, "sampler": "dpm++2m", "spacing": "logsnr",
+     "cache": {"mode": "adaptive", "threshold": 0.2}, "cfg_scale": 4.0},
+    {"class_label": 4, "seed": 204, "steps": 45, "sampler": "heun", "cache": "fixed",
+     "cfg_scale": 1.0, "num_images": 3},
+    {"class_label": 5, "seed": 205, "steps": 70},
+]
+
+
+def test_solvers():
+    s = start()
+    try:
+        m = s.get("/v1/model").json()
+        table = {x["name"]: x for x in m["samplers"]}
+        check({"euler", "ddpm", "ddim", "dpm++2m", "heun"} <= set(table), f"samplers {table}")
+        check(table["heun"]["predictions"] == ["velocity"] and table["heun"]["supported"]
+              and table["heun"]["evals_per_step"] == 2, f"heun row {table['heun']}")
+        check(table["dpm++2m"]["predictions"] == ["epsilon", "velocity"], "dpm++2m row")
+        check(table["ddpm"]["supported"] is False and table["euler"]["aliases"] == ["rf"],
+              "ddpm unsupported on a flow model, euler's alias")
+        # a long job keeps the batch busy, so the requests surely share steps
+        anchor = s.post("/jobs", {"class_label": 9, "steps": 1000, "num_images": 4,
+                                  "cfg_scale": 1}).json()["id"]
+        wait_for(lambda: s.get(f"/jobs/{anchor}").json()["status"] == "running", 30, "anchor")
+        ids = [s.post("/jobs", r).json()["id"] for r in SOLVER_REQS]
+        for i in ids:
+            wait_for(lambda i=i: s.get(f"/jobs/{i}").json()["status"] in ("done", "failed"), 300,
+                     f"job {i}")
+        s.request("DELETE", f"/jobs/{anchor}")
+        jobs_hist = s.stats()["batch_size_histogram"]["jobs"]
+        check(sum(jobs_hist[3:]) > 0, f"steps shared by 3 or more jobs: {jobs_hist}")
+        for i, req in zip(ids, SOLVER_REQS):
+            info = s.get(f"/jobs/{i}").json()
+            check(info["status"] == "done", f"job {req} done: {info.get('error')}")
+            p = info.get("params", {})
+            check(p.get("sampler") == req.get("sampler", "euler"), f"params echo {p}")
+            batched = s.get(f"/jobs/{i}/image")
+            solo = s.post("/generate", req)
+            check(batched.status == 200 and solo.status == 200, f"{req}: images")
+            d = max_pixel_diff(batched.body, solo.body)
+            check(d is not None and d <= 1, f"{req}: batched vs solo differ by {d} levels")
+        # heun's job counts its forwards: 2 a step, the last step 1
+        heun = s.get(f"/jobs/{ids[1]}").json()
+        check(heun.get("steps") == 2 * 30 - 1, f"heun progress counts evaluations: {heun}")
+    finally:
+        s.close()
+
+
 # ---- OpenAI image API ----------------------------------------------------------
 
 OPENAI = "/v1/images/generations"
@@ -496,7 +552,19 @@ BAD = [
     ('{"class_label": 1, "cfg_scale": 0.5}', 400, "cfg_scale"),
     ('{"class_label": 1, "cfg_scale": 21}', 400, "cfg_scale"),
     ('{"class_label": 1, "cfg_scale": [1]}', 400, "cfg_scale"),
-    ('{"class_label": 1, "sampler": "heun"}', 400, "sampler"),
+    ('{"class_label": 1, "sampler": "dpm++9m"}', 400, "sampler"),
+    ('{"class_label": 1, "spacing": "cosine"}', 400, "spacing"),
+    ('{"class_label": 1, "spacing": "logsnr"}', 400, "spacing"),
+    ('{"class_label": 1, "cfg_interval": [0.8, 0.2]}', 400, "cfg_interval"),
+    ('{"class_label": 1, "cfg_interval": [0, 1.5]}', 400, "cfg_interval"),
+    ('{"class_label": 1, "cfg_interval": 0.5}', 400, "cfg_interval"),
+    ('{"class_label": 1, "cfg_interval": [0.1, "x"]}', 400, "cfg_interval"),
+    ('{"class_label": 1, "cache": "sometimes"}', 400, "cache"),
+    ('{"class_label": 1, "cache": {"mode": "fixed", "interval": 1}}', 400, "cache.interval"),
+    ('{"class_label": 1, "cache": {"mode": "adaptive", "threshold": 0}}', 400,
+     "cache.threshold"),
+    ('{"class_label": 1, "cache": {"mode": "fixed", "every": 2}}', 400, "cache"),
+    ('{"class_label": 1, "cache": {"interval": 2}}', 400, "cache"),
     ('{"class_label": 1, "sampler": 1}', 400, "sampler"),
     ('{"class_label": 1, "sampler": "ddpm"}', 400, "ddpm"),
     ('{"class_label": 1, "num_images": 0}', 400, "num_images"),
@@ -1563,7 +1631,8 @@ def test_install():
         shutil.rmtree(dest, ignore_errors=True)
 
 
-GROUPS = {"api": test_api, "openai": test_openai, "batching": test_batching, "queue": test_queue,
+GROUPS = {"api": test_api, "openai": test_openai, "batching": test_batching,
+          "solvers": test_solvers, "queue": test_queue,
           "errors": test_errors, "static": test_static, "auth": test_auth,
           "shutdown": test_shutdown, "limits": test_limits, "config": test_config,
           "soak": test_soak, "decode": test_decode, "decode_latent": test_decode_latent,

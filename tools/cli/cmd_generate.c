@@ -15,25 +15,48 @@
 
 static const char generate_usage[] =
     "usage: ditmoe generate [--model DIR] [--class N|NAME] [--seed S] [--steps K]\n"
-    "         [--cfg-scale G] [--sampler euler|ddpm|ddim] [--cfg-mode upstream|all]\n"
-    "         [--rng default|torch] [--num-images K] [--noise Z.npy] [--threads T]\n"
-    "         [--out FILE.png] [--out-npy X.npy] [--no-pack]\n"
+    "         [--cfg-scale G] [--sampler NAME] [--spacing uniform|logsnr]\n"
+    "         [--cfg-interval LO,HI] [--cache off|fixed:N|adaptive:T]\n"
+    "         [--cfg-mode upstream|all] [--rng default|torch] [--num-images K]\n"
+    "         [--noise Z.npy] [--threads T] [--out FILE.png] [--out-npy X.npy]\n"
+    "         [--no-pack] [--stats]\n"
     "  --model DIR       (default: the embedded model)\n"
     "  --class N|NAME    label or class name, 'null' for unconditional (default 0)\n"
     "  --seed S          (default 0)\n"
-    "  --steps, --cfg-scale, --sampler: default from the model\n"
+    "  --steps, --cfg-scale, --sampler: default from the model (samplers below)\n"
+    "  --spacing         where dpm++2m/heun put their steps (default uniform)\n"
+    "  --cfg-interval    guidance only at noise levels in [LO, HI] (default 0,1)\n"
+    "  --cache           reuse the blocks' residual: every N-th evaluation runs\n"
+    "                    them (fixed:N) or when the input moved by T (adaptive:T)\n"
     "  --cfg-mode        guidance on upstream's first 3 channels or all (default upstream)\n"
     "  --rng             default (per-image streams) or torch (as upstream sample.py)\n"
     "  --num-images K    1..64 images of the class, a grid in the PNG (default 1)\n"
     "  --noise Z.npy     float32 (K, C, H, W) initial noise instead of drawing it\n"
     "  --out FILE.png    the image(s); --out-npy X.npy the final samples (N, C, H, W)\n"
     "  --threads T       engine threads (default: one per core)\n"
-    "  --no-pack         keep weights as stored and use BLAS (default: packed kernel)\n";
+    "  --no-pack         keep weights as stored and use BLAS (default: packed kernel)\n"
+    "  --stats           print evaluations, rows and block computations to stderr\n";
+
+/* The usage text followed by the sampler table, into buf. */
+static const char *gen_usage(char *buf, size_t len)
+{
+    size_t l = (size_t)snprintf(buf, len, "%ssamplers (predictions; evaluations per step):\n",
+                                generate_usage);
+    for (int k = 0; k < dit_sampler_count() && l < len; k++) {
+        const dit_sampler_desc *d = dit_sampler_info(k);
+        l += (size_t)snprintf(buf + l, len - l, "  %-9s %s%s%s; %d  %s\n", d->name,
+                              d->predictions & (1u << DIT_PRED_EPSILON) ? "epsilon" : "",
+                              d->predictions == 3u ? ", " : "",
+                              d->predictions & (1u << DIT_PRED_VELOCITY) ? "velocity" : "",
+                              d->evals_per_step, d->summary);
+    }
+    return buf;
+}
 
 typedef struct gen_args {
     const char *model, *label, *seed, *steps, *cfg, *sampler, *mode, *rng, *num, *noise;
-    const char *out, *out_npy, *threads;
-    int no_pack;
+    const char *out, *out_npy, *threads, *spacing, *interval, *cache;
+    int no_pack, stats;
 } gen_args;
 
 static int gen_label(const dit_model *m, const char *s, int *label)
@@ -70,6 +93,51 @@ static int gen_enum(const char *name, const char *s, const char *const *names, i
     return CLI_EUSAGE;
 }
 
+static int gen_unknown_sampler(const char *name)
+{
+    char names[160] = "";
+    for (int k = 0; k < dit_sampler_count(); k++) {
+        size_t l = strlen(names);
+        snprintf(names + l, sizeof names - l, "%s%s", k ? ", " : "", dit_sampler_name(k));
+    }
+    return cli_fail("--sampler: '%s' is not one of %s", name, names);
+}
+
+/* "LO,HI" noise levels; the sampler checks the range. */
+static int gen_interval(const char *s, double iv[2])
+{
+    char lo[64], *comma = strchr(s, ',');
+    if (!comma || (size_t)(comma - s) >= sizeof lo)
+        return cli_fail("--cfg-interval: '%s' is not LO,HI (noise levels in 0..1)", s);
+    memcpy(lo, s, (size_t)(comma - s));
+    lo[comma - s] = 0;
+    if (cli_double("cfg-interval", lo, 0.0, 1.0, &iv[0]) ||
+        cli_double("cfg-interval", comma + 1, 0.0, 1.0, &iv[1]))
+        return CLI_EUSAGE;
+    if (iv[0] > iv[1])
+        return cli_fail("--cfg-interval: %g > %g: LO must not exceed HI", iv[0], iv[1]);
+    return 0;
+}
+
+/* "off", "fixed:N" or "adaptive:T". */
+static int gen_cache(const char *s, dit_cache_params *c)
+{
+    char mode[16], *colon = strchr(s, ':');
+    size_t len = colon ? (size_t)(colon - s) : strlen(s);
+    if (len >= sizeof mode)
+        return cli_fail("--cache: '%s' is not off, fixed:N or adaptive:T", s);
+    memcpy(mode, s, len);
+    mode[len] = 0;
+    c->mode = dit_cache_mode_parse(mode);
+    if (c->mode == DIT_CACHE_OFF && !colon)
+        return 0;
+    if (c->mode == DIT_CACHE_FIXED && colon)
+        return cli_int("cache", colon + 1, 2, 100, &c->interval);
+    if (c->mode == DIT_CACHE_ADAPTIVE && colon)
+        return cli_double("cache", colon + 1, 1e-6, 10.0, &c->threshold);
+    return cli_fail("--cache: '%s' is not off, fixed:N (2..100) or adaptive:T (0..10]", s);
+}
+
 /* Fills p from the options over the model's defaults. */
 static int gen_params(const dit_model *m, const gen_args *a, dit_sample_params *p)
 {
@@ -86,7 +154,13 @@ static int gen_params(const dit_model *m, const gen_args *a, dit_sample_params *
     if (!rc && a->cfg)
         rc = cli_double("cfg-scale", a->cfg, 0.0, 50.0, &p->cfg_scale);
     if (!rc && a->sampler && (p->sampler = dit_sampler_parse(a->sampler)) < 0)
-        rc = cli_fail("--sampler: '%s' is not one of euler, ddpm, ddim", a->sampler);
+        rc = gen_unknown_sampler(a->sampler);
+    if (!rc && a->spacing && (p->spacing = dit_spacing_parse(a->spacing)) < 0)
+        rc = cli_fail("--spacing: '%s' is not one of default, uniform, logsnr", a->spacing);
+    if (!rc && a->interval)
+        rc = gen_interval(a->interval, p->cfg_interval);
+    if (!rc && a->cache)
+        rc = gen_cache(a->cache, &p->cache);
     if (!rc && a->mode)
         rc = gen_enum("cfg-mode", a->mode, modes, 2, &p->cfg_mode);
     if (!rc && a->rng)
@@ -176,6 +250,19 @@ done:
     return rc;
 }
 
+/* One line for scripts (bench/solvers.py): what the sampling cost, and the
+ * wall seconds of the denoising loop and of decoding + writing the PNG. */
+static void gen_stats(const dit_model *m, const dit_sampler *s, double loop_s, double png_s)
+{
+    uint64_t run, reused;
+    int L = dit_model_config(m)->depth;
+    dit_sampler_cache_stats(s, &run, &reused);
+    fprintf(stderr, "stats: evals %d rows %llu blocks_run %llu blocks_reused %llu "
+            "loop_s %.3f png_s %.3f\n", dit_sampler_evals(s),
+            (unsigned long long)((run + reused) / (uint64_t)L), (unsigned long long)run,
+            (unsigned long long)reused, loop_s, png_s);
+}
+
 static int gen_run(const dit_model *m, const dit_sample_params *p, const gen_args *a,
                    int threads, const char *model_name)
 {
@@ -185,6 +272,7 @@ static int gen_run(const dit_model *m, const dit_sample_params *p, const gen_arg
     dit_ctx_settings set;
     char err[512] = "";
     int w, h, ch, rc;
+    double t0, t1;
     dit_model_image_size(m, &w, &h, &ch);
     if (a->out && (w < 1 || h < 1 || (ch != 1 && ch != 3))) /* refuse before sampling */
         return gen_no_decoder(m, model_name, a->out);
@@ -192,15 +280,16 @@ static int gen_run(const dit_model *m, const dit_sample_params *p, const gen_arg
     if (rc != DIT_OK)
         return cli_fail("%s", err[0] ? err : dit_strerror(rc));
     dit_ctx_settings_default(&set);
-    set.max_rows = dit_sampler_rows(s);
+    set.max_rows = dit_sampler_max_rows(s);
     set.max_decode = p->num_images;
     set.n_threads = threads;
     if ((rc = dit_ctx_new(&ctx, m, &set)) != DIT_OK) {
         rc = cli_fail("cannot make a context for %d rows: %s", set.max_rows, dit_strerror(rc));
         goto done;
     }
-    double t0 = cli_now();
+    t0 = cli_now();
     rc = dit_generate(ctx, &s, 1, isatty(2) ? gen_progress : NULL, NULL);
+    t1 = cli_now();
     if (rc != DIT_OK) {
         rc = cli_fail("sampling failed: %s", dit_strerror(rc));
         goto done;
@@ -220,6 +309,8 @@ static int gen_run(const dit_model *m, const dit_sample_params *p, const gen_arg
         }
     }
     rc = a->out ? gen_png(ctx, m, s, a->out, model_name) : 0;
+    if (!rc && a->stats)
+        gen_stats(m, s, t1 - t0, a->out ? cli_now() - t1 : 0.0);
 done:
     dit_ctx_free(ctx);
     dit_sampler_free(s);
@@ -236,13 +327,17 @@ int cmd_generate(int argc, char **argv)
         { "rng", &a.rng, NULL }, { "num-images", &a.num, NULL }, { "noise", &a.noise, NULL },
         { "out", &a.out, NULL }, { "out-npy", &a.out_npy, NULL },
         { "threads", &a.threads, NULL }, { "no-pack", NULL, &a.no_pack },
+        { "spacing", &a.spacing, NULL }, { "cfg-interval", &a.interval, NULL },
+        { "cache", &a.cache, NULL }, { "stats", NULL, &a.stats },
     };
+    char usage[4096];
     dit_sample_params p;
     dit_model *m = NULL;
     io_npy z = { 0 };
     const char *name = NULL;
     int threads = cli_cores();
-    int rc = cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), generate_usage);
+    int rc = cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]),
+                       gen_usage(usage, sizeof usage));
     if (rc)
         return rc < 0 ? 0 : rc;
     if (!a.out && !a.out_npy) {

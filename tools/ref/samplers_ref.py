@@ -5,7 +5,9 @@ It restates, in plain code of our own, what upstream feizc/DiT-MoE runs in
 sample.py: the respaced Gaussian diffusion of create_diffusion(str(N))
 (1000 linear betas, space_timesteps, learned-range or fixed-large variance,
 clip_denoised=False, the model fed the original timestep), DDIM with eta 0
-on that schedule, and RectifiedFlow.sample's Euler loop. Guidance is done
+on that schedule, and RectifiedFlow.sample's Euler loop; and the engine's
+own fast solvers (DPM-Solver++(2M), Heun), its guidance interval and its
+step cache, restated from their documentation. Guidance is done
 as upstream does it: DDPM/DDIM through a forward_with_cfg-style wrapper
 over the whole 2n batch ([x, x] with [labels, null]; eps[:, :3] guided in
 "upstream" mode, eps[:, :C] in "all" mode), Euler by mixing the velocity
@@ -21,7 +23,8 @@ torch.manual_seed(seed) in upstream sample.py's order.
 
 Usage (writes the final samples (n, C, H, W) as float32 .npy):
   samplers_ref.py --model DIR --noise Z.npy --class N --steps K --sampler
-      euler|ddpm|ddim --cfg-scale G [--cfg-mode upstream|all]
+      euler|ddpm|ddim|dpm++2m|heun [--spacing uniform|logsnr] --cfg-scale G
+      [--cfg-mode upstream|all]
       [--rng default|torch --seed S] --out X.npy
 """
 import argparse
@@ -186,23 +189,27 @@ def sample_gaussian(model, x, labels, steps, cfg_scale, cfg_mode, kind, noise):
     for k, i in enumerate(range(count - 1, -1, -1)):
         t = torch.full((x.shape[0],), float(s["timestep_map"][i]))
         out = fn(x, t, y)
-        eps = out[:, :c]
-        x0 = _at(s["recip"], i, x) * x - _at(s["recipm1"], i, x) * eps
         z = noise.step(k, x.shape[0], x.shape[1:])
-        if kind == "ddpm":
-            mean = _at(s["coef1"], i, x) * x0 + _at(s["coef2"], i, x) * x
-            if learn_sigma:
-                frac = (out[:, c:2 * c] + 1) / 2
-                logvar = frac * _at(s["log_max"], i, x) + (1 - frac) * _at(s["log_min"], i, x)
-            else:
-                logvar = _at(s["log_fixed"], i, x)
-            mask = 0.0 if i == 0 else 1.0
-            x = mean + mask * torch.exp(0.5 * logvar) * z
-        else:
-            e2 = (_at(s["recip"], i, x) * x - x0) / _at(s["recipm1"], i, x)
-            abp = _at(s["alphas_cumprod_prev"], i, x)
-            x = x0 * torch.sqrt(abp) + torch.sqrt(1 - abp) * e2
+        x = gaussian_step(s, i, x, out, z, kind, c, learn_sigma)
     return x[:n]
+
+
+def gaussian_step(s, i, x, out, z, kind, c, learn_sigma):
+    """One DDPM / DDIM update of x from the model output at respaced step i."""
+    eps = out[:, :c]
+    x0 = _at(s["recip"], i, x) * x - _at(s["recipm1"], i, x) * eps
+    if kind == "ddpm":
+        mean = _at(s["coef1"], i, x) * x0 + _at(s["coef2"], i, x) * x
+        if learn_sigma:
+            frac = (out[:, c:2 * c] + 1) / 2
+            logvar = frac * _at(s["log_max"], i, x) + (1 - frac) * _at(s["log_min"], i, x)
+        else:
+            logvar = _at(s["log_fixed"], i, x)
+        mask = 0.0 if i == 0 else 1.0
+        return mean + mask * torch.exp(0.5 * logvar) * z
+    e2 = (_at(s["recip"], i, x) * x - x0) / _at(s["recipm1"], i, x)
+    abp = _at(s["alphas_cumprod_prev"], i, x)
+    return x0 * torch.sqrt(abp) + torch.sqrt(1 - abp) * e2
 
 
 @torch.no_grad()
@@ -225,22 +232,226 @@ def sample_euler(model, z, labels, steps, cfg_scale):
     return z
 
 
+# ---- fast solvers (dpm++2m, heun) ------------------------------------------------
+#
+# The engine's engine/sampling/solvers.c restated: a grid of steps + 1 points
+# (model time, alpha, sigma, lambda) and the updates on it. Epsilon models
+# use the discrete DDPM process made continuous as LuChengTHU/dpm-solver's
+# NoiseScheduleVP('discrete') does (log alpha linear between timesteps).
+
+def _f32(v):
+    return torch.tensor(np.float32(v))
+
+
+def grid(prediction, n, spacing="uniform"):
+    """(time, alpha, sigma, lambda) float64 arrays of n + 1 points."""
+    i = np.arange(n + 1, dtype=np.float64)
+    if prediction == "velocity":
+        t = (n - i) / n
+        if spacing == "logsnr" and n > 2:
+            lam_b = np.log(n - 1.0)
+            lam = -lam_b + 2 * lam_b * (i[1:n] - 1) / (n - 2)
+            t[1:n] = 1.0 / (1.0 + np.exp(lam))
+        with np.errstate(divide="ignore"):
+            lam = np.log(1.0 - t) - np.log(t)
+        return t, 1.0 - t, t.copy(), lam
+    betas = np.linspace(1e-4, 0.02, BASE_STEPS, dtype=np.float64)
+    la = 0.5 * np.log(np.cumprod(1.0 - betas))
+    k = np.arange(BASE_STEPS, dtype=np.float64)
+    lam_of = lambda l: l - 0.5 * np.log(-np.expm1(2.0 * l))  # noqa: E731
+    tau = 999.0 * (n - i) / n
+    if spacing == "logsnr" and n > 1:
+        hi, lo = lam_of(la[-1]), lam_of(la[0])
+        target = -0.5 * np.log1p(np.exp(-2.0 * (hi + (lo - hi) * i[1:n] / n)))
+        tau[1:n] = np.interp(target, la[::-1], k[::-1])
+    l = np.interp(tau, k, la)
+    return tau, np.exp(l), np.sqrt(-np.expm1(2.0 * l)), lam_of(l)
+
+
+class Guided:
+    """The model as the engine's samplers see it: guided prediction
+    channels [:C] of the n images, the null rows run only when the noise
+    level lies in cfg_interval; counts the rows it ran."""
+    def __init__(self, model, labels, cfg_scale, cfg_mode, interval=(0.0, 1.0), cache=None):
+        self.model, self.labels, self.g = model, labels, cfg_scale
+        self.c = model.cfg["in_channels"]
+        vel = model.cfg.get("prediction") == "velocity"
+        cout = model.out_channels
+        self.gch_full = self.c if vel or cfg_mode == "all" else min(3, cout)
+        self.gch = min(self.c, self.gch_full)
+        self.interval, self.cache, self.rows = interval, cache, 0
+
+    def __call__(self, x, t, level, full=False):
+        """The guided prediction (n, C, H, W); full: every output channel
+        (n, Cout, H, W), guided ones as forward_with_cfg guides them."""
+        n = x.shape[0]
+        guided = self.g != 1.0 and self.interval[0] <= level <= self.interval[1]
+        self.last_rows = 2 * n if guided else n
+        y = self.labels
+        if guided:
+            x = torch.cat([x, x])
+            y = torch.cat([y, torch.full_like(y, self.model.cfg["num_classes"])])
+        tt = torch.full((x.shape[0],), float(np.float32(t)))
+        out = self.cache(x, tt, y) if self.cache else self.model(x, tt, y)
+        self.rows += x.shape[0]
+        gch = self.gch_full if full else self.gch
+        pred = out[:n].clone() if full else out[:n, :self.c].clone()
+        if guided:
+            u = out[n:, :gch]
+            pred[:, :gch] = u + self.g * (out[:n, :gch] - u)
+        return pred
+
+
+@torch.no_grad()
+def sample_gaussian_fn(fn, x, steps, kind, noise, c, learn_sigma):
+    """sample_gaussian through a Guided model (guidance interval, cache):
+    the same arithmetic, the noise drawn for the rows each step ran."""
+    s = schedule(steps)
+    count = len(s["betas"])
+    for k, i in enumerate(range(count - 1, -1, -1)):
+        out = fn(x, float(s["timestep_map"][i]), float(np.sqrt(1.0 - s["alphas_cumprod"][i])),
+                 full=True)
+        z = noise.step(k, fn.last_rows, x.shape[1:])[:x.shape[0]]
+        x = gaussian_step(s, i, x, out, z, kind, c, learn_sigma)
+    return x
+
+
+@torch.no_grad()
+def sample_euler_fn(fn, z, steps):
+    """sample_euler through a Guided model."""
+    dt = torch.tensor(1.0 / steps, dtype=torch.float32)
+    for i in range(steps, 0, -1):
+        z = z - dt * fn(z, i / steps, i / steps)
+    return z
+
+
+def dpm_coefs(g, i, steps):
+    """x <- a x + b x0_i + c x0_{i-1} from grid point i to i + 1."""
+    _, al, sg, lam = g
+    if sg[i + 1] == 0.0:
+        return 0.0, al[i + 1], 0.0
+    h = lam[i + 1] - lam[i]
+    phi = np.expm1(-h)
+    a, b, c = sg[i + 1] / sg[i], -al[i + 1] * phi, 0.0
+    if i >= 1 and np.isfinite(lam[i - 1]) and not (steps < 10 and i == steps - 1):
+        r0 = (lam[i] - lam[i - 1]) / h
+        b, c = -al[i + 1] * phi * (1.0 + 0.5 / r0), al[i + 1] * phi * 0.5 / r0
+    return a, b, c
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(fn, x, steps, prediction, spacing):
+    """DPM-Solver++(2M), data prediction, as solvers.c documents."""
+    g = grid(prediction, steps, spacing)
+    prev = None
+    for i in range(steps):
+        p = fn(x, g[0][i], g[2][i])
+        if prediction == "velocity":
+            x0 = x - _f32(g[0][i]) * p
+        else:
+            x0 = _f32(1.0 / g[1][i]) * x - _f32(g[2][i] / g[1][i]) * p
+        a, b, c = dpm_coefs(g, i, steps)
+        x = _f32(a) * x + _f32(b) * x0 + (_f32(c) * prev if c != 0.0 else 0.0)
+        prev = x0
+    return x
+
+
+@torch.no_grad()
+def sample_heun(fn, x, steps, spacing):
+    """Heun on the rectified-flow ODE; Euler into t = 0."""
+    t = grid("velocity", steps, spacing)[0]
+    for i in range(steps):
+        dt = _f32(t[i + 1] - t[i])
+        d1 = fn(x, t[i], t[i])
+        if i == steps - 1:
+            x = x + dt * d1
+            continue
+        xe = x + dt * d1
+        d2 = fn(xe, t[i + 1], t[i + 1])
+        x = x + _f32(0.5 * (t[i + 1] - t[i])) * (d1 + d2)
+    return x
+
+
+class StepCache:
+    """The engine's step cache (dit_forward_cached) over the reference
+    model: per row slot (conditional rows, then null rows) the blocks'
+    summed residual of the last evaluation that ran them; "fixed" runs the
+    blocks on every interval-th evaluation, "adaptive" when the summed
+    relative L1 change of block 0's modulated input reaches threshold."""
+    def __init__(self, model, mode, interval=2, threshold=0.1):
+        self.m, self.mode, self.interval, self.thr = model, mode, interval, threshold
+        self.resid, self.ref, self.acc, self.evals = {}, {}, {}, 0
+        self.run_blocks = self.reused_blocks = 0
+
+    def _decide(self, r, xm):
+        if self.mode == "fixed":
+            return self.evals % self.interval == 0 or r not in self.resid
+        if r in self.ref:
+            rel = (xm - self.ref[r]).abs().sum(dtype=torch.float64) / \
+                self.ref[r].abs().sum(dtype=torch.float64)
+            self.acc[r] = self.acc.get(r, 0.0) + float(rel)
+        self.ref[r] = xm.clone()
+        if r in self.resid and self.acc.get(r, 0.0) < self.thr:
+            return False
+        self.acc[r] = 0.0
+        return True
+
+    def __call__(self, x, t, y):
+        m = self.m
+        h = m.x_embedder(x) + m.pos_embed
+        c = m.t_embedder(t) + m.y_embedder(y)
+        sh, sc = m.blocks[0].adaLN_modulation(c).chunk(6, dim=1)[:2]
+        xm = ditmoe_ref.modulate(ditmoe_ref.layer_norm(h), sh, sc)
+        run = [self._decide(r, xm[r]) for r in range(x.shape[0])]
+        idx = [r for r in range(x.shape[0]) if run[r]]
+        if idx:
+            hr, cr = h[idx], c[idx]
+            h0 = hr.clone()
+            for blk in m.blocks:
+                hr, _ = blk(hr, cr)
+            for k, r in enumerate(idx):
+                self.resid[r] = hr[k] - h0[k]
+        h = torch.stack([h[r] + self.resid[r] for r in range(x.shape[0])])
+        depth = len(m.blocks)
+        self.run_blocks += depth * len(idx)
+        self.reused_blocks += depth * (x.shape[0] - len(idx))
+        self.evals += 1
+        return m.unpatchify(m.final_layer(h, c))
+
+
 def run(model_dir, steps, sampler, cfg_scale, label, cfg_mode="upstream", rng="default",
-        seed=0, noise=None, num_images=1):
-    """The whole loop as the engine's generate runs it; returns (n, C, H, W)."""
+        seed=0, noise=None, num_images=1, spacing="uniform", cfg_interval=(0.0, 1.0),
+        cache=None):
+    """The whole loop as the engine's generate runs it; returns (n, C, H, W).
+    cache: None or ("fixed", N) / ("adaptive", T)."""
     model, cfg = ditmoe_ref.load_model_dir(model_dir)
     c, hw = cfg["in_channels"], cfg["input_size"]
     shape = (num_images if noise is None else noise.shape[0], c, hw, hw)
     gen = DefaultNoise(seed, shape[0], c * hw * hw) if rng == "default" else TorchNoise(seed)
-    if rng == "torch" and sampler == "euler":
+    prediction = cfg.get("prediction", "epsilon")
+    if rng == "torch" and prediction == "velocity":
         gen.initial(shape)  # sample.py's z, unused by its rf path
     x0 = gen.initial(shape)
     if noise is not None:
         x0 = torch.from_numpy(np.asarray(noise, dtype=np.float32))
     labels = torch.full((shape[0],), label, dtype=torch.long)
-    if sampler == "euler":
+    plain = cache is None and tuple(cfg_interval) == (0.0, 1.0)
+    if sampler == "euler" and plain:
         return sample_euler(model, x0, labels, steps, cfg_scale)
-    return sample_gaussian(model, x0, labels, steps, cfg_scale, cfg_mode, sampler, gen)
+    if sampler in ("ddpm", "ddim") and plain:
+        return sample_gaussian(model, x0, labels, steps, cfg_scale, cfg_mode, sampler, gen)
+    sc = None
+    if cache:
+        sc = StepCache(model, cache[0], interval=int(cache[1])) if cache[0] == "fixed" \
+            else StepCache(model, "adaptive", threshold=float(cache[1]))
+    fn = Guided(model, labels, cfg_scale, cfg_mode, cfg_interval, sc)
+    if sampler == "euler":
+        return sample_euler_fn(fn, x0, steps)
+    if sampler in ("ddpm", "ddim"):
+        return sample_gaussian_fn(fn, x0, steps, sampler, gen, c, cfg["learn_sigma"])
+    if sampler == "dpm++2m":
+        return sample_dpmpp_2m(fn, x0, steps, prediction, spacing)
+    return sample_heun(fn, x0, steps, spacing)
 
 
 def main():
@@ -250,7 +461,9 @@ def main():
     ap.add_argument("--num-images", type=int, default=1)
     ap.add_argument("--class", dest="label", type=int, default=0)
     ap.add_argument("--steps", type=int, required=True)
-    ap.add_argument("--sampler", choices=["euler", "ddpm", "ddim"], required=True)
+    ap.add_argument("--sampler", choices=["euler", "ddpm", "ddim", "dpm++2m", "heun"],
+                    required=True)
+    ap.add_argument("--spacing", choices=["uniform", "logsnr"], default="uniform")
     ap.add_argument("--cfg-scale", type=float, default=1.0)
     ap.add_argument("--cfg-mode", choices=["upstream", "all"], default="upstream")
     ap.add_argument("--rng", choices=["default", "torch"], default="default")
@@ -259,7 +472,7 @@ def main():
     a = ap.parse_args()
     noise = np.load(a.noise) if a.noise else None
     x = run(a.model, a.steps, a.sampler, a.cfg_scale, a.label, a.cfg_mode, a.rng,
-            a.seed, noise, a.num_images)
+            a.seed, noise, a.num_images, a.spacing)
     np.save(a.out, x.numpy().astype(np.float32))
 
 
