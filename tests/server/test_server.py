@@ -1098,7 +1098,8 @@ def test_healthcheck():
 def test_install():
     """meson install into a staging dir: the data lands in PREFIX/share/ditmoe
     and the installed binary, run from there, finds its web root and the
-    default model in it (not in the source tree)."""
+    default model in it (not in the source tree), and the bundled
+    fashion-mnist-ddpm when named by --model."""
     meson = shutil.which("meson")
     if not check(meson and ARGS.build_root, "meson and --build-root are needed"):
         return
@@ -1114,11 +1115,22 @@ def test_install():
         prefix = dest + opt["prefix"]
         data = os.path.join(prefix, opt["datadir"], "ditmoe")
         src = os.path.join(HERE, "..", "..")
+        bundled = [n for n in ("fashion-mnist", "fashion-mnist-ddpm")
+                   if os.path.exists(os.path.join(src, "models", n, "config.json"))]
         for rel in ["web/index.html", "web/app.js", "imagenet_classes.txt"] + \
-                (["models/fashion-mnist/config.json"]
-                 if os.path.exists(os.path.join(src, "models/fashion-mnist/config.json")) else []):
+                [f"models/{n}/config.json" for n in bundled]:
             check(os.path.isfile(os.path.join(data, rel)), f"installed {rel} under {data}")
         exe = os.path.join(prefix, opt["bindir"], "ditmoe-server")
+        if "fashion-mnist-ddpm" in bundled:  # a bundled model named, not a path
+            s = Server(exe, None, "--model", "fashion-mnist-ddpm")
+            try:
+                log = s.log()
+                check(f"model {os.path.join(data, 'models', 'fashion-mnist-ddpm')}:" in log,
+                      f"installed fashion-mnist-ddpm by name: {log}")
+                check(s.get("/v1/model").json()["model"] == "fashion-mnist-ddpm",
+                      "/v1/model names fashion-mnist-ddpm")
+            finally:
+                s.close()
         args = [] if os.path.exists(os.path.join(data, "models/fashion-mnist/config.json")) else \
             ["--model", ARGS.model]
         s = Server(exe, None, *args)
