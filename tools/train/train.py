@@ -78,21 +78,30 @@ def load_fashion_mnist(split, data_dir=DATA_DIR):
 
 # ---- scoring -------------------------------------------------------------------
 
-def make_scorer():
-    """-> (name, fn(images in [-1,1] (N,1,28,28) tensor) -> predicted labels).
-    Prefers the bench judge; falls back to nearest class mean in pixel space
-    (weak in absolute terms, but it ranks checkpoints)."""
+def make_scorer(kind="judge"):
+    """-> (name, fn(images in [-1,1] (N,1,28,28) tensor, labels) -> score,
+    higher is better). "judge": the bench judge's accuracy, falling back to
+    nearest class mean in pixel space (weak in absolute terms, but it ranks
+    checkpoints); "fd": minus the Frechet distance to the test split
+    (bench/judge/fd.py), which also sees diversity, where accuracy saturates."""
     try:
         sys.path.insert(0, os.path.join(ROOT, "bench", "judge"))
         import judge  # noqa: E402
+        if kind == "fd":
+            import fd  # noqa: E402
+            yard = fd.Yardstick()
+            return "fd", lambda x, y: -yard.fd(x.numpy())
         net = judge.load()
-        return "judge", lambda x: judge.predict(net, x)
+        return "judge", lambda x, y: (judge.predict(net, x) == y).float().mean().item()
     except Exception as e:  # the judge may not exist yet
+        if kind == "fd":
+            raise
         print(f"scorer: no judge ({e}); using nearest class mean", flush=True)
     imgs, labels = load_fashion_mnist("train")
     means = torch.stack([torch.from_numpy(imgs[labels == c].mean(0)).flatten()
                          for c in range(10)])
-    return "centroid", lambda x: torch.cdist(x.flatten(1), means).argmin(1)
+    return "centroid", lambda x, y: (torch.cdist(x.flatten(1), means).argmin(1) == y) \
+        .float().mean().item()
 
 
 class _GenNoise:
@@ -114,21 +123,27 @@ def sample_batch(model, noise, labels, steps, cfg_scale, gen):
 
 
 def score_model(model, scorer, per_class, steps, cfg_scale, seed):
-    """Class accuracy of per_class samples of each class."""
+    """The scorer's score of per_class samples of each class."""
     model.eval()
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(10).repeat_interleave(per_class)
     noise = torch.randn(len(labels), 1, 28, 28, generator=g)
     x = torch.cat([sample_batch(model, noise[i:i + 50], labels[i:i + 50], steps, cfg_scale, g)
                    for i in range(0, len(labels), 50)])
-    pred = scorer(x.clamp(-1, 1))
-    return (pred == labels).float().mean().item()
+    return scorer(x.clamp(-1, 1), labels)
 
 
 # ---- training state --------------------------------------------------------------
 
 def lr_at(step, args):
-    return args.lr * min(1.0, (step + 1) / args.warmup)
+    """Linear warm-up, then constant, or with --lr-decay-to a cosine decay to
+    lr * that fraction at --max-steps."""
+    warm = min(1.0, (step + 1) / args.warmup)
+    if args.lr_decay_to is None or step < args.warmup:
+        return args.lr * warm
+    done = min(1.0, (step - args.warmup) / max(1, args.max_steps - args.warmup))
+    f = args.lr_decay_to + (1 - args.lr_decay_to) * 0.5 * (1 + math.cos(math.pi * done))
+    return args.lr * f
 
 
 def ema_decay(step):
@@ -187,19 +202,23 @@ def new_state(args):
     torch.manual_seed(args.seed)
     model = R.DiTMoE(cfg)
     return {"raw": model, "ema": copy.deepcopy(model).eval(), "step": 0, "wall": 0.0,
-            "best_export": -1.0, "gen": torch.Generator().manual_seed(args.seed)}
+            "best_export": -math.inf, "gen": torch.Generator().manual_seed(args.seed)}
 
 
-def seed_weights(state, path):
+def seed_weights(state, path, args, scorer):
     """Starts a new run from an exported model directory: raw and EMA weights
-    both begin at the export (the shape comes from its config.json)."""
+    both begin at the export (the shape comes from its config.json), and the
+    export's own score is the best so far, so only a better model replaces it."""
     model, cfg = R.load_model_dir(path)
     shape = {k: cfg[k] for k in R.CONFIG_DEFAULTS}
     shape["prediction"] = cfg["prediction"]
     state["raw"] = R.DiTMoE(shape)
     state["raw"].load_state_dict(model.state_dict())
     state["ema"] = copy.deepcopy(state["raw"]).eval()
-    print(f"seeded from {path}", flush=True)
+    state["best_export"] = score_model(state["ema"], scorer[1], args.eval_per_class,
+                                       args.score_steps, args.cfg_scale, seed=1234)
+    state["raw"].train()
+    print(f"seeded from {path}: {scorer[0]} score {state['best_export']:.4f}", flush=True)
 
 
 def save_ckpt(state, opt, path):
@@ -303,6 +322,10 @@ def parse_args():
     ap.add_argument("--cfg-scale", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--score", choices=["judge", "fd"], default="judge",
+                    help="export score: judge accuracy, or minus the Frechet distance")
+    ap.add_argument("--lr-decay-to", type=float, metavar="FRAC",
+                    help="cosine-decay the learning rate to lr*FRAC at --max-steps")
     ap.add_argument("--init-from", metavar="DIR",
                     help="with no checkpoint yet: start from this exported model's weights")
     ap.add_argument("--export-now", action="store_true",
@@ -321,6 +344,7 @@ def main():
     torch.set_num_threads(args.threads)
     os.makedirs(args.state, exist_ok=True)
     ckpt = os.path.join(args.state, "ckpt.pt")
+    scorer = make_scorer(args.score)
     opt_state = None
     if os.path.exists(ckpt):
         state, opt_state = load_ckpt(ckpt)
@@ -328,7 +352,7 @@ def main():
     else:
         state = new_state(args)
         if args.init_from:
-            seed_weights(state, args.init_from)
+            seed_weights(state, args.init_from, args, scorer)
     objective = "ddpm" if state["raw"].cfg["prediction"] == "epsilon" else "flow"
     if objective != args.objective:
         print(f"{ckpt} holds a {objective} model; pass --objective {objective}", file=sys.stderr)
@@ -343,8 +367,8 @@ def main():
         opt.load_state_dict(opt_state)
     if args.export_now:
         if args.force_export:
-            state["best_export"] = -1.0
-        export(state, args, make_scorer())
+            state["best_export"] = -math.inf
+        export(state, args, scorer)
         return 0
 
     imgs, labels = load_fashion_mnist("train")
@@ -372,13 +396,13 @@ def main():
             print(f"step {state['step']} mse {mse:.4f} vb {vb:.4f} aux {aux:.4f} {sps:.2f} s/step "
                   f"wall {wall / 60:.1f} min", flush=True)
         if time.time() - last_export > args.export_minutes * 60:
-            export(state, args, make_scorer())
+            export(state, args, scorer)
             last_export = time.time()
         if time.time() - last_ckpt > args.ckpt_minutes * 60:
             save_ckpt(state, opt, ckpt)
             last_ckpt = time.time()
     save_ckpt(state, opt, ckpt)
-    export(state, args, make_scorer())
+    export(state, args, scorer)
     return 0
 
 
