@@ -16,7 +16,8 @@ the test split (bench/judge/fd.py) with the real-vs-real floor at the same
 n printed beside it; use it to compare settings (always at equal n).
 --sweep STEPS:CFG[:SAMPLER],... repeats this for several sampler settings (to
 choose the model's sampling defaults); --gen-args passes further options to
-every `ditmoe generate`; --json writes the numbers.
+every `ditmoe generate`; --json writes the numbers; --save DIR keeps each
+setting's images and labels as .npy (for bench/judge/fd.py).
 
   /usr/bin/python3 bench/quality.py --ditmoe build/tools/cli/ditmoe
   /usr/bin/python3 bench/quality.py --model fashion-mnist-ddpm --per-class 50 --fd \
@@ -93,9 +94,14 @@ def evaluate(args, net, real, setting, yard):
            "diversity": float(np.mean([r["diversity"] for r in rows])),
            "min_diversity": float(min(r["diversity"] for r in rows)),
            "seconds": time.time() - t0}
+    images, labels = np.concatenate(images), np.repeat(np.arange(10), args.per_class)
+    if args.save:
+        os.makedirs(args.save, exist_ok=True)
+        name = "_".join(str(v) for v in setting if v is not None) or "default"
+        np.save(os.path.join(args.save, f"{name}_images.npy"), images)
+        np.save(os.path.join(args.save, f"{name}_labels.npy"), labels)
     if yard:
-        out["fd"] = yard.report(np.concatenate(images),
-                                np.repeat(np.arange(10), args.per_class))
+        out["fd"] = yard.report(images, labels)
     return out
 
 
@@ -140,6 +146,7 @@ def main():
                     help="STEPS:CFG[:SAMPLER],... (default: the model's defaults)")
     ap.add_argument("--gen-args", default="", help="more `ditmoe generate` options")
     ap.add_argument("--fd", action="store_true", help="also report the Frechet distance")
+    ap.add_argument("--save", metavar="DIR", help="keep the images of each setting here")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -22,7 +22,13 @@ same n: FD of n class-balanced training images (which the generator never
 beats on average: it learnt from them) against the same reference, mean and
 spread over --floor-draws random draws.
 
-  fd.py IMAGES.npy [--labels LABELS.npy]   # (n, 1, 28, 28) in [-1, 1]
+--paired is the other common recipe: the reference is itself only n
+class-balanced test images, and the floor is FD between two disjoint such
+test subsets. Both sides then carry sampling noise, so FD and floor are both
+larger and their ratio smaller than the default recipe's; each is the mean
+over --floor-draws draws of the subsets.
+
+  fd.py IMAGES.npy [--labels LABELS.npy] [--paired]   # (n, 1, 28, 28) in [-1, 1]
 prints FD, the floor at that n, their ratio, and with labels the judge's
 agreement (share of images classified as the class asked for).
 """
@@ -67,14 +73,27 @@ def frechet(mu1, s1, mu2, s2):
     return float(d @ d + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt_product(s1, s2))
 
 
+def balanced_pick(labels, n, rng, sets=1):
+    """`sets` disjoint index arrays of n class-balanced picks from labels
+    (class c gets n // 10, plus one for c < n % 10)."""
+    out = [[] for _ in range(sets)]
+    for c in range(10):
+        k = n // 10 + (c < n % 10)
+        idx = rng.choice(np.flatnonzero(labels == c), k * sets, replace=False)
+        for i in range(sets):
+            out[i].append(idx[i * k:(i + 1) * k])
+    return [np.concatenate(o) for o in out]
+
+
 class Yardstick:
     """The judge, the test split's feature statistics (the reference) and
     the training split (for floors), loaded once."""
 
     def __init__(self, net=None):
         self.net = net or judge.load()
-        xs, _ = load_fashion_mnist("t10k")
-        self.ref = gaussian_stats(judge.features(self.net, xs).numpy())
+        xs, self.test_labels = load_fashion_mnist("t10k")
+        self.test_feats = judge.features(self.net, xs).numpy()
+        self.ref = gaussian_stats(self.test_feats)
         self.train, self.train_labels = load_fashion_mnist("train")
         self._floors = {}
 
@@ -82,18 +101,28 @@ class Yardstick:
         """FD of (n, 1, 28, 28) images in [-1, 1] against the test split."""
         return frechet(*gaussian_stats(judge.features(self.net, images).numpy()), *self.ref)
 
+    def paired(self, images, draws=5, seed=0):
+        """-> (fd, fd_sd, floor, floor_sd): the --paired recipe, means and
+        sds over draws of disjoint class-balanced test subsets of n."""
+        gen = gaussian_stats(judge.features(self.net, images).numpy())
+        rng = np.random.default_rng(seed)
+        fds, floors = [], []
+        for _ in range(draws):
+            a, b = balanced_pick(self.test_labels, len(images), rng, 2)
+            ref = gaussian_stats(self.test_feats[a])
+            fds.append(frechet(*gen, *ref))
+            floors.append(frechet(*gaussian_stats(self.test_feats[b]), *ref))
+        sd = (lambda v: float(np.std(v, ddof=1)) if draws > 1 else 0.0)
+        return float(np.mean(fds)), sd(fds), float(np.mean(floors)), sd(floors)
+
     def floor(self, n, draws=5, seed=0):
         """(mean, sd) of the FD of n class-balanced training images against
         the test split, over `draws` draws."""
         key = (n, draws, seed)
         if key not in self._floors:
             rng = np.random.default_rng(seed)
-            counts = [n // 10 + (c < n % 10) for c in range(10)]
-            vals = []
-            for _ in range(draws):
-                idx = np.concatenate([rng.choice(np.flatnonzero(self.train_labels == c), k,
-                                                 replace=False) for c, k in enumerate(counts)])
-                vals.append(self.fd(self.train[idx]))
+            vals = [self.fd(self.train[balanced_pick(self.train_labels, n, rng)[0]])
+                    for _ in range(draws)]
             self._floors[key] = (float(np.mean(vals)), float(np.std(vals, ddof=1))
                                  if draws > 1 else 0.0)
         return self._floors[key]
@@ -124,6 +153,8 @@ def main():
     ap.add_argument("images", help=".npy of (n, 1, 28, 28) images in [-1, 1]")
     ap.add_argument("--labels", help=".npy of the (n,) classes asked for")
     ap.add_argument("--floor-draws", type=int, default=5)
+    ap.add_argument("--paired", action="store_true",
+                    help="also the recipe with an n-image test subset as the reference")
     a = ap.parse_args()
     x = np.load(a.images)
     if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
@@ -134,7 +165,12 @@ def main():
         print(f"fd.py: {a.labels}: shape {labels.shape} is not ({len(x)},)", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
-    print(format_report(Yardstick().report(x, labels, a.floor_draws)))
+    yard = Yardstick()
+    print(format_report(yard.report(x, labels, a.floor_draws)))
+    if a.paired:
+        f, fsd, fl, flsd = yard.paired(x, a.floor_draws)
+        print(f"paired (vs {len(x)} test images): FD {f:.3f} ± {fsd:.3f}  floor {fl:.3f} ± "
+              f"{flsd:.3f} (test vs disjoint test)  ratio {f / fl:.2f}")
     return 0
 
 

@@ -5,7 +5,8 @@ Usage: test_fd.py CASE     CASE: identity | closed-form | degraded
 
   identity     a set against itself scores 0 (|FD| <= 1e-8 on judge features
                of 1,000 real images, whose covariance traces are ~300;
-               measured ~6e-13) and FD is symmetric.
+               measured ~6e-13) and FD is symmetric; the class-balanced
+               subsets the floors use are disjoint and balanced.
   closed-form  frechet() on Gaussians whose distance is known in closed form,
                the reference computed in plain Python (no NumPy, no scipy):
                covariances sharing an eigenbasis, FD = |dmu|^2 +
@@ -40,11 +41,9 @@ def check(ok, msg):
 
 
 def balanced_train(n, seed):
-    ys = fd.load_fashion_mnist("train")
-    rng = np.random.default_rng(seed)
-    idx = np.concatenate([rng.choice(np.flatnonzero(ys[1] == c), n // 10, replace=False)
-                          for c in range(10)])
-    return ys[0][idx], ys[1][idx]
+    xs, ys = fd.load_fashion_mnist("train")
+    idx = fd.balanced_pick(ys, n, np.random.default_rng(seed))[0]
+    return xs[idx], ys[idx]
 
 
 def case_identity():
@@ -59,6 +58,11 @@ def case_identity():
     ok &= check(abs(fd.frechet(*a, *b)) <= 1e-8, "FD(A, A reordered) = 0")
     ab, ba = fd.frechet(*a, *other), fd.frechet(*other, *a)
     ok &= check(abs(ab - ba) <= 1e-9 * abs(ab) and ab > 0, f"symmetric: {ab:.6f} vs {ba:.6f}")
+    labels = np.repeat(np.arange(10), 30)
+    p, q = fd.balanced_pick(labels, 53, np.random.default_rng(0), 2)
+    ok &= check(len(set(p) | set(q)) == 106 and all(
+        (labels[p] == c).sum() == 5 + (c < 3) for c in range(10)),
+        "balanced_pick: disjoint sets, n // 10 per class plus one for the first n % 10")
     return ok
 
 
