@@ -39,7 +39,8 @@ typedef struct field {
 static const field FIELDS[] = {
     S(listen, "DITMOE_LISTEN", "address to listen on (IPv4 or IPv6 literal); --host is the same"),
     I(port, 0, 65535, "DITMOE_PORT", "TCP port; 0 picks a free one (printed at start)"),
-    S(model, "DITMOE_MODEL", "model directory or file; empty: the bundled models/fashion-mnist"),
+    S(model, "DITMOE_MODEL", "model directory or file, or a bundled model's name "
+      "(fashion-mnist-ddpm); empty: the bundled models/fashion-mnist"),
     S(web_root, NULL, "folder of the demo page served at /; empty: the source tree's web/ "
       "(build-tree binary) or PREFIX/share/ditmoe/web"),
     S(instance_id, "DITMOE_INSTANCE_ID", "this replica's name: the prefix of its job ids and "

@@ -41,20 +41,26 @@
 #include "srv.h"
 #include "stats.h"
 
-/* The model to load: the configured one, else the bundled
- * models/fashion-mnist (paths.c: the source tree for a build-tree binary,
- * else the install data dir). Returns 0, or -1 with err. */
+/* The model to load: the configured path; a bundled model named by
+ * model = NAME (models/NAME); else the bundled models/fashion-mnist
+ * (paths.c: the source tree for a build-tree binary, else the install
+ * data dir). Returns 0, or -1 with err. */
 static int resolve_model(const srv_config *c, char *out, size_t n, char *err, size_t errlen)
 {
-    char tried[2048];
-    if (c->model[0]) {
+    char tried[2048], rel[320];
+    if (c->model[0] && !srv_is_model_name(c->model)) {
         snprintf(out, n, "%s", c->model);
         return 0;
     }
-    if (srv_find_data("models/fashion-mnist", "config.json", out, n, tried, sizeof tried) == 0)
+    snprintf(rel, sizeof rel, "models/%.300s", c->model[0] ? c->model : "fashion-mnist");
+    if (srv_find_data(rel, "config.json", out, n, tried, sizeof tried) == 0)
         return 0;
-    snprintf(err, errlen, "no model given (--model, DITMOE_MODEL) and the bundled "
-             "models/fashion-mnist is in none of: %s", tried);
+    if (c->model[0])
+        snprintf(err, errlen, "model \"%s\" is no path and no bundled model: %s is in none "
+                 "of: %s", c->model, rel, tried);
+    else
+        snprintf(err, errlen, "no model given (--model, DITMOE_MODEL) and the bundled "
+                 "models/fashion-mnist is in none of: %s", tried);
     return -1;
 }
 

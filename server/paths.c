@@ -7,6 +7,9 @@
  * where the binary is (BINDIR/..) before the configured prefix, so a staged
  * install (`meson install --destdir`, a container's build stage) works
  * from wherever it is unpacked. The roots are set by server/meson.build.
+ * A bundled model can also be named (model = "fashion-mnist-ddpm"): a
+ * bare name that is no path in the working directory is looked up as
+ * models/NAME under the same roots.
  */
 #include "paths.h"
 
@@ -56,6 +59,11 @@ static void exe_datadir(const char *dir, char *out, size_t n)
         strcmp(dir + dl - bl, DITMOE_BINDIR_REL) || dir[dl - bl - 1] != '/')
         return;
     snprintf(out, n, "%.*s%s", (int)(dl - bl), dir, DITMOE_DATADIR_REL);
+}
+
+int srv_is_model_name(const char *model)
+{
+    return model[0] && model[0] != '.' && !strchr(model, '/') && access(model, F_OK) != 0;
 }
 
 int srv_find_data(const char *rel, const char *probe, char *out, size_t n, char *tried,

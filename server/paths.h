@@ -16,4 +16,10 @@
 int srv_find_data(const char *rel, const char *probe, char *out, size_t n, char *tried,
                   size_t tried_len);
 
+/* Whether `model` is a bundled model's name ("fashion-mnist",
+ * "fashion-mnist-ddpm") rather than a path: no '/', no leading '.', and
+ * nothing of that name in the working directory (a path the user means
+ * wins). */
+int srv_is_model_name(const char *model);
+
 #endif

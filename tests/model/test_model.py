@@ -1,7 +1,7 @@
 #!/usr/bin/python3
-"""test_model.py: the shipped default model (models/fashion-mnist) through the engine.
+"""test_model.py: the shipped models (models/fashion-mnist, -ddpm) through the engine.
 
-Usage: test_model.py DITMOE CASE     CASE: sampling | determinism | trouser
+Usage: test_model.py DITMOE CASE     CASE: sampling | determinism | trouser | ddpm
 
   sampling     `ditmoe generate` from fixed noise (--noise) for a few Euler
                steps with guidance equals samplers_ref.sample_euler on the same
@@ -17,6 +17,12 @@ Usage: test_model.py DITMOE CASE     CASE: sampling | determinism | trouser
                height and width of the inked box (trousers are tall and
                narrow). At least 7 of 8 must pass. Blank images fail on std,
                noise on edges and width, a sandal on height.
+  ddpm         the DDPM-trained models/fashion-mnist-ddpm, loaded by its name
+               (`--model fashion-mnist-ddpm`, run from an empty folder so the
+               bundled-model lookup is what finds it): a few DDPM steps with
+               the learned variance and guidance from fixed noise equal
+               samplers_ref's loop with the engine's noise generator
+               (max rel err <= 1e-4).
 """
 import os
 import subprocess
@@ -28,6 +34,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 MODEL = os.path.join(ROOT, "models", "fashion-mnist")
+DDPM_NAME = "fashion-mnist-ddpm"
 TROUSER = 1
 
 # Real test-split trousers (1,000 images, pixels in [-1, 1]): 1st and 99th
@@ -85,6 +92,30 @@ def case_sampling(ditmoe, tmp):
     return worst <= 1e-4
 
 
+def case_ddpm(ditmoe, tmp):
+    import torch
+    sys.path.insert(0, os.path.join(ROOT, "tools", "ref"))
+    import samplers_ref
+    torch.set_num_threads(1)
+    steps, cfg_scale, worst = 5, 3.0, 0.0
+    for label in (TROUSER, 8):
+        noise = np.random.default_rng(label).standard_normal((2, 1, 28, 28)).astype(np.float32)
+        zpath, out = os.path.join(tmp, "z.npy"), os.path.join(tmp, "x.npy")
+        np.save(zpath, noise)
+        subprocess.run([os.path.abspath(ditmoe), "generate", "--model", DDPM_NAME, "--class",
+                        str(label), "--num-images", "2", "--noise", zpath, "--seed", "5",
+                        "--steps", str(steps), "--sampler", "ddpm", "--cfg-scale",
+                        str(cfg_scale), "--out-npy", out],
+                       check=True, stdout=subprocess.DEVNULL, cwd=tmp)
+        ours = np.load(out)
+        ref = samplers_ref.run(os.path.join(ROOT, "models", DDPM_NAME), steps, "ddpm",
+                               cfg_scale, label, seed=5, noise=noise).numpy()
+        err = float(np.abs(ours - ref).max() / np.abs(ref).max())
+        print(f"class {label}: {steps} DDPM steps, cfg {cfg_scale}: rel err {err:.2e}")
+        worst = max(worst, err)
+    return worst <= 1e-4
+
+
 def case_determinism(ditmoe, tmp):
     paths = [os.path.join(tmp, f"{i}.png") for i in range(3)]
     for p, seed in zip(paths, (7, 7, 8)):
@@ -128,7 +159,7 @@ def derive():
 def main():
     if len(sys.argv) == 3 and sys.argv[2] == "derive":
         return derive()
-    if len(sys.argv) != 3 or sys.argv[2] not in ("sampling", "determinism", "trouser"):
+    if len(sys.argv) != 3 or sys.argv[2] not in ("sampling", "determinism", "trouser", "ddpm"):
         print(__doc__)
         return 2
     with tempfile.TemporaryDirectory() as tmp:

@@ -722,11 +722,16 @@ def test_auth():
         check(s.get(f"/jobs/{b}", headers=ok).status == 200, "newest job kept")
         is_error(s.get(f"/jobs/{a}", headers=ok), 404, a)
         # the forwarded client address is believed from a trusted proxy (we are one)
+        peer = "access 127.0.0.1 GET /health 200"
+        before = s.log().count(peer)
         s.get("/health", headers={"X-Forwarded-For": "203.0.113.9, 10.1.2.3"})
         s.get("/health", headers={"X-Forwarded-For": "bogus"})
-        log = s.log()
-        check("access 203.0.113.9 GET /health 200" in log, "client from X-Forwarded-For")
-        check("access 127.0.0.1 GET /health 200" in log, "bad header: the peer address")
+        # (an access line is written when its request completes, which may
+        # be just after the client has its answer)
+        check(wait_for(lambda: "access 203.0.113.9 GET /health 200" in s.log(), 5,
+                       "the forwarded client's access line"), "client from X-Forwarded-For")
+        check(wait_for(lambda: s.log().count(peer) > before, 5, "the bogus header's line"),
+              "bad header: the peer address")
     finally:
         s.close()
     # without trust, the header is ignored
@@ -1589,7 +1594,8 @@ def test_healthcheck():
 def test_install():
     """meson install into a staging dir: the data lands in PREFIX/share/ditmoe
     and the installed binary, run from there, finds its web root and the
-    default model in it (not in the source tree)."""
+    default model in it (not in the source tree), and the bundled
+    fashion-mnist-ddpm when named by --model."""
     meson = shutil.which("meson")
     if not check(meson and ARGS.build_root, "meson and --build-root are needed"):
         return
@@ -1605,11 +1611,22 @@ def test_install():
         prefix = dest + opt["prefix"]
         data = os.path.join(prefix, opt["datadir"], "ditmoe")
         src = os.path.join(HERE, "..", "..")
+        bundled = [n for n in ("fashion-mnist", "fashion-mnist-ddpm")
+                   if os.path.exists(os.path.join(src, "models", n, "config.json"))]
         for rel in ["web/index.html", "web/app.js", "imagenet_classes.txt"] + \
-                (["models/fashion-mnist/config.json"]
-                 if os.path.exists(os.path.join(src, "models/fashion-mnist/config.json")) else []):
+                [f"models/{n}/config.json" for n in bundled]:
             check(os.path.isfile(os.path.join(data, rel)), f"installed {rel} under {data}")
         exe = os.path.join(prefix, opt["bindir"], "ditmoe-server")
+        if "fashion-mnist-ddpm" in bundled:  # a bundled model named, not a path
+            s = Server(exe, None, "--model", "fashion-mnist-ddpm")
+            try:
+                log = s.log()
+                check(f"model {os.path.join(data, 'models', 'fashion-mnist-ddpm')}:" in log,
+                      f"installed fashion-mnist-ddpm by name: {log}")
+                check(s.get("/v1/model").json()["model"] == "fashion-mnist-ddpm",
+                      "/v1/model names fashion-mnist-ddpm")
+            finally:
+                s.close()
         args = [] if os.path.exists(os.path.join(data, "models/fashion-mnist/config.json")) else \
             ["--model", ARGS.model]
         s = Server(exe, None, *args)

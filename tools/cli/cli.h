@@ -65,6 +65,10 @@ int cli_double(const char *name, const char *s, double lo, double hi, double *ou
  * first of them that exists), or NULL when there is none. Static buffer. */
 const char *cli_default_model(void);
 
+/* The bundled model `name` (models/NAME under the same roots as the
+ * default), or NULL when there is none. Static buffer. */
+const char *cli_bundled_model(const char *name);
+
 /* Loads `path`, or the default model when path is NULL; no_pack keeps the
  * weights as stored (BLAS path, see dit_model_settings). Prints the
  * failure and returns CLI_EFAIL; *name says what was loaded. */

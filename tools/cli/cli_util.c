@@ -23,7 +23,7 @@
 #ifndef DITMOE_DATADIR
 #define DITMOE_DATADIR "/usr/local/share/ditmoe"
 #endif
-#define CLI_DEFAULT_MODEL "models/fashion-mnist"
+#define CLI_DEFAULT_MODEL "fashion-mnist"
 
 int cli_fail(const char *fmt, ...)
 {
@@ -156,7 +156,15 @@ static int cli_in_build_tree(void)
     return !strncmp(exe, build, bl) && exe[bl] == '/';
 }
 
-const char *cli_default_model(void)
+/* Whether `s` names a bundled model rather than a path: no '/', no
+ * leading '.', and nothing of that name in the working directory (the
+ * path the user means wins). */
+static int cli_is_model_name(const char *s)
+{
+    return s[0] && s[0] != '.' && !strchr(s, '/') && access(s, F_OK) != 0;
+}
+
+const char *cli_bundled_model(const char *name)
 {
     static char path[PATH_MAX];
     const char *roots[2];
@@ -164,11 +172,16 @@ const char *cli_default_model(void)
     roots[0] = in_build ? DITMOE_SOURCE_DIR : DITMOE_DATADIR;
     roots[1] = in_build ? DITMOE_DATADIR : DITMOE_SOURCE_DIR;
     for (int i = 0; i < 2; i++) {
-        snprintf(path, sizeof path, "%s/%s", roots[i], CLI_DEFAULT_MODEL);
+        snprintf(path, sizeof path, "%s/models/%s", roots[i], name);
         if (cli_is_dir(path))
             return path;
     }
     return NULL;
+}
+
+const char *cli_default_model(void)
+{
+    return cli_bundled_model(CLI_DEFAULT_MODEL);
 }
 
 int cli_load_model(const char *path, int no_pack, dit_model **m, const char **name)
@@ -182,9 +195,15 @@ int cli_load_model(const char *path, int no_pack, dit_model **m, const char **na
     if (!path) {
         path = cli_default_model();
         if (!path)
-            return cli_fail("no --model given and the default model (%s) is not installed "
-                            "under %s or %s", CLI_DEFAULT_MODEL, DITMOE_DATADIR,
+            return cli_fail("no --model given and the default model (models/%s) is not "
+                            "installed under %s or %s", CLI_DEFAULT_MODEL, DITMOE_DATADIR,
                             DITMOE_SOURCE_DIR);
+    } else if (cli_is_model_name(path)) {
+        const char *bundled = cli_bundled_model(path);
+        if (!bundled)
+            return cli_fail("--model %s: no such file, and no bundled model models/%s under "
+                            "%s or %s", path, path, DITMOE_DATADIR, DITMOE_SOURCE_DIR);
+        path = bundled;
     }
     *name = path;
     rc = dit_model_load(m, path, &set, err, sizeof err);

@@ -6,7 +6,8 @@
 
 static const char inspect_usage[] =
     "usage: ditmoe inspect [--model DIR] [--no-pack] [--kernels]\n"
-    "  --model DIR   model directory or weight file (default: the embedded model)\n"
+    "  --model DIR   model directory or weight file, or a bundled model's name\n"
+    "                (fashion-mnist-ddpm; default: the embedded model)\n"
     "  --no-pack     weights as stored, BLAS path (default: packed for the kernel)\n"
     "  --kernels     only list the GEMM kernels this CPU runs, best first\n";
 
