@@ -75,13 +75,14 @@ int gemm_pack_dtype(const kmat *w, const kmat *up)
 
 size_t gemm_pack_bytes_panels(const gemm_kernel *k, int N, int K, int glu, int dtype)
 {
-    size_t b = (size_t)gemm_panels(k, N, glu) * (size_t)K * (size_t)k->nr * (dtype == ST_F32 ? 4 : 2);
+    /* a panel row is nr elements of the pack's dtype (dtype table) */
+    size_t b = (size_t)gemm_panels(k, N, glu) * (size_t)K * dtype_bytes(dtype, (size_t)k->nr);
     return (b + 63) & ~(size_t)63;
 }
 
 int gemm_panel_block(const gemm_kernel *k, int K, int dtype)
 {
-    size_t panel = (size_t)K * (size_t)k->nr * (dtype == ST_F32 ? 4 : 2);
+    size_t panel = (size_t)K * dtype_bytes(dtype, (size_t)k->nr);
     int block = (int)(GEMM_L2_BYTES / (panel ? panel : 1));
     return block < 1 ? 1 : block;
 }

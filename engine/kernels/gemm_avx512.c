@@ -129,10 +129,10 @@ GEMM_INLINE void kernel(int mr, int dtype, const gemm_args *a, const float *in,
 GEMM_INLINE void row_tile(int dtype, const gemm_args *a, int m, int mr, int p0, int p1)
 {
     int cols = a->glu ? Z_NR / 2 : Z_NR;
-    size_t panel_elems = (size_t)a->K * Z_NR, esize = dtype == ST_F32 ? 4 : 2;
+    size_t panel_bytes = (size_t)a->K * dtype_bytes(dtype, Z_NR);
     const float *in = a->in + (size_t)m * a->ldi;
     for (int p = p0; p < p1; p++) {
-        const void *panel = (const char *)a->w + (size_t)p * panel_elems * esize;
+        const void *panel = (const char *)a->w + (size_t)p * panel_bytes;
         float *out = a->out + (size_t)m * a->ldo + (size_t)p * cols;
         const float *bias = a->bias ? a->bias + (size_t)p * cols : NULL;
         int left = a->N - p * cols;

@@ -110,10 +110,10 @@ static inline __attribute__((always_inline)) void row_tile(int dtype, const gemm
                                                            int mr, int p0, int p1)
 {
     int cols = a->glu ? N_NR / 2 : N_NR;
-    size_t panel_elems = (size_t)a->K * N_NR, esize = dtype == ST_F32 ? 4 : 2;
+    size_t panel_bytes = (size_t)a->K * dtype_bytes(dtype, N_NR);
     const float *in = a->in + (size_t)m * a->ldi;
     for (int p = p0; p < p1; p++) {
-        const void *panel = (const char *)a->w + (size_t)p * panel_elems * esize;
+        const void *panel = (const char *)a->w + (size_t)p * panel_bytes;
         float *out = a->out + (size_t)m * a->ldo + (size_t)p * cols;
         const float *bias = a->bias ? a->bias + (size_t)p * cols : NULL;
         int left = a->N - p * cols;
