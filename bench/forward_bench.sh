@@ -2,8 +2,8 @@
 # Forward-pass benchmark on the S/2 shape (DiT-MoE-S/2-8E2A, random weights):
 # ditmoe (packed weights on its own GEMM kernel entry, the default, no
 # environment variable set), ditmoe --no-pack (weights as stored, through
-# OpenBLAS, with OPENBLAS_CORETYPE=Haswell: what an AVX2 machine gets when
-# OpenBLAS knows it) and the PyTorch reference (tools/ref, same math as
+# OpenBLAS, with OPENBLAS_CORETYPE=Haswell, or $BLAS_CORE: what the machine
+# gets when OpenBLAS knows it) and the PyTorch reference (tools/ref, same math as
 # upstream models.py, same OPENBLAS_CORETYPE) at the same batch and thread
 # count, run one after the other in each round so all three see the same
 # machine load. Prints each run, then per round: times, the packed path's
@@ -15,11 +15,14 @@
 #
 #   bench/forward_bench.sh [BUILD_DIR] [THREADS] [ROUNDS] [BATCHES]
 #   DITMOE_ISA=avx2 bench/forward_bench.sh ...   # another kernel entry
+#   BLAS_CORE=SkylakeX bench/forward_bench.sh ... # the BLAS side's core type
+#                                                 # (default Haswell)
 set -eu
 build=${1:-build}
 threads=${2:-2}
 rounds=${3:-2}
 batches=${4:-"8 2"}
+core=${BLAS_CORE:-Haswell}
 here=$(dirname "$0")
 ditmoe="$build/tools/cli/ditmoe"
 out=$(mktemp -d)
@@ -28,9 +31,9 @@ for r in $(seq "$rounds"); do
   for b in $batches; do
     echo "== round $r batch $b"
     "$ditmoe" bench --synthetic s2 --batch "$b" --threads "$threads" --iters 3 | tee "$out/p$r.$b"
-    OPENBLAS_CORETYPE=Haswell "$ditmoe" bench --synthetic s2 --batch "$b" --threads "$threads" \
+    OPENBLAS_CORETYPE=$core "$ditmoe" bench --synthetic s2 --batch "$b" --threads "$threads" \
       --iters 3 --no-pack | tee "$out/b$r.$b"
-    OPENBLAS_CORETYPE=Haswell /usr/bin/python3 "$here/torch_forward.py" --preset s2 --batch "$b" \
+    OPENBLAS_CORETYPE=$core /usr/bin/python3 "$here/torch_forward.py" --preset s2 --batch "$b" \
       --threads "$threads" --iters 2 | tee "$out/t$r.$b"
   done
 done
