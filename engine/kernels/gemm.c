@@ -23,6 +23,8 @@
 
 int gemm_pack_dtype(const kmat *w, const kmat *up)
 {
+    if (dtype_get(w->dtype)->has_scales) /* no Q8 panels yet: widened to F32 */
+        return ST_F32;
     return !up || up->dtype == w->dtype ? w->dtype : ST_F32;
 }
 
@@ -35,16 +37,8 @@ size_t gemm_pack_bytes(int N, int K, int glu, int dtype)
 /* Row r of w widened to F32 into row (K). */
 static void widen_row(float *row, const kmat *w, int r)
 {
-    size_t K = (size_t)w->cols, at = (size_t)r * K;
-    const uint16_t *h = (const uint16_t *)w->data + at;
-    if (w->dtype == ST_F32)
-        memcpy(row, (const float *)w->data + at, K * sizeof(float));
-    else if (w->dtype == ST_F16)
-        for (size_t k = 0; k < K; k++)
-            row[k] = f16_to_f32(h[k]);
-    else
-        for (size_t k = 0; k < K; k++)
-            row[k] = bf16_to_f32(h[k]);
+    size_t K = (size_t)w->cols;
+    dtype_get(w->dtype)->to_f32(row, (const char *)w->data + dtype_bytes(w->dtype, (size_t)r * K), K);
 }
 
 /* Columns [j0, j0 + n) of panel p (K rows of GEMM_NR) of a pack in dtype

@@ -19,6 +19,7 @@
 #include "model.h"
 #include "preset.h"
 #include "rng.h"
+#include "vae.h"
 
 #define ERR(...) (snprintf(err, errlen, __VA_ARGS__), DIT_E_FORMAT)
 
@@ -241,6 +242,7 @@ void dit_model_free(dit_model *m)
     model_close_vae(m);
     free(m->vae_dir);
     free(m->f32);
+    free(m->q8);
     free(m->packed);
     st_close(m->weights);
     free(m);
@@ -253,8 +255,10 @@ const dit_config *dit_model_config(const dit_model *m)
 
 void dit_model_get_info(const dit_model *m, dit_model_info *info)
 {
-    if (m && info)
+    if (m && info) {
         *info = m->info;
+        info->resident_bytes = m->info.weight_bytes + (m->vae ? vae_weight_bytes(m->vae) : 0);
+    }
 }
 
 const char *dit_model_class_name(const dit_model *m, int label)

@@ -2,7 +2,10 @@
  *
  * A dit_model binds every weight of the upstream state_dict to a typed view
  * into the weight file's mapping. Matrices keep their stored dtype (F32, F16
- * or BF16) so a half-precision checkpoint needs half the memory. Packed
+ * or BF16) so a half-precision checkpoint needs half the memory; an 8-bit
+ * matrix (an I8 tensor NAME plus its F16 scales NAME_scale) is joined into
+ * Q8 blocks (kernels/dtype.h) in memory the model owns, and its mapped
+ * pages are given back. Packed
  * (the default where the CPU has AVX-512), each matrix also gets a copy in
  * gemm.c's panel layout, in the same precision, and its mapped pages are
  * given back; unpacked, the matmul op widens a non-F32 weight into the
@@ -50,6 +53,8 @@ struct dit_model {
     klinear final_lin;   /* (P*P*Cout, D) */
     float *f32;             /* owned: widened small tensors */
     size_t f32_len, f32_used;
+    q8_block *q8;           /* owned: Q8 matrices, I8 values joined with scales */
+    size_t q8_len, q8_used; /* in blocks */
     char **class_names;     /* num_classes strings or NULL */
     char *vae_dir;          /* owned copy behind cfg.vae_dir */
     struct vae_model *vae;  /* loaded decoder for latent models, or NULL */

@@ -127,12 +127,30 @@ DIT_API void dit_model_free(dit_model *m);
 /* The model's config; valid as long as the model. */
 DIT_API const dit_config *dit_model_config(const dit_model *m);
 
+/* Weights held in one dtype: "F32", "F16", "BF16" or "Q8" (8-bit values
+ * with an F16 scale per 32: 34 bytes per 32 weights). */
+typedef struct dit_info_dtype {
+    const char *dtype;
+    uint64_t params;
+    uint64_t bytes;
+} dit_info_dtype;
+
+#define DIT_INFO_DTYPES 8
+
 typedef struct dit_model_info {
     uint64_t params_total;   /* every weight */
     uint64_t params_active;  /* weights one token touches (top-k experts) */
-    uint64_t weight_bytes;   /* resident weight memory */
-    const char *weight_dtype;/* "F32", "F16", "BF16" or "mixed" (as stored) */
+    uint64_t weight_bytes;   /* resident weight memory: the sum of held[] */
+    const char *weight_dtype;/* the weight matrices' dtype as stored, "F32",
+                              * "F16", "BF16", "Q8", or "mixed" */
     int packed;              /* matrices run on the packed kernel */
+    /* weight memory by the dtype it is held in (packs, or matrices as
+     * stored; biases, embeddings and pos_embed are held as F32) */
+    dit_info_dtype held[DIT_INFO_DTYPES];
+    int n_dtypes;            /* rows of held[] in use */
+    /* expected resident set of the loaded model: weight_bytes plus the VAE
+     * decoder's weights; each context adds dit_ctx_bytes */
+    uint64_t resident_bytes;
 } dit_model_info;
 DIT_API void dit_model_get_info(const dit_model *m, dit_model_info *info);
 

@@ -39,6 +39,10 @@ static void inspect_print(const char *name, const dit_model *m)
            (double)info.weight_bytes / (1024.0 * 1024.0),
            info.weight_dtype ? info.weight_dtype : "?",
            info.packed ? ", packed for the GEMM kernel" : ", run through BLAS");
+    for (int i = 0; i < info.n_dtypes; i++)
+        printf("  held as %-6s %.1f MiB, %llu parameters\n", info.held[i].dtype,
+               (double)info.held[i].bytes / (1024.0 * 1024.0),
+               (unsigned long long)info.held[i].params);
     if (c->vae_dir)
         printf("latents         decoded by %s (latents / %g)\n", c->vae_dir, c->latent_scale);
     printf("image           %d x %d, %d channel%s\n", w, h, ch, ch == 1 ? "" : "s");
@@ -62,9 +66,15 @@ int cmd_inspect(int argc, char **argv)
     dit_ctx_settings set;
     dit_ctx_settings_default(&set);
     dit_ctx *ctx = NULL;
-    if (dit_ctx_new(&ctx, m, &set) == DIT_OK)
+    if (dit_ctx_new(&ctx, m, &set) == DIT_OK) {
+        dit_model_info info;
+        dit_model_get_info(m, &info);
         printf("context         %.1f MiB for %d rows per forward\n",
                (double)dit_ctx_bytes(ctx) / (1024.0 * 1024.0), set.max_rows);
+        printf("resident set    %.1f MiB expected: weights%s + one context\n",
+               (double)(info.resident_bytes + dit_ctx_bytes(ctx)) / (1024.0 * 1024.0),
+               info.resident_bytes > info.weight_bytes ? " + VAE decoder" : "");
+    }
     dit_ctx_free(ctx);
     dit_model_free(m);
     return 0;
