@@ -5,7 +5,8 @@
  * config.json the tensor shapes must match a preset of a published
  * checkpoint; its ImageNet class names come from imagenet_classes.txt
  * beside the weights or in the installed data folder. dit_model_synthetic
- * makes a preset with random weights in memory for benchmarks.
+ * makes a preset with random weights in memory for benchmarks, its
+ * matrices in any weight dtype (q8: as `convert --dtype q8` makes them).
  */
 #include <ctype.h>
 #include <dirent.h>
@@ -14,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include "model.h"
@@ -299,32 +301,72 @@ int dit_model_find_class(const dit_model *m, const char *name)
 
 /* ---- synthetic models --------------------------------------------------- */
 
+/* Builds a preset's tensors in two passes over synth_tensors: the first
+ * (mem NULL) only sums their bytes, the second draws them into one
+ * anonymous mapping the table owns. Matrices are drawn in F32 one at a
+ * time into scratch and stored in their dtype (Q8 as the I8 values and F16
+ * scales a converted file holds), so no F32 copy of the model ever exists;
+ * the mapping is registered as the table's map, so the pages binding
+ * and packing give back (st_drop) are freed. */
 typedef struct synth {
     st_table *t;
-    float *mem;
+    char *mem;
     size_t used, cap;
+    float *scratch;     /* (most) one tensor in F32 */
+    size_t most;
+    int mat_dtype;      /* weight matrices' dtype (enum st_dtype) */
     rng_default rng;
     int fail;
 } synth;
 
-/* Adds a random tensor scaled like a fan_in-initialised layer. */
-static void synth_add(synth *s, const char *name, int ndim, const int64_t *shape, int fan_in)
+/* Adds a random tensor scaled like a fan_in-initialised layer, in dtype. */
+static void synth_put(synth *s, const char *name, int ndim, const int64_t *shape,
+                      int fan_in, int dtype)
 {
     size_t n = 1;
     for (int i = 0; i < ndim; i++)
         n *= (size_t)shape[i];
-    if (s->fail || s->used + n > s->cap) {
+    size_t bytes = (dtype_bytes(dtype, n) + 63) & ~(size_t)63;
+    size_t scales = dtype == ST_Q8 ? n / Q8_BLOCK * sizeof(uint16_t) : 0;
+    bytes = dtype == ST_Q8 ? ((n + 63) & ~(size_t)63) + ((scales + 63) & ~(size_t)63) : bytes;
+    if (!s->mem) { /* counting pass */
+        s->used += bytes;
+        s->most = n > s->most ? n : s->most;
+        return;
+    }
+    if (s->fail || s->used + bytes > s->cap) {
         s->fail = 1;
         return;
     }
-    float *p = s->mem + s->used;
-    s->used += n;
-    rng_default_randn(&s->rng, p, n);
+    char *p = s->mem + s->used;
+    s->used += bytes;
+    rng_default_randn(&s->rng, s->scratch, n);
     float scale = 1.0f / sqrtf((float)fan_in);
     for (size_t i = 0; i < n; i++)
-        p[i] *= scale;
-    if (st_table_add(s->t, name, ST_F32, ndim, shape, p))
-        s->fail = 1;
+        s->scratch[i] *= scale;
+    if (dtype != ST_Q8) {
+        dtype_get(dtype)->from_f32(p, s->scratch, n);
+        s->fail |= st_table_add(s->t, name, dtype, ndim, shape, p) != 0;
+        return;
+    }
+    /* Q8: quantise in blocks, then store values and scales apart as a file does */
+    char sname[200];
+    int64_t sshape[2] = { shape[0], shape[1] / Q8_BLOCK };
+    int8_t *q = (int8_t *)p;
+    uint16_t *d = (uint16_t *)(p + ((n + 63) & ~(size_t)63));
+    q8_block b;
+    for (size_t i = 0; i < n / Q8_BLOCK; i++) {
+        dtype_get(ST_Q8)->from_f32(&b, s->scratch + i * Q8_BLOCK, Q8_BLOCK);
+        q8_split(q + i * Q8_BLOCK, d + i, &b, Q8_BLOCK);
+    }
+    snprintf(sname, sizeof sname, "%s_scale", name);
+    s->fail |= st_table_add(s->t, name, ST_I8, ndim, shape, q) != 0 ||
+               st_table_add(s->t, sname, ST_F16, 2, sshape, d) != 0;
+}
+
+static void synth_add(synth *s, const char *name, int ndim, const int64_t *shape, int fan_in)
+{
+    synth_put(s, name, ndim, shape, fan_in, ST_F32);
 }
 
 static void synth_linear(synth *s, const char *prefix, int rows, int cols, int bias)
@@ -332,7 +374,10 @@ static void synth_linear(synth *s, const char *prefix, int rows, int cols, int b
     char name[160];
     int64_t w[2] = { rows, cols }, b[1] = { rows };
     snprintf(name, sizeof name, "%s.weight", prefix);
-    synth_add(s, name, 2, w, cols);
+    int dtype = s->mat_dtype;
+    if (dtype == ST_Q8 && !model_q8_tensor(name, 2, w))
+        dtype = ST_F16; /* as `convert --dtype q8` leaves a half-precision model */
+    synth_put(s, name, 2, w, cols, dtype);
     if (bias) {
         snprintf(name, sizeof name, "%s.bias", prefix);
         synth_add(s, name, 1, b, cols);
@@ -382,23 +427,50 @@ static void synth_tensors(synth *s, const dit_config *g)
     synth_linear(s, "final_layer.linear", P * P * g->out_channels, D, 1);
 }
 
-static size_t synth_floats(const dit_config *g)
+static void synth_unmap(void *p, size_t n)
 {
-    size_t D = (size_t)g->hidden_size, P2 = (size_t)g->patch_size * g->patch_size;
-    size_t blk = 6 * D * D + 6 * D + 3 * D * D + 3 * D + D * D + D + (size_t)g->num_experts * D +
-                 (size_t)g->num_experts * 3 * D * (size_t)g->expert_hidden + 3 * D * (size_t)g->shared_hidden;
-    return blk * (size_t)g->depth + D * (size_t)g->in_channels * P2 + D + (size_t)g->num_tokens * D +
-           256 * D + D + D * D + D + (size_t)(g->num_classes + 1) * D + 2 * D * D + 2 * D +
-           P2 * (size_t)g->out_channels * (D + 1);
+    if (p)
+        munmap(p, n);
 }
 
-static void synth_release(void *p, size_t n)
+/* The enum st_dtype of a synthetic model's matrices, or -1. */
+static int synth_dtype(const char *name)
 {
-    (void)n;
-    free(p);
+    static const char *const names[] = { "f32", "f16", "bf16", "q8" };
+    static const int dtypes[] = { ST_F32, ST_F16, ST_BF16, ST_Q8 };
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(name ? name : "f32", names[i]))
+            return dtypes[i];
+    return -1;
 }
 
-int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
+/* Draws the tensors of m->cfg into a new table m->weights. */
+static int synth_build(dit_model *m, int dtype, uint64_t seed)
+{
+    synth s = { 0 };
+    s.mat_dtype = dtype;
+    synth_tensors(&s, &m->cfg); /* counts */
+    s.cap = s.used;
+    s.used = 0;
+    s.mem = mmap(NULL, s.cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (s.mem == MAP_FAILED)
+        return DIT_E_NOMEM;
+    s.scratch = malloc(s.most * sizeof(float));
+    m->weights = s.scratch ? st_table_new(m->cfg.preset, s.mem, s.cap, synth_unmap) : NULL;
+    if (!m->weights) {
+        free(s.scratch);
+        munmap(s.mem, s.cap);
+        return DIT_E_NOMEM;
+    }
+    st_table_set_map(m->weights, s.mem, s.cap); /* so st_drop frees pages */
+    s.t = m->weights;
+    rng_default_init(&s.rng, seed, 0);
+    synth_tensors(&s, &m->cfg);
+    free(s.scratch);
+    return s.fail ? DIT_E_NOMEM : DIT_OK;
+}
+
+int dit_model_synthetic(dit_model **out, const char *preset, const char *dtype, uint64_t seed,
                         const dit_model_settings *set, char *err, size_t errlen)
 {
     char dummy[8];
@@ -415,27 +487,22 @@ int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
                  preset ? preset : "(null)");
         return DIT_E_INVAL;
     }
+    int dt = synth_dtype(dtype);
+    if (dt < 0) {
+        snprintf(err, errlen, "dtype '%s' is not one of f32, f16, bf16, q8", dtype);
+        return DIT_E_INVAL;
+    }
     dit_model *m = calloc(1, sizeof *m);
     if (!m)
         return DIT_E_NOMEM;
     preset_config(p, &m->cfg);
     int rc = config_finish(&m->cfg, p->name, err, errlen);
-    synth s = { 0 };
-    s.cap = synth_floats(&m->cfg);
-    s.mem = rc ? NULL : malloc(s.cap * sizeof(float));
-    if (!rc && (!s.mem || !(m->weights = st_table_new(p->name, s.mem, s.cap * sizeof(float),
-                                                        synth_release)))) {
-        free(s.mem);
-        rc = DIT_E_NOMEM;
-    }
-    if (!rc) {
-        s.t = m->weights;
-        rng_default_init(&s.rng, seed, 0);
-        synth_tensors(&s, &m->cfg);
-        rc = s.fail ? DIT_E_NOMEM : model_bind(m, err, errlen);
-        if (rc == DIT_OK && (rc = model_pack(m, set)))
-            snprintf(err, errlen, "%s: out of memory packing the weights", p->name);
-    }
+    if (!rc && (rc = synth_build(m, dt, seed)))
+        snprintf(err, errlen, "%s: out of memory for the weights", p->name);
+    if (!rc)
+        rc = model_bind(m, err, errlen);
+    if (rc == DIT_OK && (rc = model_pack(m, set)))
+        snprintf(err, errlen, "%s: out of memory packing the weights", p->name);
     if (rc) {
         dit_model_free(m);
         return rc;

@@ -358,6 +358,20 @@ static void model_count(dit_model *m)
     in->weight_dtype = stored >= 0 ? st_dtype_name(stored) : "mixed";
 }
 
+int model_q8_tensor(const char *name, int ndim, const int64_t *shape)
+{
+    static const char *const kinds[] = { ".gate_proj.weight", ".up_proj.weight",
+                                         ".down_proj.weight" };
+    size_t len = strlen(name);
+    if (ndim != 2 || shape[1] % Q8_BLOCK || strncmp(name, "blocks.", 7) ||
+        (!strstr(name, ".moe.experts.") && !strstr(name, ".moe.shared_experts.")))
+        return 0;
+    for (int i = 0; i < 3; i++)
+        if (len > strlen(kinds[i]) && !strcmp(name + len - strlen(kinds[i]), kinds[i]))
+            return 1;
+    return 0;
+}
+
 int model_bind(dit_model *m, char *err, size_t errlen)
 {
     const dit_config *g = &m->cfg;

@@ -121,6 +121,12 @@ int config_parse(dit_model *m, const char *text, size_t len,
 /* Fills the derived config fields and checks ranges. */
 int config_finish(dit_config *cfg, const char *path, char *err, size_t errlen);
 
+/* 1 when `ditmoe convert --dtype q8` stores tensor `name` (ndim, shape)
+ * as Q8: the routed and shared experts' matrices (gate, up, down), whose
+ * input width is a multiple of the block; the rest keeps its precision
+ * (docs/quantization.md measures why). */
+int model_q8_tensor(const char *name, int ndim, const int64_t *shape);
+
 /* Binds and checks every tensor of m->weights against m->cfg. */
 int model_bind(dit_model *m, char *err, size_t errlen);
 

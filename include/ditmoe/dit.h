@@ -115,10 +115,15 @@ DIT_API int dit_model_load(dit_model **out, const char *path, const dit_model_se
                    char *err, size_t errlen);
 
 /* Builds a model with random weights in memory from a preset name (see
- * dit_preset_names), for benchmarks and tests. Same ownership and
+ * dit_preset_names), for benchmarks and tests. dtype (NULL: "f32"): the
+ * weight matrices' dtype, "f32", "f16", "bf16", or "q8" (the expert
+ * matrices 8-bit, the other matrices F16: what `ditmoe convert --dtype q8`
+ * makes of a half-precision checkpoint), drawn one matrix at a time, so
+ * a model too large in F32 can be built in 8 bits. Same ownership and
  * settings as load. */
-DIT_API int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
-                        const dit_model_settings *s, char *err, size_t errlen);
+DIT_API int dit_model_synthetic(dit_model **out, const char *preset, const char *dtype,
+                                uint64_t seed, const dit_model_settings *s, char *err,
+                                size_t errlen);
 
 /* Frees a model. The caller must have freed every ctx and sampler made
  * from it. NULL is a no-op. */
