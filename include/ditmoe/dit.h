@@ -285,7 +285,9 @@ typedef struct dit_convert_params {
     double class_dropout_prob; /* < 0: likewise, else 0.1 */
     const char *class_names;   /* file of one name per line, or NULL */
     const char *vae;           /* VAE directory written as config "vae", or NULL */
-    const char *dtype;         /* "f32", "f16", "bf16"; NULL: as stored */
+    const char *dtype;         /* "f32", "f16", "bf16"; "q8": the experts'
+                                * matrices 8-bit, the rest as stored; NULL:
+                                * as stored */
 } dit_convert_params;
 
 typedef struct dit_convert_result {
