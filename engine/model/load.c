@@ -218,6 +218,8 @@ int dit_model_load(dit_model **out, const char *path, const dit_model_settings *
         rc = read_config(m, dir, err, errlen);
     if (rc == DIT_OK)
         rc = model_bind(m, err, errlen);
+    if (rc == DIT_OK)
+        rc = model_check_compute(m, set, err, errlen);
     if (rc == DIT_OK && (rc = model_pack(m, set)))
         snprintf(err, errlen, "%s: out of memory packing the weights", file);
     if (rc == DIT_OK)
@@ -501,6 +503,8 @@ int dit_model_synthetic(dit_model **out, const char *preset, const char *dtype, 
         snprintf(err, errlen, "%s: out of memory for the weights", p->name);
     if (!rc)
         rc = model_bind(m, err, errlen);
+    if (!rc)
+        rc = model_check_compute(m, set, err, errlen);
     if (rc == DIT_OK && (rc = model_pack(m, set)))
         snprintf(err, errlen, "%s: out of memory packing the weights", p->name);
     if (rc) {

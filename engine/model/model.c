@@ -18,6 +18,7 @@
 #include "model.h"
 #include "preset.h"
 #include "gemm.h"
+#include "int8.h"
 #include "ops.h"
 
 #define ERR(...) (snprintf(err, errlen, __VA_ARGS__), DIT_E_FORMAT)
@@ -417,8 +418,38 @@ out:
 
 void dit_model_settings_default(dit_model_settings *s)
 {
-    if (s)
+    if (s) {
         s->pack_weights = 1;
+        s->compute = DIT_COMPUTE_F32;
+    }
+}
+
+int dit_compute_parse(const char *name)
+{
+    return !name ? -1 : !strcmp(name, "f32") ? DIT_COMPUTE_F32
+         : !strcmp(name, "int8") ? DIT_COMPUTE_INT8 : -1;
+}
+
+int model_check_compute(const dit_model *m, const dit_model_settings *s, char *err,
+                        size_t errlen)
+{
+    if (!s || s->compute == DIT_COMPUTE_F32)
+        return DIT_OK;
+    if (s->compute != DIT_COMPUTE_INT8) {
+        snprintf(err, errlen, "compute: %d is not f32 (0) or int8 (1)", s->compute);
+        return DIT_E_INVAL;
+    }
+    if (!int8_cpu_has_vnni())
+        snprintf(err, errlen, "compute int8: this CPU has no int8 dot-product instructions "
+                 "(AVX-512 VNNI or AVX-VNNI), so it is refused rather than run in F32; use "
+                 "compute f32 (8-bit weights still halve the memory against F16)");
+    else if (!m->q8_len)
+        snprintf(err, errlen, "compute int8: the model has no 8-bit weights (convert it with "
+                 "ditmoe convert --dtype q8)");
+    else
+        snprintf(err, errlen, "compute int8: this build has no VNNI kernel yet (only the "
+                 "integer reference, engine/kernels/int8.c); use compute f32");
+    return DIT_E_UNSUPPORTED;
 }
 
 /* Where the packs go: base (NULL: only count) + pos; row: widening

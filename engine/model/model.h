@@ -130,6 +130,11 @@ int model_q8_tensor(const char *name, int ndim, const int64_t *shape);
 /* Binds and checks every tensor of m->weights against m->cfg. */
 int model_bind(dit_model *m, char *err, size_t errlen);
 
+/* DIT_OK when settings s ask for a compute mode this CPU and model can
+ * run, else DIT_E_UNSUPPORTED (or DIT_E_INVAL) with the reason in err. */
+int model_check_compute(const dit_model *m, const dit_model_settings *s, char *err,
+                        size_t errlen);
+
 /* Packs every weight matrix of a bound model into gemm.c's layout (one
  * allocation the model owns) when settings ask for it and the CPU runs the
  * kernel; the stored matrices are then not read again and their mapped

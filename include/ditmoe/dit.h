@@ -92,6 +92,13 @@ typedef struct dit_sampler dit_sampler;
 
 /* ---- model ------------------------------------------------------------- */
 
+/* F32: every product in F32 (8-bit weights widened in registers). INT8:
+ * products with 8-bit (Q8) weights on integers, activations quantised per
+ * token (needs AVX-512 VNNI or AVX-VNNI; see docs/quantization.md). */
+enum dit_compute { DIT_COMPUTE_F32 = 0, DIT_COMPUTE_INT8 = 1 };
+/* "f32", "int8" -> enum dit_compute, or -1. */
+DIT_API int dit_compute_parse(const char *name);
+
 typedef struct dit_model_settings {
     /* 1 (default): at load, copy every weight matrix, in its stored
      * precision, into the layout of the engine's own GEMM kernel (AVX-512;
@@ -100,6 +107,10 @@ typedef struct dit_model_settings {
      * mapping and run them through BLAS (F16/BF16 widened per use), the
      * slower path, kept for comparison and for CPUs without AVX-512. */
     int pack_weights;
+    /* enum dit_compute; default F32. INT8 is refused at load with
+     * DIT_E_UNSUPPORTED and a message saying why: on CPUs without VNNI,
+     * and (no int8 kernel yet) everywhere; never a silent F32 fallback. */
+    int compute;
 } dit_model_settings;
 
 /* Fills s with the documented defaults. */

@@ -17,7 +17,7 @@ static const char generate_usage[] =
     "usage: ditmoe generate [--model DIR] [--class N|NAME] [--seed S] [--steps K]\n"
     "         [--cfg-scale G] [--sampler euler|ddpm|ddim] [--cfg-mode upstream|all]\n"
     "         [--rng default|torch] [--num-images K] [--noise Z.npy] [--threads T]\n"
-    "         [--out FILE.png] [--out-npy X.npy] [--no-pack]\n"
+    "         [--out FILE.png] [--out-npy X.npy] [--no-pack] [--compute f32|int8]\n"
     "  --model DIR       (default: the embedded model)\n"
     "  --class N|NAME    label or class name, 'null' for unconditional (default 0)\n"
     "  --seed S          (default 0)\n"
@@ -27,12 +27,15 @@ static const char generate_usage[] =
     "  --num-images K    1..64 images of the class, a grid in the PNG (default 1)\n"
     "  --noise Z.npy     float32 (K, C, H, W) initial noise instead of drawing it\n"
     "  --out FILE.png    the image(s); --out-npy X.npy the final samples (N, C, H, W)\n"
-    "  --no-pack         keep weights as stored and use BLAS (default: packed kernel)\n";
+    "  --no-pack         keep weights as stored and use BLAS (default: packed kernel)\n"
+    "  --compute M       f32 (default), or int8: 8-bit products, needs a VNNI CPU\n"
+    "                    (refused elsewhere; see docs/quantization.md)\n";
 
 typedef struct gen_args {
     const char *model, *label, *seed, *steps, *cfg, *sampler, *mode, *rng, *num, *noise;
     const char *out, *out_npy, *threads;
     int no_pack;
+    const char *compute;
 } gen_args;
 
 static int gen_label(const dit_model *m, const char *s, int *label)
@@ -229,6 +232,7 @@ int cmd_generate(int argc, char **argv)
         { "rng", &a.rng, NULL }, { "num-images", &a.num, NULL }, { "noise", &a.noise, NULL },
         { "out", &a.out, NULL }, { "out-npy", &a.out_npy, NULL },
         { "threads", &a.threads, NULL }, { "no-pack", NULL, &a.no_pack },
+        { "compute", &a.compute, NULL },
     };
     dit_sample_params p;
     dit_model *m = NULL;
@@ -244,7 +248,7 @@ int cmd_generate(int argc, char **argv)
     }
     if (a.threads && (rc = cli_int("threads", a.threads, 1, 256, &threads)))
         return rc;
-    if ((rc = cli_load_model(a.model, a.no_pack, &m, &name)))
+    if ((rc = cli_load_model(a.model, a.no_pack, a.compute, &m, &name)))
         return rc;
     if (!(rc = gen_params(m, &a, &p)) && !(rc = gen_noise(m, &a, &z, &p)))
         rc = gen_run(m, &p, &a, threads, name);

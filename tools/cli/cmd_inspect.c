@@ -59,7 +59,7 @@ int cmd_inspect(int argc, char **argv)
     int rc = cli_parse(argc, argv, opts, 2, inspect_usage);
     if (rc)
         return rc < 0 ? 0 : rc;
-    if ((rc = cli_load_model(path, no_pack, &m, &name)))
+    if ((rc = cli_load_model(path, no_pack, NULL, &m, &name)))
         return rc;
     inspect_print(name, m);
     /* the working set one worker adds to the weights, at the server's default */
