@@ -4,14 +4,15 @@
  *   gemm_bench [--rounds R]
  *
  * For each M x N x K (M tokens, N outputs, K inputs: out = in W^T) it
- * times cblas_sgemm on W as stored and gemm_tile on W packed once, back to
- * back in every round so machine load falls on both alike, and prints the
+ * times cblas_sgemm on W as stored and the kernel entry on W packed once,
+ * back to back in every round (on the process's CPU clock) so machine load falls on both alike, and prints the
  * best round of each in GFLOP/s with their ratio, and the largest
  * difference between the two results. A GLU row times the fused gate/up
  * pass against the two sgemm calls it replaces (SwiGLU sweep not counted
  * on the BLAS side). Rows marked F16/BF16 run the same product on a
  * 16-bit pack (the kernel widens in registers; BLAS gets the widened
- * values as F32). Needs AVX-512F (else it says so and exits 77).
+ * values as F32). The kernel entry is the one a model would choose
+ * (the best this CPU runs, or DITMOE_ISA=avx512|avx2|neon|c).
  */
 #include <cblas.h>
 #include <math.h>
@@ -20,13 +21,17 @@
 #include <string.h>
 #include <time.h>
 
+#include <ditmoe/dit.h>
+
 #include "gemm.h"
 #include "ops.h"
 
+/* The process's CPU time: one thread runs, and other jobs time-slicing a
+ * shared machine do not inflate it as they do wall time. */
 static double now(void)
 {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
@@ -82,7 +87,7 @@ static uint16_t *to_half(float *w, size_t n, int dtype)
     return h;
 }
 
-static int run(const shape *s, int rounds)
+static int run(const gemm_kernel *gk, const shape *s, int rounds)
 {
     int M = s->M, N = s->N, K = s->K, W = s->glu ? 2 * N : N;
     float *in = randv((size_t)M * K, 1), *w = randv((size_t)W * K, 2);
@@ -90,7 +95,7 @@ static int run(const shape *s, int rounds)
     const void *wd = h ? (const void *)h : (const void *)w;
     size_t esz = h ? 2 : 4;
     float *ref = malloc(sizeof(float) * (size_t)M * W), *out = malloc(sizeof(float) * (size_t)M * N);
-    void *pk = aligned_alloc(64, gemm_pack_bytes(N, K, s->glu, s->dtype));
+    void *pk = aligned_alloc(64, gk->pack_bytes(gk, N, K, s->glu, s->dtype));
     if (!in || !w || !ref || !out || !pk || (s->dtype != ST_F32 && !h))
         return 1;
     kmat g = { s->dtype, wd, N, K, NULL, 0 };
@@ -99,11 +104,11 @@ static int run(const shape *s, int rounds)
     if (!row)
         return 1;
     if (s->glu)
-        gemm_pack_glu(pk, s->dtype, &g, &u, row);
+        gk->pack_glu(gk, pk, s->dtype, &g, &u, row);
     else
-        gemm_pack(pk, s->dtype, &g, row);
+        gk->pack(gk, pk, s->dtype, &g, row);
     free(row);
-    gemm_args a = { out, in, NULL, pk, s->dtype, N, K, N, K, s->glu };
+    gemm_args a = { out, in, NULL, pk, s->dtype, N, K, N, K, s->glu, 0 };
     double flops = 2.0 * M * W * K, tb = 1e30, tp = 1e30;
     int iters = (int)(2e9 / flops) + 1;
     for (int r = 0; r < rounds; r++) {
@@ -113,7 +118,7 @@ static int run(const shape *s, int rounds)
                         0.0f, ref, W);
         double t1 = now();
         for (int i = 0; i < iters; i++)
-            gemm_tile(&a, 0, M, 0, gemm_panels(N, s->glu));
+            gemm_run(gk, &a, M);
         double t2 = now();
         tb = fmin(tb, (t1 - t0) / iters);
         tp = fmin(tp, (t2 - t1) / iters);
@@ -142,15 +147,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: gemm_bench [--rounds R]\n");
         return 2;
     }
-    if (!gemm_available()) {
-        printf("gemm_bench: this CPU has no AVX-512F; the engine uses BLAS here\n");
-        return 77;
+    const gemm_kernel *gk;
+    char err[256];
+    if (gemm_kernel_choose(&gk, err, sizeof err)) {
+        fprintf(stderr, "gemm_bench: %s\n", err);
+        return 1;
     }
     openblas_set_num_threads(1);
+    double peak = dit_kernel_peak_gflops(gk->name, 1);
+    printf("kernel %s (tile %d x %d), FMA peak %.1f GFLOP/s (one thread), OpenBLAS core %s\n\n",
+           gk->name, gk->mr, gk->nr, peak, openblas_get_corename());
     printf("| M x N x K | OpenBLAS GFLOP/s | packed GFLOP/s | packed / OpenBLAS | max diff | what |\n");
     printf("|---|---|---|---|---|---|\n");
     for (size_t i = 0; i < sizeof SHAPES / sizeof *SHAPES; i++)
-        if (run(&SHAPES[i], rounds))
+        if (run(gk, &SHAPES[i], rounds))
             return 1;
     return 0;
 }

@@ -116,6 +116,7 @@ int routes_model(srv_req *req, srv_reply *out)
     for (int i = 0; i < info.n_dtypes; i++)
         cJSON_AddNumberToObject(held, info.held[i].dtype, (double)info.held[i].bytes);
     cJSON_AddNumberToObject(p, "resident_bytes", (double)info.resident_bytes);
+    cJSON_AddStringToObject(p, "kernel", info.kernel ? info.kernel : "?");
     cJSON *d = cJSON_AddObjectToObject(root, "sampling_defaults");
     cJSON_AddStringToObject(d, "sampler", dit_sampler_name(c->default_sampler));
     cJSON_AddNumberToObject(d, "steps", c->default_steps);

@@ -144,11 +144,13 @@ static int load(srv *s, char *err, size_t errlen)
     fprintf(stderr, "ditmoe-server: instance %s; web root %s\n", s->instance,
             s->web_root[0] ? s->web_root : "(none)");
     fprintf(stderr, "ditmoe-server: model %s: %llu parameters (%llu active per token), %.1f MB "
-            "of weights%s, loaded in %.2f s; %d threads x %d BLAS threads, %d rows per step, "
-            "batching %s\n", s->model_path, (unsigned long long)info.params_total,
+            "of weights%s, loaded in %.2f s; kernel %s; %d threads x %d BLAS threads, %d rows "
+            "per step, batching %s\n", s->model_path, (unsigned long long)info.params_total,
             (unsigned long long)info.params_active, info.weight_bytes / 1e6,
-            info.packed ? " (packed)" : "", srv_now() - t0,
+            info.packed ? " (packed)" : "", srv_now() - t0, info.kernel ? info.kernel : "?",
             s->n_threads, s->blas_threads, c->max_rows, c->batching ? "on" : "off");
+    if (dit_blas_warning(msg, sizeof msg))
+        fprintf(stderr, "ditmoe-server: warning: %s\n", msg);
     return 0;
 }
 

@@ -1,25 +1,72 @@
-/* gemm.c: packing and the AVX-512 micro-kernel of the weight GEMMs.
+/* gemm.c: the table of GEMM kernel entries, the choice among them, and the
+ * packing shared by every entry whose layout is plain (K, nr) panels.
  *
- * See gemm.h for the layout. The kernel keeps a tile of GEMM_MR rows by 32
- * columns of the output in 24 zmm registers; each step over k loads two
- * vectors of the packed panel and broadcasts one input value per row, so
- * it does 2 x GEMM_MR FMAs per 2 + GEMM_MR loads and is bound by the FMA
- * ports. The input is read in place (no packing of activations): a tile's
- * GEMM_MR rows are GEMM_MR sequential streams the prefetchers follow.
- * Panels are visited in blocks sized to stay in L2 while every row tile of
- * the call passes over them. A 16-bit pack is widened as it is loaded
- * (vcvtph2ps, or a shift for BF16): two more uops per 24 FMAs, hidden.
+ * The table is ordered best first; gemm_kernel_choose takes the first entry
+ * whose supported() says yes, unless DITMOE_ISA names one (for tests and
+ * benchmarks: run the AVX2 kernel on an AVX-512 machine, or the C
+ * reference anywhere). The choice is made once per model load; asking for
+ * an ISA the CPU lacks is an error, never a silent fallback, so a test
+ * that asks for a kernel is known to have run it.
  *
- * The kernel is compiled for AVX-512F by function attributes, so the rest
- * of the engine stays portable; gemm_available() checks the CPU at run
- * time before a model packs anything.
+ * Packing writes the layout every entry reads: panel p of a pack holds the
+ * weight rows [p nr, (p+1) nr) as its columns, K rows of nr values. It
+ * runs once per weight at load (or per call for activations, pack_f32),
+ * so it is plain C; 16-bit weights are copied as they are stored and
+ * widened by the tile function in registers.
  */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include <ditmoe/dit_status.h>
+
 #include "gemm.h"
-#include "ops.h"
 
 #define GEMM_L2_BYTES (512 * 1024) /* the panel block the row tiles share */
+
+static const gemm_kernel *const table[] = {
+    &gemm_kernel_avx512, &gemm_kernel_avx2, &gemm_kernel_neon, &gemm_kernel_c, NULL,
+};
+
+const gemm_kernel *const *gemm_kernels(void)
+{
+    return table;
+}
+
+const gemm_kernel *gemm_kernel_find(const char *name)
+{
+    for (int i = 0; table[i]; i++)
+        if (!strcmp(table[i]->name, name))
+            return table[i];
+    return NULL;
+}
+
+int gemm_kernel_choose(const gemm_kernel **out, char *err, size_t errlen)
+{
+    const char *want = getenv("DITMOE_ISA");
+    *out = NULL;
+    if (!want || !*want || !strcmp(want, "auto")) {
+        for (int i = 0; table[i]; i++)
+            if (table[i]->supported()) {
+                *out = table[i];
+                return DIT_OK;
+            }
+        snprintf(err, errlen, "no GEMM kernel runs on this CPU"); /* the C one always does */
+        return DIT_E_INVAL;
+    }
+    const gemm_kernel *k = gemm_kernel_find(want);
+    if (!k) {
+        snprintf(err, errlen, "DITMOE_ISA=%s: unknown kernel (auto, avx512, avx2, neon or c)", want);
+        return DIT_E_INVAL;
+    }
+    if (!k->supported()) {
+        snprintf(err, errlen, "DITMOE_ISA=%s: this CPU lacks %s (unset DITMOE_ISA or use auto "
+                 "to take the best kernel it runs)", want, want);
+        return DIT_E_INVAL;
+    }
+    *out = k;
+    return DIT_OK;
+}
 
 int gemm_pack_dtype(const kmat *w, const kmat *up)
 {
@@ -28,220 +75,106 @@ int gemm_pack_dtype(const kmat *w, const kmat *up)
     return !up || up->dtype == w->dtype ? w->dtype : ST_F32;
 }
 
-size_t gemm_pack_bytes(int N, int K, int glu, int dtype)
+size_t gemm_pack_bytes_panels(const gemm_kernel *k, int N, int K, int glu, int dtype)
 {
-    /* a 16-bit panel row is 64 bytes, so every panel stays 64-byte aligned */
-    return (size_t)gemm_panels(N, glu) * (size_t)K * GEMM_NR * (dtype == ST_F32 ? 4 : 2);
+    size_t b = (size_t)gemm_panels(k, N, glu) * (size_t)K * (size_t)k->nr * (dtype == ST_F32 ? 4 : 2);
+    return (b + 63) & ~(size_t)63;
 }
 
-/* Row r of w widened to F32 into row (K). */
-static void widen_row(float *row, const kmat *w, int r)
+int gemm_panel_block(const gemm_kernel *k, int K, int dtype)
 {
-    size_t K = (size_t)w->cols;
-    dtype_get(w->dtype)->to_f32(row, (const char *)w->data + dtype_bytes(w->dtype, (size_t)r * K), K);
+    size_t panel = (size_t)K * (size_t)k->nr * (dtype == ST_F32 ? 4 : 2);
+    int block = (int)(GEMM_L2_BYTES / (panel ? panel : 1));
+    return block < 1 ? 1 : block;
 }
 
-/* Columns [j0, j0 + n) of panel p (K rows of GEMM_NR) of a pack in dtype
- * take rows r0.. of w (zeros past its last row): 16-bit values are copied
- * as they are (the pack's dtype is w's then), anything else is widened to
- * F32 (through `row`, K floats of scratch). */
-static void pack_cols(void *dst, int dtype, size_t p, const kmat *w, int r0, int j0, int n,
-                      float *row)
+void gemm_tile_blocks(const gemm_kernel *k, const gemm_row_fn row[GEMM_DTYPES],
+                      const gemm_args *a, int m0, int m1, int p0, int p1)
 {
-    size_t K = (size_t)w->cols, base = p * K * GEMM_NR;
+    gemm_row_fn f = a->wdtype >= 0 && a->wdtype < GEMM_DTYPES ? row[a->wdtype] : NULL;
+    if (!f)
+        return; /* no pack of this kernel has that dtype */
+    int block = gemm_panel_block(k, a->K, a->wdtype);
+    for (int pb = p0; pb < p1; pb += block) {
+        int pe = pb + block < p1 ? pb + block : p1;
+        for (int m = m0; m < m1; m += k->mr)
+            f(a, m, m1 - m < k->mr ? m1 - m : k->mr, pb, pe);
+    }
+}
+
+/* Columns [j0, j0 + n) of panel p (K rows of nr) of a pack in dtype take
+ * rows r0.. of w (zeros past its last row). The pack's dtype is w's or
+ * F32: 16-bit values are copied as they are, anything else is widened to
+ * F32 through the dtype table (into `row`, K floats of scratch). A new
+ * pack dtype (8-bit blocks with scales) is a case here. */
+static void pack_cols(const gemm_kernel *g, void *dst, int dtype, size_t p, const kmat *w,
+                      int r0, int j0, int n, float *row)
+{
+    size_t K = (size_t)w->cols, nr = (size_t)g->nr, base = p * K * nr;
     for (int j = 0; j < n; j++) {
         int r = r0 + j;
         size_t col = base + (size_t)(j0 + j);
-        if (dtype == ST_F32) {
+        const char *src = r < w->rows ? (const char *)w->data + dtype_bytes(w->dtype, (size_t)r * K)
+                                      : NULL;
+        switch (dtype) {
+        case ST_F32: {
             float *d = (float *)dst + col;
-            if (r < w->rows)
-                widen_row(row, w, r);
+            if (src)
+                dtype_get(w->dtype)->to_f32(row, src, K);
             for (size_t k = 0; k < K; k++)
-                d[k * GEMM_NR] = r < w->rows ? row[k] : 0.0f;
-        } else {
+                d[k * nr] = src ? row[k] : 0.0f;
+            break;
+        }
+        case ST_F16:
+        case ST_BF16: {
             uint16_t *d = (uint16_t *)dst + col;
-            const uint16_t *h = r < w->rows ? (const uint16_t *)w->data + (size_t)r * K : NULL;
+            const uint16_t *h = (const uint16_t *)src;
             for (size_t k = 0; k < K; k++)
-                d[k * GEMM_NR] = h ? h[k] : 0;
+                d[k * nr] = h ? h[k] : 0;
+            break;
+        }
+        default:
+            break;
         }
     }
 }
 
-void gemm_pack(void *dst, int dtype, const kmat *w, float *row)
+void gemm_pack_panels(const gemm_kernel *k, void *dst, int dtype, const kmat *w, float *row)
 {
-    int np = gemm_panels(w->rows, 0);
+    int np = gemm_panels(k, w->rows, 0);
     for (int p = 0; p < np; p++)
-        pack_cols(dst, dtype, (size_t)p, w, p * GEMM_NR, 0, GEMM_NR, row);
+        pack_cols(k, dst, dtype, (size_t)p, w, p * k->nr, 0, k->nr, row);
 }
 
-void gemm_pack_glu(void *dst, int dtype, const kmat *gate, const kmat *up, float *row)
+void gemm_pack_glu_panels(const gemm_kernel *k, void *dst, int dtype, const kmat *gate,
+                          const kmat *up, float *row)
 {
-    int np = gemm_panels(gate->rows, 1), h = GEMM_NR / 2;
+    int np = gemm_panels(k, gate->rows, 1), h = k->nr / 2;
     for (int p = 0; p < np; p++) {
-        pack_cols(dst, dtype, (size_t)p, gate, p * h, 0, h, row);
-        pack_cols(dst, dtype, (size_t)p, up, p * h, h, h, row);
+        pack_cols(k, dst, dtype, (size_t)p, gate, p * h, 0, h, row);
+        pack_cols(k, dst, dtype, (size_t)p, up, p * h, h, h, row);
     }
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-
-#define GEMM_TARGET __attribute__((target("avx512f,fma")))
-#define GEMM_INLINE static inline __attribute__((always_inline)) GEMM_TARGET
-
-int gemm_available(void)
+void gemm_pack_f32_panels(const gemm_kernel *k, float *dst, int N, int K, int k0, int kn,
+                          const float *src, ptrdiff_t rs, ptrdiff_t cs, float scale)
 {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
-}
-
-/* e^x, the polynomial of op_exp in vector form (same range reduction,
- * same coefficients, 2^n applied by scalef). It does not flush below -87
- * as op_exp does: its one use is 1 + e^-g, where e^-87 vanishes anyway. */
-GEMM_INLINE __m512 v_exp(__m512 x)
-{
-    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 720);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-
-/* silu(g) * u */
-GEMM_INLINE __m512 v_swiglu(__m512 g, __m512 u)
-{
-    __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), v_exp(_mm512_sub_ps(_mm512_setzero_ps(), g)));
-    /* 1/d: 14-bit estimate and one Newton step (~1 ulp), cheaper than a divide */
-    __m512 r = _mm512_rcp14_ps(d);
-    r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
-    return _mm512_mul_ps(_mm512_mul_ps(g, r), u);
-}
-
-static inline __mmask16 cols_mask(int n)
-{
-    return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
-}
-
-/* 16 weights of a panel row as floats: F16 and BF16 widen in registers. */
-GEMM_INLINE __m512 load_w(const void *panel, size_t at, int dtype)
-{
-    if (dtype == ST_F32)
-        return _mm512_load_ps((const float *)panel + at);
-    __m256i h = _mm256_load_si256((const __m256i *)((const uint16_t *)panel + at));
-    if (dtype == ST_F16)
-        return _mm512_cvtph_ps(h);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-/* out (mr, 32) tile = in (mr, K) x panel (K, 32), then the epilogue;
- * `left` output columns remain from this panel's first one. mr and dtype
- * are constants in every caller, so the accumulators stay in registers. */
-GEMM_INLINE void kernel(int mr, int dtype, const gemm_args *a, const float *in,
-                        const void *panel, float *out, int left, const float *bias)
-{
-    __m512 c0[GEMM_MR], c1[GEMM_MR];
-    int K = a->K, ldi = a->ldi, ldo = a->ldo;
-#pragma GCC unroll 12
-    for (int i = 0; i < mr; i++)
-        c0[i] = c1[i] = _mm512_setzero_ps();
-    for (int k = 0; k < K; k++) {
-        __m512 b0 = load_w(panel, (size_t)k * GEMM_NR, dtype);
-        __m512 b1 = load_w(panel, (size_t)k * GEMM_NR + 16, dtype);
-#pragma GCC unroll 12
-        for (int i = 0; i < mr; i++) {
-            __m512 x = _mm512_set1_ps(in[(size_t)i * ldi + k]);
-            c0[i] = _mm512_fmadd_ps(x, b0, c0[i]);
-            c1[i] = _mm512_fmadd_ps(x, b1, c1[i]);
-        }
-    }
-    __mmask16 m0 = cols_mask(left), m1 = cols_mask(left - 16);
-    if (a->glu) {
-#pragma GCC unroll 12
-        for (int i = 0; i < mr; i++)
-            _mm512_mask_storeu_ps(out + (size_t)i * ldo, m0, v_swiglu(c0[i], c1[i]));
-        return;
-    }
-    __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
-    if (bias) {
-        b0 = _mm512_maskz_loadu_ps(m0, bias);
-        b1 = _mm512_maskz_loadu_ps(m1, bias + 16);
-    }
-#pragma GCC unroll 12
-    for (int i = 0; i < mr; i++) {
-        _mm512_mask_storeu_ps(out + (size_t)i * ldo, m0, _mm512_add_ps(c0[i], b0));
-        _mm512_mask_storeu_ps(out + (size_t)i * ldo + 16, m1, _mm512_add_ps(c1[i], b1));
-    }
-}
-
-/* Rows [m, m + mr) against panels [p0, p1): one kernel instance per mr. */
-GEMM_INLINE void row_tile(int dtype, const gemm_args *a, int m, int mr, int p0, int p1)
-{
-    int cols = gemm_panel_cols(a->glu);
-    size_t panel_elems = (size_t)a->K * GEMM_NR, esize = dtype == ST_F32 ? 4 : 2;
-    const float *in = a->in + (size_t)m * a->ldi;
-    for (int p = p0; p < p1; p++) {
-        const void *panel = (const char *)a->w + (size_t)p * panel_elems * esize;
-        float *out = a->out + (size_t)m * a->ldo + (size_t)p * cols;
-        const float *bias = a->bias ? a->bias + (size_t)p * cols : NULL;
-        int left = a->N - p * cols;
-        switch (mr) {
-#define GEMM_CASE(n) case n: kernel(n, dtype, a, in, panel, out, left, bias); break;
-        GEMM_CASE(1) GEMM_CASE(2) GEMM_CASE(3) GEMM_CASE(4) GEMM_CASE(5) GEMM_CASE(6)
-        GEMM_CASE(7) GEMM_CASE(8) GEMM_CASE(9) GEMM_CASE(10) GEMM_CASE(11) GEMM_CASE(12)
-#undef GEMM_CASE
-        default: break;
+    int nr = k->nr, np = gemm_panels(k, N, 0);
+    for (int p = 0; p < np; p++) {
+        float *panel = dst + (size_t)p * K * nr;
+        int n = N - p * nr < nr ? N - p * nr : nr;
+        const float *s0 = src + (ptrdiff_t)p * nr * rs;
+        for (int i = 0; i < kn; i++) {
+            float *d = panel + (size_t)(k0 + i) * nr;
+            const float *s = s0 + (ptrdiff_t)i * cs;
+            if (rs == 1 && scale == 1.0f) { /* contiguous: the im2col case */
+                memcpy(d, s, sizeof(float) * (size_t)n);
+            } else {
+                for (int j = 0; j < n; j++)
+                    d[j] = scale * s[(ptrdiff_t)j * rs];
+            }
+            for (int j = n; j < nr; j++)
+                d[j] = 0.0f;
         }
     }
 }
-
-/* One function per weight dtype, each with its 12 kernel instances. */
-GEMM_TARGET static void row_tile_f32(const gemm_args *a, int m, int mr, int p0, int p1)
-{
-    row_tile(ST_F32, a, m, mr, p0, p1);
-}
-
-GEMM_TARGET static void row_tile_f16(const gemm_args *a, int m, int mr, int p0, int p1)
-{
-    row_tile(ST_F16, a, m, mr, p0, p1);
-}
-
-GEMM_TARGET static void row_tile_bf16(const gemm_args *a, int m, int mr, int p0, int p1)
-{
-    row_tile(ST_BF16, a, m, mr, p0, p1);
-}
-
-void gemm_tile(const gemm_args *a, int m0, int m1, int p0, int p1)
-{
-    void (*tile)(const gemm_args *, int, int, int, int) =
-        a->wdtype == ST_F16 ? row_tile_f16 : a->wdtype == ST_BF16 ? row_tile_bf16 : row_tile_f32;
-    size_t panel_bytes = (size_t)a->K * GEMM_NR * (a->wdtype == ST_F32 ? 4 : 2);
-    int block = (int)(GEMM_L2_BYTES / panel_bytes);
-    block = block < 1 ? 1 : block;
-    for (int pb = p0; pb < p1; pb += block) {
-        int pe = pb + block < p1 ? pb + block : p1;
-        for (int m = m0; m < m1; m += GEMM_MR)
-            tile(a, m, m1 - m < GEMM_MR ? m1 - m : GEMM_MR, pb, pe);
-    }
-}
-
-#else /* no AVX-512 kernel on this target: models keep BLAS */
-
-int gemm_available(void)
-{
-    return 0;
-}
-
-void gemm_tile(const gemm_args *a, int m0, int m1, int p0, int p1)
-{
-    (void)a, (void)m0, (void)m1, (void)p0, (void)p1;
-}
-
-#endif

@@ -1,10 +1,12 @@
 /* ops.c: the DiT-MoE operators (see ops.h for the contracts).
  *
- * Elementwise ops are plain loops the compiler vectorises; matmuls and the
- * two products of attention are cblas_sgemm calls. Matmuls over many rows
- * are split into row blocks over the context's pool, each block one
- * single-threaded sgemm, which on few cores matches BLAS's own threading
- * and lets the same pool also run attention heads and experts in parallel.
+ * Elementwise ops are plain loops the compiler vectorises. Matmuls run on
+ * the kernel entry over packed weights, split over the pool by panels or
+ * row tiles; unpacked (--no-pack), they are cblas_sgemm calls split into
+ * row blocks over the pool, each block one single-threaded sgemm. The two
+ * products of attention run on the kernel entry too, one (row, head) per
+ * task: K and V^T are packed into the task's scratch (O(T hd), against the
+ * O(T^2 hd) products), the 1/sqrt(hd) scale folded into K's pack.
  */
 #include <cblas.h>
 #include <math.h>
@@ -42,7 +44,7 @@ static void gemm_nt(float *out, const float *in, const float *w, const float *b,
 /* The packed-kernel arguments of out (M, w.rows) = in w^T + b. */
 static gemm_args packed_args(float *out, const float *in, const kmat *w, const float *b)
 {
-    return (gemm_args){ out, in, b, w->pk, w->pk_dtype, w->rows, w->cols, w->rows, w->cols, 0 };
+    return (gemm_args){ out, in, b, w->pk, w->pk_dtype, w->rows, w->cols, w->rows, w->cols, 0, 0 };
 }
 
 void op_matmul_task(const op_env *e, int th, float *out, const float *in,
@@ -50,7 +52,7 @@ void op_matmul_task(const op_env *e, int th, float *out, const float *in,
 {
     if (w->pk) {
         gemm_args a = packed_args(out, in, w, NULL);
-        gemm_tile(&a, 0, M, 0, gemm_panels(w->rows, 0));
+        gemm_run(e->gk, &a, M);
         return;
     }
     gemm_nt(out, in, mat_f32(e, th, w), NULL, M, w->rows, w->cols);
@@ -61,8 +63,8 @@ void op_swiglu_task(const op_env *e, int th, float *h, float *hu, const float *i
 {
     if (x->pk) {
         gemm_args a = { h, in, NULL, x->pk, x->pk_dtype, x->gate.rows, x->gate.cols,
-                        x->gate.rows, x->gate.cols, 1 };
-        gemm_tile(&a, 0, M, 0, gemm_panels(x->gate.rows, 1));
+                        x->gate.rows, x->gate.cols, 1, 0 };
+        gemm_run(e->gk, &a, M);
         return;
     }
     op_matmul_task(e, th, h, in, &x->gate, M);
@@ -110,6 +112,7 @@ static void linear_rows(void *arg, int r0, int r1, int thread)
 /* A packed product split into `tasks` slices of panels (by_panels) or of
  * row tiles. */
 typedef struct packed_job {
+    const gemm_kernel *gk;
     gemm_args a;
     int M, panels, tasks, by_panels;
 } packed_job;
@@ -119,12 +122,12 @@ static void packed_task(void *arg, int i, int thread)
     (void)thread;
     packed_job *j = arg;
     if (j->by_panels) {
-        gemm_tile(&j->a, 0, j->M, j->panels * i / j->tasks, j->panels * (i + 1) / j->tasks);
+        j->gk->tile(&j->a, 0, j->M, j->panels * i / j->tasks, j->panels * (i + 1) / j->tasks);
         return;
     }
-    int tiles = (j->M + GEMM_MR - 1) / GEMM_MR;
-    int r0 = tiles * i / j->tasks * GEMM_MR, r1 = tiles * (i + 1) / j->tasks * GEMM_MR;
-    gemm_tile(&j->a, r0, r1 < j->M ? r1 : j->M, 0, j->panels);
+    int mr = j->gk->mr, tiles = (j->M + mr - 1) / mr;
+    int r0 = tiles * i / j->tasks * mr, r1 = tiles * (i + 1) / j->tasks * mr;
+    j->gk->tile(&j->a, r0, r1 < j->M ? r1 : j->M, 0, j->panels);
 }
 
 void op_linear_forward(const op_env *e, float *out, const float *in,
@@ -134,9 +137,11 @@ void op_linear_forward(const op_env *e, float *out, const float *in,
     if (l->w.pk) {
         /* slicing the weights keeps each thread's panels in its own cache;
          * few-panel products (the router, the final layer) slice rows */
-        packed_job j = { packed_args(out, in, &l->w, l->b), M, gemm_panels(l->w.rows, 0), 1, 0 };
-        j.by_panels = j.panels >= 4 * nt || (M < 2 * GEMM_MR * nt && j.panels >= nt);
-        int most = j.by_panels ? j.panels : (M + GEMM_MR - 1) / GEMM_MR;
+        const gemm_kernel *gk = e->gk;
+        packed_job j = { gk, packed_args(out, in, &l->w, l->b), M, gemm_panels(gk, l->w.rows, 0),
+                         1, 0 };
+        j.by_panels = j.panels >= 4 * nt || (M < 2 * gk->mr * nt && j.panels >= nt);
+        int most = j.by_panels ? j.panels : (M + gk->mr - 1) / gk->mr;
         j.tasks = nt < most ? nt : most;
         op_pool_run(e->pool, j.tasks, packed_task, &j);
         return;
@@ -321,8 +326,17 @@ void op_softmax_forward(float *x, int M, int E)
     }
 }
 
+size_t op_attention_floats(const gemm_kernel *k, int T, int hd)
+{
+    size_t f = (size_t)T * T + (k->pack_bytes(k, T, hd, 0, ST_F32) +
+                                k->pack_bytes(k, hd, T, 0, ST_F32)) / sizeof(float);
+    return (f + 15) & ~(size_t)15;
+}
+
 typedef struct attn_job {
-    float *scores;
+    const gemm_kernel *gk;
+    float *scratch;
+    size_t per_thread;
     float *att;
     const float *qkv;
     int T, D, heads;
@@ -333,22 +347,28 @@ typedef struct attn_job {
 static void attn_task(void *arg, int task, int thread)
 {
     attn_job *j = arg;
+    const gemm_kernel *gk = j->gk;
     int n = task / j->heads, h = task % j->heads, T = j->T, D = j->D;
     int hd = D / j->heads;
     const float *q = j->qkv + (size_t)n * T * 3 * D + (size_t)h * hd;
     const float *k = q + D, *v = q + 2 * D;
-    float *s = j->scores + (size_t)thread * T * T;
+    float *s = j->scratch + (size_t)thread * j->per_thread;          // (T, T)
+    float *kp = s + (size_t)T * T;                                    // K (T, hd) packed
+    float *vp = kp + gk->pack_bytes(gk, T, hd, 0, ST_F32) / sizeof(float); // V^T (hd, T)
     float *o = j->att + (size_t)n * T * D + (size_t)h * hd;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd,
-                1.0f / sqrtf((float)hd), q, 3 * D, k, 3 * D, 0.0f, s, T);
+    gk->pack_f32(gk, kp, T, hd, 0, hd, k, 3 * D, 1, 1.0f / sqrtf((float)hd));
+    gemm_args qk = { s, q, NULL, kp, ST_F32, T, 3 * D, T, hd, 0, 0 }; // s = q (T, hd) K^T
+    gemm_run(gk, &qk, T);
     op_softmax_forward(s, T, T);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, s, T,
-                v, 3 * D, 0.0f, o, D);
+    gk->pack_f32(gk, vp, hd, T, 0, T, v, 1, 3 * D, 1.0f);
+    gemm_args sv = { o, s, NULL, vp, ST_F32, D, T, hd, T, 0, 0 };    // o = s (T, T) V
+    gemm_run(gk, &sv, T);
 }
 
-void op_attention_forward(struct op_pool *p, float *scores, float *att, const float *qkv,
+void op_attention_forward(const op_env *e, float *scratch, float *att, const float *qkv,
                           int N, int T, int D, int heads)
 {
-    attn_job j = { scores, att, qkv, T, D, heads };
-    op_pool_run(p, N * heads, attn_task, &j);
+    attn_job j = { e->gk, scratch, op_attention_floats(e->gk, T, D / heads), att, qkv, T, D,
+                   heads };
+    op_pool_run(e->pool, N * heads, attn_task, &j);
 }

@@ -2,10 +2,12 @@
  *
  * llm.c style: op_NAME_forward(out, in, weights, dims). Shapes use the
  * letters of dit.h: N rows, T tokens, D hidden, M = N*T token rows.
- * Weight matmuls run on gemm.c's kernel when the model is packed, else on
- * cblas_sgemm; when the context has a worker pool a matmul is split over
- * its threads (by weight panels or by rows), as are the (row, head) pairs
- * of attention (BLAS then runs single-threaded inside each task).
+ * Weight matmuls run on the model's GEMM kernel entry (gemm.h) when the
+ * model is packed, else on cblas_sgemm; attention's two products always
+ * run on the kernel entry, their operands packed per task. When the
+ * context has a worker pool a matmul is split over its threads (by weight
+ * panels or by rows), as are the (row, head) pairs of attention (BLAS,
+ * where still called, runs single-threaded inside each task).
  */
 #ifndef DIT_OPS_H
 #define DIT_OPS_H
@@ -15,13 +17,15 @@
 #include "gemm.h"
 #include "pool.h"
 
-/* What the matmul ops need besides their operands: the pool to split over
- * and, for unpacked non-F32 weights, per-thread scratch to widen them into
- * (wide_elems floats per thread; NULL when every weight is F32 or packed). */
+/* What the matmul ops need besides their operands: the pool to split over,
+ * for unpacked non-F32 weights per-thread scratch to widen them into
+ * (wide_elems floats per thread; NULL when every weight is F32 or packed),
+ * and the GEMM kernel entry the packs were made by. */
 typedef struct op_env {
     struct op_pool *pool;
     float *wide;        /* (threads, wide_elems) */
     size_t wide_elems;
+    const gemm_kernel *gk;
 } op_env;
 
 /* out (M, w.rows) = in (M, w.cols) W^T + b. Widens non-F32 weights. */
@@ -96,10 +100,14 @@ void op_patchify_forward(float *out, const float *x, int N, int C, int H, int P)
 void op_unpatchify_forward(float *out, const float *tok, int N, int Co, int H, int P);
 
 /* att (N, T, D) = softmax(Q K^T / sqrt(hd)) V per row and head, Q, K, V
- * read in place from qkv (N, T, 3D), over pool p; scores: (threads, T, T)
- * scratch. */
-void op_attention_forward(struct op_pool *p, float *scores, float *att, const float *qkv,
+ * read in place from qkv (N, T, 3D), over e's pool on e's kernel entry;
+ * scratch: (threads, op_attention_floats(e->gk, T, hd)) floats, 64-byte
+ * aligned. */
+void op_attention_forward(const op_env *e, float *scratch, float *att, const float *qkv,
                           int N, int T, int D, int heads);
+/* Per-thread scratch floats of op_attention_forward (a multiple of 16):
+ * the scores (T, T) and the packs of K and V^T. */
+size_t op_attention_floats(const gemm_kernel *k, int T, int hd);
 
 /* Row-wise softmax of x (M, E) in place. */
 void op_softmax_forward(float *x, int M, int E);

@@ -49,7 +49,7 @@ int model_open_vae(dit_model *m, const char *dir, char *err, size_t errlen)
     vae_path(m, dir, path, sizeof path);
     if (!path[0])
         return DIT_OK; /* pixel model, or a preset whose pictures need --vae */
-    int rc = vae_load(&m->vae, path, err, errlen);
+    int rc = vae_load(&m->vae, path, m->gk, err, errlen);
     if (rc != DIT_OK)
         return rc;
     if (vae_latent_channels(m->vae) != m->cfg.in_channels) {
@@ -73,13 +73,13 @@ static size_t decode_floats(const dit_model *m)
     return (size_t)m->cfg.in_channels * s * s + (size_t)vae_out_channels(m->vae) * s * up * s * up;
 }
 
-size_t decode_ws_bytes(const dit_model *m, int n)
+size_t decode_ws_bytes(const dit_model *m, int threads, int n)
 {
     (void)n; /* images are decoded one after another */
     if (!m->vae)
         return 0;
     int s = m->cfg.input_size;
-    return vae_workspace_bytes(m->vae, 1, s, s) + decode_floats(m) * sizeof(float);
+    return vae_workspace_bytes(m->vae, threads, 1, s, s) + decode_floats(m) * sizeof(float);
 }
 
 void dit_model_image_size(const dit_model *m, int *w, int *h, int *channels)
@@ -120,7 +120,7 @@ static int decode_latents(dit_ctx *c, int n, const float *x, uint8_t *pixels)
     int C = m->cfg.in_channels, s = m->cfg.input_size, up = vae_upscale(m->vae);
     int oc = vae_out_channels(m->vae);
     size_t zn = (size_t)C * s * s, hw = (size_t)s * up * s * up;
-    size_t vae_bytes = vae_workspace_bytes(m->vae, 1, s, s);
+    size_t vae_bytes = vae_workspace_bytes(m->vae, op_pool_threads(c->pool), 1, s, s);
     float *z = (float *)((char *)c->vae_ws + vae_bytes), *rgb = z + zn; // (C, s, s), (oc, S, S)
     float inv = (float)(1.0 / m->cfg.latent_scale);
     for (int i = 0; i < n; i++) {

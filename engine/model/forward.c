@@ -50,7 +50,8 @@ static size_t ctx_layout(dit_ctx *c, char *base)
     c->xn = carve(base, &pos, M * D, sizeof(float));
     c->qkv = carve(base, &pos, M * 3 * D, sizeof(float));
     c->att = carve(base, &pos, M * D, sizeof(float));
-    c->scores = carve(base, &pos, th * T * T, sizeof(float));
+    size_t hd = D / (size_t)g->num_heads;
+    c->attn = carve(base, &pos, th * op_attention_floats(c->m->gk, (int)T, (int)hd), sizeof(float));
     c->sub = carve(base, &pos, M * D, sizeof(float));
     c->tfreq = carve(base, &pos, N * FREQ_DIM, sizeof(float));
     c->temb = carve(base, &pos, N * D, sizeof(float));
@@ -105,8 +106,8 @@ int dit_ctx_new(dit_ctx **out, const dit_model *m, const dit_ctx_settings *s)
     ctx_layout(c, (char *)(((uintptr_t)c->arena + 63) & ~(uintptr_t)63));
     if (set.n_threads > 1 && !(c->pool = op_pool_new(set.n_threads)))
         goto nomem;
-    c->env = (op_env){ c->pool, c->wide, (size_t)m->max_mat_elems };
-    c->vae_ws_bytes = decode_ws_bytes(m, set.max_decode);
+    c->env = (op_env){ c->pool, c->wide, (size_t)m->max_mat_elems, m->gk };
+    c->vae_ws_bytes = decode_ws_bytes(m, set.n_threads, set.max_decode);
     if (c->vae_ws_bytes && !(c->vae_ws = malloc(c->vae_ws_bytes)))
         goto nomem;
     *out = c;
@@ -194,7 +195,7 @@ static void block_forward(dit_ctx *c, const model_block *b, int l, int N)
     op_linear_forward(&c->env, mod, c->silu_c, &b->ada, N);
     norm_modulate(c, c->xn, c->x, mod + 0 * D, mod + 1 * D, S, N);
     op_linear_forward(&c->env, c->qkv, c->xn, &b->qkv, M);                 // (N, T, 3D)
-    op_attention_forward(c->pool, c->scores, c->att, c->qkv, N, T, D, g->num_heads);   // (N, T, D)
+    op_attention_forward(&c->env, c->attn, c->att, c->qkv, N, T, D, g->num_heads);    // (N, T, D)
     op_linear_forward(&c->env, c->sub, c->att, &b->proj, M);                // (N, T, D)
     gate_residual(c, c->x, c->sub, mod + 2 * D, S, N);
 

@@ -220,8 +220,8 @@ int dit_model_load(dit_model **out, const char *path, const dit_model_settings *
         rc = model_bind(m, err, errlen);
     if (rc == DIT_OK)
         rc = model_check_compute(m, set, err, errlen);
-    if (rc == DIT_OK && (rc = model_pack(m, set)))
-        snprintf(err, errlen, "%s: out of memory packing the weights", file);
+    if (rc == DIT_OK)
+        rc = model_pack(m, set, file, err, errlen);
     if (rc == DIT_OK)
         rc = model_open_vae(m, dir, err, errlen);
     if (rc != DIT_OK) {
@@ -519,8 +519,8 @@ int dit_model_synthetic(dit_model **out, const char *preset, const char *dtype, 
         rc = model_bind(m, err, errlen);
     if (!rc)
         rc = model_check_compute(m, set, err, errlen);
-    if (rc == DIT_OK && (rc = model_pack(m, set)))
-        snprintf(err, errlen, "%s: out of memory packing the weights", p->name);
+    if (rc == DIT_OK)
+        rc = model_pack(m, set, p->name, err, errlen);
     if (rc) {
         dit_model_free(m);
         return rc;

@@ -308,10 +308,16 @@ static void each_mat(dit_model *m, mat_fn fn, void *arg)
     fn(arg, &m->final_lin.w, NULL);
 }
 
+/* Weight memory by dtype (indexed by enum st_dtype) as count_mat sums it. */
+typedef struct counter {
+    const gemm_kernel *gk;  /* the packs' kernel entry, or NULL: unpacked */
+    dit_info_dtype held[ST_Q8 + 1];
+} counter;
+
 /* Adds a matrix's parameters and held bytes to the row of its dtype. */
 static void count_mat(void *arg, kmat *w, kglu *g)
 {
-    dit_info_dtype *held = arg; /* indexed by enum st_dtype */
+    counter *c = arg;
     if (g && !g->pk) {
         count_mat(arg, &g->gate, NULL);
         count_mat(arg, &g->up, NULL);
@@ -320,9 +326,9 @@ static void count_mat(void *arg, kmat *w, kglu *g)
     const kmat *x = g ? &g->gate : w;
     int dtype = g ? g->pk_dtype : x->pk ? x->pk_dtype : x->dtype;
     uint64_t n = (uint64_t)x->rows * (uint64_t)x->cols * (g ? 2 : 1);
-    held[dtype].params += n;
-    held[dtype].bytes += x->pk || g ? gemm_pack_bytes(x->rows, x->cols, g != NULL, dtype)
-                                    : dtype_bytes(dtype, (size_t)n);
+    c->held[dtype].params += n;
+    c->held[dtype].bytes += x->pk || g ? c->gk->pack_bytes(c->gk, x->rows, x->cols, g != NULL, dtype)
+                                       : dtype_bytes(dtype, (size_t)n);
 }
 
 /* The info of a bound (and maybe packed) model: parameters, and the
@@ -331,9 +337,11 @@ static void model_count(dit_model *m)
 {
     const dit_config *g = &m->cfg;
     dit_model_info *in = &m->info;
-    dit_info_dtype held[ST_Q8 + 1];
-    memset(held, 0, sizeof held);
-    each_mat(m, count_mat, held);
+    counter c;
+    memset(&c, 0, sizeof c);
+    c.gk = m->gk;
+    each_mat(m, count_mat, &c);
+    dit_info_dtype *held = c.held;
     held[ST_F32].params += m->f32_len;
     held[ST_F32].bytes += m->f32_len * sizeof(float);
     in->params_total = in->weight_bytes = 0;
@@ -467,32 +475,38 @@ static void pack_one(void *arg, kmat *w, kglu *g)
 {
     packer *k = arg;
     const kmat *x = g ? &g->gate : w;
+    const gemm_kernel *gk = k->m->gk;
     int dtype = gemm_pack_dtype(x, g ? &g->up : NULL);
     if (k->base) {
         void *dst = k->base + k->pos;
         size_t n = (size_t)x->rows * x->cols;
         if (g) {
-            gemm_pack_glu(dst, dtype, &g->gate, &g->up, k->row);
+            gk->pack_glu(gk, dst, dtype, &g->gate, &g->up, k->row);
             g->pk = dst;
             g->pk_dtype = dtype;
             st_drop(k->m->weights, g->up.data, dtype_bytes(g->up.dtype, n));
         } else {
-            gemm_pack(dst, dtype, w, k->row);
+            gk->pack(gk, dst, dtype, w, k->row);
             w->pk = dst;
             w->pk_dtype = dtype;
         }
         st_drop(k->m->weights, x->data, dtype_bytes(x->dtype, n));
     }
-    k->pos += gemm_pack_bytes(x->rows, x->cols, g != NULL, dtype);
+    k->pos += gk->pack_bytes(gk, x->rows, x->cols, g != NULL, dtype);
 }
 
-int model_pack(dit_model *m, const dit_model_settings *s)
+int model_pack(dit_model *m, const dit_model_settings *s, const char *name, char *err,
+               size_t errlen)
 {
     dit_model_settings set;
     dit_model_settings_default(&set);
     if (s)
         set = *s;
-    if (!set.pack_weights || !gemm_available())
+    int rc = gemm_kernel_choose(&m->gk, err, errlen);
+    if (rc)
+        return rc;
+    m->info.kernel = m->gk->name;
+    if (!set.pack_weights)
         return DIT_OK;
     const dit_config *g = &m->cfg;
     int widest = g->hidden_size > 256 ? g->hidden_size : 256; /* t_mlp0 reads 256 */
@@ -507,6 +521,7 @@ int model_pack(dit_model *m, const dit_model_settings *s)
     m->packed = k.row ? aligned_alloc(64, n) : NULL;
     if (!m->packed) {
         free(k.row);
+        snprintf(err, errlen, "%s: out of memory packing the weights", name);
         return DIT_E_NOMEM;
     }
     k.base = m->packed;

@@ -5,10 +5,10 @@
  * or BF16) so a half-precision checkpoint needs half the memory; an 8-bit
  * matrix (an I8 tensor NAME plus its F16 scales NAME_scale) is joined into
  * Q8 blocks (kernels/dtype.h) in memory the model owns, and its mapped
- * pages are given back. Packed
- * (the default where the CPU has AVX-512), each matrix also gets a copy in
- * gemm.c's panel layout, in the same precision, and its mapped pages are
- * given back; unpacked, the matmul op widens a non-F32 weight into the
+ * pages are given back. Packed (the default), each matrix also gets a copy
+ * in the panel layout of the GEMM kernel entry chosen at load (gemm.h), in
+ * the same precision, and its mapped pages are given back; unpacked, the
+ * matmul op widens a non-F32 weight into the
  * context's scratch per use and calls BLAS. Small tensors (biases,
  * embeddings, pos_embed) are widened to F32 once, at load, into memory the
  * model owns. After loading nothing in a model changes.
@@ -59,7 +59,8 @@ struct dit_model {
     char *vae_dir;          /* owned copy behind cfg.vae_dir */
     struct vae_model *vae;  /* loaded decoder for latent models, or NULL */
     int max_mat_elems;      /* largest non-F32 matrix: sizes the widen scratch */
-    void *packed;           /* owned: every matrix in gemm.c's layout, or NULL */
+    const gemm_kernel *gk;  /* the GEMM kernel entry chosen at load */
+    void *packed;           /* owned: every matrix in gk's layout, or NULL */
     dit_model_info info;
 };
 
@@ -75,7 +76,7 @@ struct dit_ctx {
     float *xn;        /* (N, T, D) normed + modulated input of a sublayer */
     float *qkv;       /* (N, T, 3D) */
     float *att;       /* (N, T, D) attention heads, concatenated */
-    float *scores;    /* (n_threads, T, T) */
+    float *attn;      /* (n_threads, op_attention_floats) scores and packs */
     float *sub;       /* (N, T, D) sublayer output before its gate */
     float *tfreq;     /* (N, 256) timestep frequencies */
     float *temb;      /* (N, D) */
@@ -103,8 +104,9 @@ struct dit_ctx {
     size_t vae_ws_bytes;
 };
 
-/* Workspace bytes dit_decode needs for n images (0 for pixel models). */
-size_t decode_ws_bytes(const dit_model *m, int n);
+/* Workspace bytes dit_decode needs for n images on a pool of `threads`
+ * (0 for pixel models). */
+size_t decode_ws_bytes(const dit_model *m, int threads, int n);
 
 /* Latent models: opens the VAE named by cfg.vae_dir (relative to the model
  * directory `dir`) into m->vae; pixel models: nothing. */
@@ -135,10 +137,13 @@ int model_bind(dit_model *m, char *err, size_t errlen);
 int model_check_compute(const dit_model *m, const dit_model_settings *s, char *err,
                         size_t errlen);
 
-/* Packs every weight matrix of a bound model into gemm.c's layout (one
- * allocation the model owns) when settings ask for it and the CPU runs the
- * kernel; the stored matrices are then not read again and their mapped
- * pages are given back. */
-int model_pack(dit_model *m, const dit_model_settings *s);
+/* Chooses the GEMM kernel entry (gemm_kernel_choose: DITMOE_ISA or the
+ * best the CPU runs) and, when settings ask for it (the default), packs
+ * every weight matrix of a bound model into its layout (one allocation the
+ * model owns); the stored matrices are then not read again and their
+ * mapped pages are given back. err names `name` (the weights file or
+ * preset) or DITMOE_ISA. */
+int model_pack(dit_model *m, const dit_model_settings *s, const char *name, char *err,
+               size_t errlen);
 
 #endif

@@ -10,6 +10,7 @@
 
 #include <ditmoe/dit.h>
 
+#include "gemm.h"
 #include "pool.h"
 #include "vae.h"
 
@@ -24,7 +25,10 @@ int dit_vae_load(dit_vae **out, const char *dir, int n_threads, char *err, size_
     *out = NULL;
     if (!v)
         return DIT_E_NOMEM;
-    int rc = vae_load(&v->m, dir, err, errlen);
+    const gemm_kernel *gk = NULL;
+    int rc = gemm_kernel_choose(&gk, err, errlen);
+    if (rc == DIT_OK)
+        rc = vae_load(&v->m, dir, gk, err, errlen);
     if (rc == DIT_OK && n_threads > 1 && !(v->pool = op_pool_new(n_threads)))
         rc = DIT_E_NOMEM;
     if (rc != DIT_OK) {
@@ -59,7 +63,7 @@ double dit_vae_flops(const dit_vae *v, int h, int w)
 int dit_vae_decode(dit_vae *v, int n, int h, int w, const float *z, float *rgb, char *err,
                    size_t errlen)
 {
-    size_t wsb = vae_workspace_bytes(v->m, n, h, w);
+    size_t wsb = vae_workspace_bytes(v->m, op_pool_threads(v->pool), n, h, w);
     if (!wsb) {
         snprintf(err, errlen, "%d x %d latents make a picture over 16384 pixels a side", h, w);
         return DIT_E_INVAL;

@@ -2,8 +2,8 @@
  *
  * Loading reads config.json with the engine's JSON reader, derives every
  * decoder tensor's name and shape from it and copies them, as F32 (F16 and
- * BF16 widened) into one array the model owns, 3x3 kernels reordered
- * tap-major for vae_conv3x3_forward; the file is closed after. Names follow
+ * BF16 widened) into one array the model owns, 3x3 kernels reordered to
+ * rows of (tap, cin) for vae_conv3x3_forward; the file is closed after. Names follow
  * diffusers' AutoencoderKL (post_quant_conv.*, decoder.*); the mid block's
  * attention is found under either of the two namings published files use.
  * Any decoder tensor left over after binding means config and weights
@@ -45,7 +45,7 @@ typedef struct vae_cfg {
 } vae_cfg;
 
 typedef struct vae_conv {
-    const float *w; /* 3x3: (9, cout, cin) tap-major; 1x1: (cout, cin) */
+    const float *w; /* 3x3: (cout, 9, cin); 1x1: (cout, cin) */
     const float *b; /* (cout) */
     int cin, cout, k;
 } vae_conv;
@@ -73,6 +73,7 @@ typedef struct vae_up {
 
 struct vae_model {
     vae_cfg cfg;
+    const gemm_kernel *gk; /* the convolutions' kernel entry */
     st_table *st;  /* open while loading */
     float *w;      /* every weight, F32 */
     size_t w_len, w_used;
@@ -422,18 +423,20 @@ static int count_floats(const st_table *t, size_t *total, size_t *largest)
     return n;
 }
 
-int vae_load(vae_model **out, const char *dir, char *err, size_t errlen)
+int vae_load(vae_model **out, const char *dir, const gemm_kernel *gk, char *err,
+             size_t errlen)
 {
     char dummy[1], path[4096];
     if (!err)
         err = dummy, errlen = sizeof dummy;
-    if (!out || !dir)
+    if (!out || !dir || !gk)
         return ERR(DIT_E_INVAL, "vae_load: NULL argument");
     *out = NULL;
     vae_model *m = calloc(1, sizeof *m);
     binder b = {.m = m, .err = err, .errlen = errlen};
     if (!m)
         return ERR(DIT_E_NOMEM, "%s: out of memory", dir);
+    m->gk = gk;
     int rc = cfg_load(&m->cfg, dir, err, errlen);
     snprintf(path, sizeof path, "%s/%s", dir, VAE_WEIGHTS_FILE);
     if (rc == DIT_OK)
@@ -485,6 +488,7 @@ typedef struct vae_plan {
     size_t att;   /* (C, T) attention buffers, four of them */
     size_t score; /* (tq, T) */
     size_t maxc;  /* widest layer: the GroupNorm coefficients */
+    int kmax;     /* most inputs per output of a conv: taps * cin */
     int tq;
     double flops; /* of the convolutions at their true size, and attention */
 } vae_plan;
@@ -499,6 +503,7 @@ static void plan_conv(vae_plan *p, const vae_conv *c, int h, int w)
         p->pad = zmax(p->pad, (size_t)c->cin * (h + 2) * P);
     p->act = zmax(p->act, (size_t)c->cout * h * P);
     p->maxc = zmax(p->maxc, (size_t)zmax((size_t)c->cin, (size_t)c->cout));
+    p->kmax = c->k * c->k * c->cin > p->kmax ? c->k * c->k * c->cin : p->kmax;
     p->flops += 2.0 * c->cout * c->cin * c->k * c->k * (double)h * w;
 }
 
@@ -540,15 +545,16 @@ static void plan_walk(const vae_model *m, int h, int w, vae_plan *p)
 /* Floats, rounded up to whole 64-byte lines. */
 static size_t lines(size_t floats) { return (floats + 15) / 16 * 16; }
 
-size_t vae_workspace_bytes(const vae_model *m, int n, int h, int w)
+size_t vae_workspace_bytes(const vae_model *m, int threads, int n, int h, int w)
 {
-    if (!m || n < 1 || h < 1 || w < 1 || h > VAE_MAX_SIDE / vae_upscale(m) ||
+    if (!m || threads < 1 || n < 1 || h < 1 || w < 1 || h > VAE_MAX_SIDE / vae_upscale(m) ||
         w > VAE_MAX_SIDE / vae_upscale(m))
         return 0;
     vae_plan p;
     plan_walk(m, h, w, &p);
     size_t f = 2 * lines(p.act) + lines(p.pad) + 4 * lines(p.att) +
-               lines(p.score) + 2 * lines(p.maxc);
+               lines(p.score) + 2 * lines(p.maxc) +
+               (size_t)threads * lines(vae_pack_floats(m->gk, p.kmax));
     return f * sizeof(float) + 64; /* + 64: aligning the caller's pointer */
 }
 
@@ -563,6 +569,7 @@ double vae_decode_flops(const vae_model *m, int h, int w)
 
 typedef struct vae_ws {
     struct op_pool *pool; /* or NULL */
+    vae_env env;          /* the pool, kernel entry and pack scratch of the convs */
     float *cur, *alt;     /* (C, H, W + 2) activations */
     float *pad;           /* (C, H + 2, W + 2) a 3x3 conv's input */
     float *scale, *shift; /* (C) a GroupNorm's folded affine */
@@ -577,9 +584,14 @@ static float *carve(char **at, size_t floats)
     return p;
 }
 
-static void ws_carve(vae_ws *s, const vae_plan *p, void *ws, int groups)
+static void ws_carve(vae_ws *s, const vae_model *m, const vae_plan *p, void *ws,
+                     struct op_pool *pool)
 {
     char *at = (char *)ws + (64 - (uintptr_t)ws % 64) % 64;
+    size_t pf = lines(vae_pack_floats(m->gk, p->kmax));
+    s->pool = pool;
+    s->env = (vae_env){ pool, m->gk, NULL, pf };
+    s->env.pack = carve(&at, pf * (size_t)op_pool_threads(pool));
     s->cur = carve(&at, p->act);
     s->alt = carve(&at, p->act);
     s->pad = carve(&at, p->pad);
@@ -591,7 +603,7 @@ static void ws_carve(vae_ws *s, const vae_plan *p, void *ws, int groups)
     s->att.v = carve(&at, p->att);
     s->att.s = carve(&at, p->score);
     s->att.tq = p->tq;
-    s->groups = groups;
+    s->groups = m->cfg.groups;
 }
 
 /* scale, shift = GroupNorm n of x (C, h, w + 2) as a per-channel affine */
@@ -611,7 +623,7 @@ static void norm_silu_pad(vae_ws *s, const vae_norm *n, const float *x, int h, i
 /* out (cout, h, w + 2) [+]= conv c of the padded input */
 static void conv3(vae_ws *s, float *out, const vae_conv *c, int h, int w, int accumulate)
 {
-    vae_conv3x3_forward(s->pool, out, s->pad, c->w, c->b, c->cin, c->cout, h, w, accumulate);
+    vae_conv3x3_forward(&s->env, out, s->pad, c->w, c->b, c->cin, c->cout, h, w, accumulate);
 }
 
 static void swap(vae_ws *s)
@@ -628,7 +640,7 @@ static void resnet_forward(vae_ws *s, const vae_resnet *r, int h, int w)
     conv3(s, s->alt, &r->c1, h, w, 0);                    // alt (cout, h, w+2)
     norm_silu_pad(s, &r->n2, s->alt, h, w);               // pad (cout, h+2, w+2)
     if (r->sc.w) { /* alt's inside is in pad now: alt takes the shortcut */
-        vae_conv1x1_forward(s->pool, s->alt, s->cur, r->sc.w, r->sc.b, r->sc.cin,
+        vae_conv1x1_forward(&s->env, s->alt, s->cur, r->sc.w, r->sc.b, r->sc.cin,
                             r->sc.cout, h * VAE_PITCH(w)); // alt (cout, h, w+2)
         swap(s);
     }
@@ -642,7 +654,7 @@ static void decode_one(const vae_model *m, vae_ws *s, int h, int w,
     const vae_cfg *c = &m->cfg;
     const float *x = z;
     if (c->post_quant) {
-        vae_conv1x1_forward(s->pool, s->alt, z, m->post_quant.w, m->post_quant.b,
+        vae_conv1x1_forward(&s->env, s->alt, z, m->post_quant.w, m->post_quant.b,
                             c->latent, c->latent, h * w);  // alt (latent, h, w)
         x = s->alt;
     }
@@ -651,7 +663,7 @@ static void decode_one(const vae_model *m, vae_ws *s, int h, int w,
     resnet_forward(s, &m->mid[0], h, w);
     if (c->mid_attn) {
         norm_coef(s, &m->attn.n, s->cur, h, w);
-        vae_attention_forward(s->pool, s->cur, m->attn.w, m->attn.b, s->scale, s->shift,
+        vae_attention_forward(&s->env, s->cur, m->attn.w, m->attn.b, s->scale, s->shift,
                               m->attn.n.c, h, w, VAE_PITCH(w), &s->att);
     }
     resnet_forward(s, &m->mid[1], h, w);
@@ -674,14 +686,13 @@ static void decode_one(const vae_model *m, vae_ws *s, int h, int w,
 int vae_decode(const vae_model *m, struct op_pool *pool, void *ws,
                size_t ws_bytes, int n, int h, int w, const float *z, float *rgb)
 {
-    size_t need = vae_workspace_bytes(m, n, h, w);
+    size_t need = vae_workspace_bytes(m, op_pool_threads(pool), n, h, w);
     if (!need || !ws || ws_bytes < need || !z || !rgb)
         return DIT_E_INVAL;
     vae_plan p;
     vae_ws s;
     plan_walk(m, h, w, &p);
-    ws_carve(&s, &p, ws, m->cfg.groups);
-    s.pool = pool;
+    ws_carve(&s, m, &p, ws, pool);
     int up = vae_upscale(m);
     size_t zin = (size_t)m->cfg.latent * h * w;
     size_t zout = (size_t)m->cfg.out * h * up * w * up;

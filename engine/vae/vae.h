@@ -7,7 +7,8 @@
  * nearest x2 upsampling, GroupNorm + SiLU, conv_out), read from a diffusers
  * model directory: config.json and diffusion_pytorch_model.safetensors
  * (F32, F16 or BF16). Every weight is copied to F32 once, at load, in the
- * layout the convolutions want, and the file is closed: the decoder computes
+ * layout the convolutions want (they run on the GEMM kernel entry given at
+ * load, gemm.h), and the file is closed: the decoder computes
  * in F32 whatever the file's dtype, and holds 4 bytes per weight (189 MiB
  * for sd-vae-ft-mse). Only the decoder's tensors are read; the encoder's may
  * be present or not.
@@ -24,6 +25,7 @@
 
 typedef struct vae_model vae_model;
 struct op_pool;
+struct gemm_kernel;
 
 /* The config.json file and weights file names inside a VAE directory. */
 #define VAE_CONFIG_FILE "config.json"
@@ -38,8 +40,10 @@ struct op_pool;
  * or query/key/value/proj_attn), and the file must hold no decoder tensor
  * the config does not explain. On success *out owns the model (and the
  * file is closed again); on failure *out is NULL and err names what is
- * wrong. */
-int vae_load(vae_model **out, const char *dir, char *err, size_t errlen);
+ * wrong. gk: the GEMM kernel entry the convolutions run on (the model's;
+ * it must outlive the decoder). */
+int vae_load(vae_model **out, const char *dir, const struct gemm_kernel *gk, char *err,
+             size_t errlen);
 
 /* Frees a model; NULL is a no-op. */
 void vae_free(vae_model *m);
@@ -51,11 +55,12 @@ int vae_upscale(const vae_model *m);
 /* Bytes of decoder weights the model holds. */
 size_t vae_weight_bytes(const vae_model *m);
 
-/* Workspace bytes vae_decode needs for latents of h x w. Images are decoded
+/* Workspace bytes vae_decode needs for latents of h x w on a pool of
+ * `threads` (each has its own im2col pack scratch). Images are decoded
  * one after another, so this does not grow with n (kept in the signature
  * so callers size for what they decode). 0 if h or w is out of range: the
  * output may be at most 16384 pixels a side. */
-size_t vae_workspace_bytes(const vae_model *m, int n, int h, int w);
+size_t vae_workspace_bytes(const vae_model *m, int threads, int n, int h, int w);
 
 /* Floating-point operations of decoding one h x w latent (multiply-adds of
  * convolutions and attention count 2), for benchmarks. */
@@ -64,10 +69,10 @@ double vae_decode_flops(const vae_model *m, int h, int w);
 /* Decodes n latents z (N, latent_channels, h, w), already divided by the
  * latent scale, into rgb (N, out_channels, h * up, w * up) in about [-1, 1]
  * (up = vae_upscale). `ws` holds ws_bytes >= vae_workspace_bytes(m, n, h, w)
- * bytes of scratch the caller owns (any alignment); nothing is allocated.
- * With a pool (ops.h; the engine context's), the work is split over its
- * threads, each running single-threaded sgemms, so BLAS should then be
- * left at 1 thread; with pool NULL, BLAS's own threads do the GEMMs.
+ * bytes of scratch the caller owns (any alignment; threads =
+ * op_pool_threads(pool)); nothing is allocated. With a pool (ops.h; the
+ * engine context's), the convolutions are split over its threads; the mid
+ * block's attention products are single sgemms on the calling thread.
  * Returns DIT_E_INVAL for bad arguments or a workspace too small. */
 int vae_decode(const vae_model *m, struct op_pool *pool, void *ws,
                size_t ws_bytes, int n, int h, int w, const float *z, float *rgb);

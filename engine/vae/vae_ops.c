@@ -1,17 +1,17 @@
 /* vae_ops.c: the SD-VAE decoder's operators (see vae_ops.h for contracts).
  *
  * Where the time goes: the 3x3 convolutions are nearly all of the decoder's
- * work. Each is nine GEMMs (M = cout, K = cin, N = h * (w + 2)) reading
- * shifted views of one zero-padded input, so there is no im2col buffer and
- * no copy of the input besides the padded one, which is written once, with
- * the GroupNorm affine, SiLU (op_exp, which the compiler vectorises) and
- * upsampling applied on the way. The two spare columns per row cost
- * 2 / (w + 2) of the multiply-adds: 6% at 32 wide, under 1% at 256. The
- * bias (or the bias plus the residual) is written into the output first
- * and the GEMMs accumulate into it. The nine GEMMs run band by band of
- * 8 * cout positions (at least 1024), so that BLAS packs each tap's view
- * of the input from cache rather than memory: this matters where cout is
- * small and packing is a large share of the work (15% faster at 128).
+ * work. Each is one GEMM on the engine's kernel entry (M = cout, K = 9 cin,
+ * N = h * (w + 2)) over shifted views of one zero-padded input, which is
+ * written once, with the GroupNorm affine, SiLU (op_exp, which the
+ * compiler vectorises) and upsampling applied on the way. The two spare
+ * columns per row cost 2 / (w + 2) of the multiply-adds: 6% at 32 wide,
+ * under 1% at 256. A task takes a band of positions: it writes the bias
+ * (or adds it to the residual) into its band of the output, packs the
+ * band's im2col into its thread's scratch (each tap's rows copied from the
+ * padded input: O(K N) copies against O(cout K N) multiply-adds), and
+ * runs the kernel over every output channel with acc set. Bands are sized
+ * so the pack stays in L2 while every row tile of weights streams past.
  *
  * Nothing here allocates; the caller passes every scratch buffer.
  */
@@ -214,34 +214,41 @@ void vae_pad_forward(struct op_pool *pool, float *pad, const float *in, int C,
 
 void vae_conv3x3_reorder(float *w9, const float *w, int cin, int cout)
 {
-    for (int k = 0; k < 9; k++)
-        for (int co = 0; co < cout; co++)
+    for (int co = 0; co < cout; co++)
+        for (int k = 0; k < 9; k++)
             for (int ci = 0; ci < cin; ci++)
-                w9[((size_t)k * cout + co) * cin + ci] = w[((size_t)co * cin + ci) * 9 + k];
+                w9[((size_t)co * 9 + k) * cin + ci] = w[((size_t)co * cin + ci) * 9 + k];
 }
 
-/* A convolution as tasks: (cout block, band of positions) pairs, each its
- * bias and its taps' GEMMs, so a task's view of the input stays in cache
- * (see the top of the file) and threads claim work as they get to it. */
+#define VAE_PACK_BYTES (256 * 1024) /* a band's im2col pack: in L2 with room */
+
+size_t vae_pack_floats(const gemm_kernel *gk, int kmax)
+{
+    size_t panel = (size_t)kmax * (size_t)gk->nr, f = VAE_PACK_BYTES / sizeof(float);
+    return (f > panel ? f : panel) + 16;
+}
+
+/* A convolution as tasks, one band of positions each (see the top of the
+ * file). */
 typedef struct conv_job {
+    const vae_env *e;
     float *out;
     const float *in, *w, *b;
     int cin, cout, taps, P; /* taps 9 (pitch P) or 1 */
     int n;                  /* output floats per channel */
     int gemm_n;             /* of which the GEMMs compute the first gemm_n */
-    int ldb, accumulate;
-    int band, nbands, mblock;
+    int ldb, accumulate;    /* ldb: floats per input channel */
+    int band, nbands;
 } conv_job;
 
 static void conv_task(void *arg, int task, int thread)
 {
     const conv_job *j = arg;
-    int bi = task % j->nbands, c0 = task / j->nbands * j->mblock;
-    int p0 = bi * j->band, nb = j->gemm_n - p0 < j->band ? j->gemm_n - p0 : j->band;
-    int mc = j->cout - c0 < j->mblock ? j->cout - c0 : j->mblock;
-    int p1 = bi == j->nbands - 1 ? j->n : p0 + nb; /* the last band: the tail too */
-    (void)thread;
-    for (int co = c0; co < c0 + mc; co++) { // out[co, p0:p1] = b [+ out]
+    const gemm_kernel *gk = j->e->gk;
+    int p0 = task * j->band, nb = j->gemm_n - p0 < j->band ? j->gemm_n - p0 : j->band;
+    int p1 = task == j->nbands - 1 ? j->n : p0 + nb; /* the last band: the tail too */
+    int K = j->taps * j->cin;
+    for (int co = 0; co < j->cout; co++) { // out[co, p0:p1] = b [+ out]
         float *o = j->out + (size_t)co * j->n, bv = j->b[co];
         if (j->accumulate)
             for (int i = p0; i < p1; i++)
@@ -250,48 +257,49 @@ static void conv_task(void *arg, int task, int thread)
             for (int i = p0; i < p1; i++)
                 o[i] = bv;
     }
-    for (int k = 0; k < j->taps; k++) // out (mc, nb) += w[k] (mc, cin) in@k (cin, nb)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, mc, nb, j->cin, 1.0f,
-                    j->w + ((size_t)k * j->cout + c0) * j->cin, j->cin,
-                    j->in + p0 + (k / 3) * j->P + k % 3, j->ldb, 1.0f,
-                    j->out + (size_t)c0 * j->n + p0, j->n);
+    float *pk = j->e->pack + (size_t)thread * j->e->pack_floats;
+    pk = (float *)(((uintptr_t)pk + 63) & ~(uintptr_t)63);
+    for (int k = 0; k < j->taps; k++) // pack rows [k cin, (k+1) cin): in@k (cin, nb)
+        gk->pack_f32(gk, pk, nb, K, k * j->cin, j->cin, j->in + p0 + (k / 3) * j->P + k % 3,
+                     1, j->ldb, 1.0f);
+    // out (cout, nb) += w (cout, K) im2col (K, nb)
+    gemm_args a = { j->out + p0, j->w, NULL, pk, ST_F32, j->n, K, nb, K, 0, 1 };
+    gemm_run(gk, &a, j->cout);
 }
 
-/* Bands of 8 * cout positions (at least 1024), for the cache; with a pool,
- * smaller bands and then blocks of output channels until there are a few
- * tasks per thread. */
-static void conv_run(struct op_pool *pool, conv_job *j)
+/* Bands of whole panels whose pack fits the thread's scratch; with a pool,
+ * smaller bands until there are a few per thread. */
+static void conv_run(const vae_env *e, conv_job *j)
 {
-    int want = split(pool, 1 << 30);
-    j->band = 8 * j->cout > 1024 ? 8 * j->cout : 1024;
-    if (pool && (j->gemm_n + j->band - 1) / j->band < want)
-        j->band = (j->gemm_n + want - 1) / want > 512 ? (j->gemm_n + want - 1) / want : 512;
+    int nr = e->gk->nr, K = j->taps * j->cin;
+    size_t panel = (size_t)K * nr;
+    int panels = (int)((e->pack_floats - 16) / panel), want = 4 * op_pool_threads(e->pool);
+    int need = (j->gemm_n + nr - 1) / nr;
+    panels = panels < 1 ? 1 : panels;
+    if (e->pool && (need + panels - 1) / panels < want)
+        panels = (need + want - 1) / want > 1 ? (need + want - 1) / want : 1;
+    j->band = panels * nr;
     j->nbands = (j->gemm_n + j->band - 1) / j->band;
-    int mblocks = pool && j->nbands < want ? (want + j->nbands - 1) / j->nbands : 1;
-    int most = j->cout / 64 > 1 ? j->cout / 64 : 1; /* blocks of 64+ rows */
-    mblocks = mblocks < most ? mblocks : most;
-    j->mblock = ((j->cout + mblocks - 1) / mblocks + 15) / 16 * 16;
-    mblocks = (j->cout + j->mblock - 1) / j->mblock;
-    op_pool_run(pool, j->nbands * mblocks, conv_task, j);
+    op_pool_run(e->pool, j->nbands, conv_task, j);
 }
 
-void vae_conv3x3_forward(struct op_pool *pool, float *out, const float *pad,
+void vae_conv3x3_forward(const vae_env *e, float *out, const float *pad,
                          const float *w9, const float *b, int cin, int cout,
                          int h, int w, int accumulate)
 {
     int P = w + 2;
-    conv_job j = {.out = out, .in = pad, .w = w9, .b = b, .cin = cin, .cout = cout,
+    conv_job j = {.e = e, .out = out, .in = pad, .w = w9, .b = b, .cin = cin, .cout = cout,
                   .taps = 9, .P = P, .n = h * P, .gemm_n = h * P - 2, .ldb = (h + 2) * P,
                   .accumulate = accumulate};
-    conv_run(pool, &j);
+    conv_run(e, &j);
 }
 
-void vae_conv1x1_forward(struct op_pool *pool, float *out, const float *in,
+void vae_conv1x1_forward(const vae_env *e, float *out, const float *in,
                          const float *w, const float *b, int cin, int cout, int n)
 {
-    conv_job j = {.out = out, .in = in, .w = w, .b = b, .cin = cin, .cout = cout,
+    conv_job j = {.e = e, .out = out, .in = in, .w = w, .b = b, .cin = cin, .cout = cout,
                   .taps = 1, .n = n, .gemm_n = n, .ldb = n};
-    conv_run(pool, &j);
+    conv_run(e, &j);
 }
 
 /* ---- attention --------------------------------------------------------- */
@@ -302,7 +310,7 @@ int vae_attention_tile(int T)
     return (int)(r < 1 ? 1 : r > (size_t)T ? (size_t)T : r);
 }
 
-void vae_attention_forward(struct op_pool *pool, float *x,
+void vae_attention_forward(const vae_env *e, float *x,
                            const float *const w[4], const float *const b[4],
                            const float *scale, const float *shift, int C, int H,
                            int W, int pitch, const vae_attn_scratch *sc)
@@ -310,9 +318,9 @@ void vae_attention_forward(struct op_pool *pool, float *x,
     int T = H * W;
     for (size_t r = 0; r < (size_t)C * H; r++) // xn (C, T) = GN(x)
         affine_row(sc->xn + r * W, x + r * pitch, scale[r / H], shift[r / H], W, 0);
-    vae_conv1x1_forward(pool, sc->q, sc->xn, w[0], b[0], C, C, T); // (C, T)
-    vae_conv1x1_forward(pool, sc->k, sc->xn, w[1], b[1], C, C, T); // (C, T)
-    vae_conv1x1_forward(pool, sc->v, sc->xn, w[2], b[2], C, C, T); // (C, T)
+    vae_conv1x1_forward(e, sc->q, sc->xn, w[0], b[0], C, C, T); // (C, T)
+    vae_conv1x1_forward(e, sc->k, sc->xn, w[1], b[1], C, C, T); // (C, T)
+    vae_conv1x1_forward(e, sc->v, sc->xn, w[2], b[2], C, C, T); // (C, T)
     float *o = sc->xn; /* xn is spent: the head's output goes there */
     for (int t0 = 0; t0 < T; t0 += sc->tq) {
         int nq = T - t0 < sc->tq ? T - t0 : sc->tq;
@@ -325,7 +333,7 @@ void vae_attention_forward(struct op_pool *pool, float *x,
                     sc->v, T, sc->s, T, 0.0f, o + t0, T);
     }
     float *y = sc->q; /* q is spent too */
-    vae_conv1x1_forward(pool, y, o, w[3], b[3], C, C, T);          // (C, T)
+    vae_conv1x1_forward(e, y, o, w[3], b[3], C, C, T);          // (C, T)
     for (size_t r = 0; r < (size_t)C * H; r++) // x += y, pitched
         for (int i = 0; i < W; i++)
             x[r * pitch + i] += y[r * W + i];

@@ -10,6 +10,14 @@
  * two extra columns per row are where the shifted rows wrap. Every op reads
  * only columns 0..W-1 of a pitched row; the spare columns hold finite junk.
  *
+ * The GEMMs run on the engine's kernel entry (gemm.h) with the input as
+ * the packed operand: out (cout, positions) = W (cout, taps * cin) X,
+ * where W is the conv kernel, reordered once at load to rows of
+ * (tap, cin) that the kernel reads in place, and X^T (positions, taps *
+ * cin) is the im2col of a band of positions, packed into a thread's
+ * scratch (a few hundred KiB, kept in L2) straight from the shifted views:
+ * each tap's cin rows of the pack are contiguous runs of one padded row.
+ *
  * What precedes every 3x3 conv in the decoder (a GroupNorm folded into a
  * per-channel affine, SiLU, nearest x2 upsampling) is applied while the
  * padded input is written, the one pass over memory a conv needs besides
@@ -17,17 +25,31 @@
  * accumulate onto them.
  *
  * Threads: ops taking a pool (ops.h; NULL runs inline) split their work
- * into tasks over it: convolutions into (band of positions, block of
- * output channels) pairs, each a few single-threaded sgemms, GroupNorm by
- * group, padding by channel. Without a pool, BLAS's own threads are the
- * only parallelism.
+ * into tasks over it: convolutions into bands of positions, each packed
+ * and multiplied by one thread, GroupNorm by group, padding by channel.
  */
 #ifndef DIT_VAE_OPS_H
 #define DIT_VAE_OPS_H
 
 #include <stddef.h>
 
+#include "gemm.h"
+
 struct op_pool;
+
+/* What the convolutions run on: the pool (NULL: inline), the kernel entry,
+ * and per-thread scratch for im2col packs, pack_floats floats per thread
+ * (vae_pack_floats), 64-byte aligned. */
+typedef struct vae_env {
+    struct op_pool *pool;
+    const gemm_kernel *gk;
+    float *pack;        /* (threads, pack_floats) */
+    size_t pack_floats;
+} vae_env;
+
+/* Per-thread pack scratch for convolutions with up to kmax = taps * cin
+ * inputs per output: one panel at least, else about 256 KiB. */
+size_t vae_pack_floats(const gemm_kernel *gk, int kmax);
 
 /* Pitch (floats per row) of a pitched activation W wide. */
 #define VAE_PITCH(w) ((w) + 2)
@@ -40,18 +62,18 @@ void vae_pad_forward(struct op_pool *pool, float *pad, const float *in, int C,
                      const float *shift, int silu);
 
 /* out (cout, h, w + 2) [+]= conv3x3(pad) + b: pad (cin, h + 2, w + 2) from
- * vae_pad_forward, w9 (9, cout, cin) the kernel tap-major (vae_conv3x3_
+ * vae_pad_forward, w9 (cout, 9, cin) the kernel reordered (vae_conv3x3_
  * reorder), b (cout). With accumulate, out already holds a residual. */
-void vae_conv3x3_forward(struct op_pool *pool, float *out, const float *pad,
+void vae_conv3x3_forward(const vae_env *e, float *out, const float *pad,
                          const float *w9, const float *b, int cin, int cout,
                          int h, int w, int accumulate);
 
-/* w9 (9, cout, cin) from a PyTorch kernel w (cout, cin, 3, 3). */
+/* w9 (cout, 9, cin) from a PyTorch kernel w (cout, cin, 3, 3). */
 void vae_conv3x3_reorder(float *w9, const float *w, int cin, int cout);
 
 /* out (cout, n) = w (cout, cin) in (cin, n) + b: a 1x1 conv over n
  * positions, pitched or not (spare columns give spare columns). */
-void vae_conv1x1_forward(struct op_pool *pool, float *out, const float *in,
+void vae_conv1x1_forward(const vae_env *e, float *out, const float *in,
                          const float *w, const float *b, int cin, int cout, int n);
 
 /* GroupNorm (G groups, eps) of x (C, H, pitch) folded into a per-channel
@@ -79,7 +101,7 @@ typedef struct vae_attn_scratch {
     float *xn, *q, *k, *v, *s;
     int tq;
 } vae_attn_scratch;
-void vae_attention_forward(struct op_pool *pool, float *x,
+void vae_attention_forward(const vae_env *e, float *x,
                            const float *const w[4], const float *const b[4],
                            const float *scale, const float *shift, int C, int H,
                            int W, int pitch, const vae_attn_scratch *sc);

@@ -101,11 +101,12 @@ DIT_API int dit_compute_parse(const char *name);
 
 typedef struct dit_model_settings {
     /* 1 (default): at load, copy every weight matrix, in its stored
-     * precision, into the layout of the engine's own GEMM kernel (AVX-512;
-     * ignored on CPUs without it) and give the mapped file pages back, so
-     * the weights stay resident once. 0: keep matrices as stored in the
-     * mapping and run them through BLAS (F16/BF16 widened per use), the
-     * slower path, kept for comparison and for CPUs without AVX-512. */
+     * precision, into the layout of the engine's own GEMM kernel (the
+     * entry for this CPU: AVX-512, AVX2, NEON or plain C; the environment
+     * variable DITMOE_ISA=auto|avx512|avx2|neon|c picks another) and give
+     * the mapped file pages back, so the weights stay resident once.
+     * 0: keep matrices as stored in the mapping and run them through BLAS
+     * (F16/BF16 widened per use), the slower path, kept for comparison. */
     int pack_weights;
     /* enum dit_compute; default F32. INT8 is refused at load with
      * DIT_E_UNSUPPORTED and a message saying why: on CPUs without VNNI,
@@ -167,6 +168,8 @@ typedef struct dit_model_info {
     /* expected resident set of the loaded model: weight_bytes plus the VAE
      * decoder's weights; each context adds dit_ctx_bytes */
     uint64_t resident_bytes;
+    const char *kernel;      /* the GEMM kernel entry chosen at load: "avx512",
+                              * "avx2", "neon" or "c" (DITMOE_ISA overrides) */
 } dit_model_info;
 DIT_API void dit_model_get_info(const dit_model *m, dit_model_info *info);
 
@@ -347,8 +350,30 @@ DIT_API int dit_vae_decode(dit_vae *v, int n, int h, int w, const float *z, floa
 /* Floating-point operations of decoding one h x w latent. */
 DIT_API double dit_vae_flops(const dit_vae *v, int h, int w);
 
-/* Sets the BLAS library's thread count (process-wide: call once at start). */
+/* Sets the BLAS library's thread count (process-wide: call once at start).
+ * The engine's own pool owns the cores: BLAS, where it is still called
+ * (--no-pack, the VAE's attention), should run 1 thread inside it. */
 DIT_API void dit_set_blas_threads(int n);
+
+/* ---- CPU --------------------------------------------------------------- */
+
+/* The GEMM kernel entries this CPU runs, best first, the plain C one last
+ * ("avx512", "avx2", "neon", "c"): up to max names into names (may be
+ * NULL); returns how many there are. A model uses the first unless the
+ * environment variable DITMOE_ISA names another. */
+DIT_API int dit_kernels_available(const char **names, int max);
+
+/* The FP32 FMA peak in GFLOP/s of kernel entry `name` on `threads` threads
+ * (1..256): a register-only loop of independent FMAs in that entry's
+ * vectors, run on every thread at once (about 0.2 s of CPU each), each
+ * timed on its thread's CPU clock (so load from other processes does not
+ * lower it), summed. 0 for an entry this CPU lacks. */
+DIT_API double dit_kernel_peak_gflops(const char *name, int threads);
+
+/* When OpenBLAS does not recognise this CPU (a generic core such as
+ * Prescott on a CPU with AVX2 or AVX-512), writes a warning naming the
+ * OPENBLAS_CORETYPE fix into buf and returns buf; else NULL. */
+DIT_API const char *dit_blas_warning(char *buf, size_t len);
 
 #ifdef __cplusplus
 }

@@ -96,6 +96,9 @@ static dit_model *tiny_model(arena *a, const char *skip, const char *extra, char
         m->weights = tiny_weights(a, skip, extra);
         *rc = model_bind(m, err, errlen);
     }
+    dit_model_settings unpacked = { .pack_weights = 0 }; /* picks the kernel only */
+    if (*rc == DIT_OK)
+        *rc = model_pack(m, &unpacked, "tiny", err, errlen);
     if (*rc != DIT_OK) {
         dit_model_free(m);
         return NULL;
@@ -128,11 +131,42 @@ static void test_bind_errors(arena *a)
     dit_model_free(NULL);
 }
 
+/* A packed model's forward against the BLAS one (out, routing rt), on 1
+ * and 3 threads. */
+static void check_packed(const dit_model *m, const dit_ctx_settings *s3, const float *x,
+                         const float *t, const int32_t *y, const float *out,
+                         const uint32_t *rt, float big)
+{
+    enum { N = 4, O = 4 * 64 };
+    float outp[N * O], out3[N * O];
+    dit_ctx_settings s1 = *s3;
+    s1.n_threads = 1;
+    dit_ctx *c = NULL, *c3 = NULL;
+    CHECK(dit_ctx_new(&c, m, &s1) == DIT_OK && dit_forward(c, N, x, t, y, outp) == DIT_OK,
+          "packed forward");
+    CHECK(c && !memcmp(dit_ctx_routing(c), rt, sizeof(uint32_t) * N * 2 * 4),
+          "packed: same routing");
+    CHECK(dit_ctx_new(&c3, m, s3) == DIT_OK, "packed ctx with 3 threads");
+    CHECK(c3 && dit_forward(c3, N, x, t, y, out3) == DIT_OK, "packed forward on 3 threads");
+    float mp = 0, m3 = 0;
+    for (int i = 0; c && c3 && i < N * O; i++) {
+        mp = fmaxf(mp, fabsf(outp[i] - out[i]));
+        m3 = fmaxf(m3, fabsf(out3[i] - outp[i]));
+    }
+    /* different summation orders through a deliberately ill-scaled
+     * model (weights 0.3 randn, no 1/sqrt(fan-in)): the parity bound */
+    CHECK(mp <= 1e-4f * big, "packed equals BLAS (max diff %g of max %g)", mp, big);
+    CHECK(m3 <= 1e-6f * big, "packed: 3 threads equal 1 (max diff %g)", m3);
+    dit_ctx_free(c);
+    dit_ctx_free(c3);
+}
+
 static void test_forward(arena *a)
 {
     char err[512] = "";
     int rc;
     a->used = 0;
+    rng_default weights_rng = a->rng; /* the packed models below get the same weights */
     dit_model *m = tiny_model(a, NULL, NULL, err, sizeof err, &rc);
     CHECK(m != NULL, "tiny model binds: %s", err);
     if (!m)
@@ -202,28 +236,39 @@ static void test_forward(arena *a)
           "same routing on 3 threads");
     dit_ctx_free(c3);
     c3 = NULL;
-    /* the same weights packed for gemm.c: the same outputs, on 1 or 3 threads */
-    if (gemm_available()) {
-        CHECK(model_pack(m, NULL) == DIT_OK && m->packed && m->blocks[1].experts[2].gu.pk,
-              "pack the bound model");
-        float outp[N * O];
-        CHECK(dit_forward(c, N, x, t, y, outp) == DIT_OK, "packed forward");
-        CHECK(!memcmp(dit_ctx_routing(c), rt, sizeof rt), "packed: same routing");
-        CHECK(dit_ctx_new(&c3, m, &s) == DIT_OK, "packed ctx with 3 threads");
-        CHECK(c3 && dit_forward(c3, N, x, t, y, out3) == DIT_OK, "packed forward on 3 threads");
-        float mp = 0, m3 = 0;
-        for (int i = 0; c3 && i < N * O; i++) {
-            mp = fmaxf(mp, fabsf(outp[i] - out[i]));
-            m3 = fmaxf(m3, fabsf(out3[i] - outp[i]));
+    /* the same weights packed for every kernel entry this CPU runs, chosen
+     * through DITMOE_ISA: the same outputs, on 1 or 3 threads */
+    for (const gemm_kernel *const *k = gemm_kernels(); *k; k++) {
+        if (!(*k)->supported()) {
+            printf("test_model: kernel %s: this CPU lacks it, not run\n", (*k)->name);
+            continue;
         }
-        /* different summation orders through a deliberately ill-scaled
-         * model (weights 0.3 randn, no 1/sqrt(fan-in)): the parity bound */
-        CHECK(mp <= 1e-4f * big, "packed equals BLAS (max diff %g of max %g)", mp, big);
-        CHECK(m3 <= 1e-6f * big, "packed: 3 threads equal 1 (max diff %g)", m3);
-        dit_ctx_free(c3);
-    } else {
-        printf("note: no AVX-512F here, the packed path is not exercised\n");
+        setenv("DITMOE_ISA", (*k)->name, 1);
+        a->rng = weights_rng;
+        dit_model *mk = tiny_model(a, NULL, NULL, err, sizeof err, &rc);
+        CHECK(mk && mk->gk == *k, "DITMOE_ISA=%s chooses it: %s", (*k)->name, err);
+        if (!mk)
+            continue;
+        CHECK(model_pack(mk, NULL, "tiny", err, sizeof err) == DIT_OK && mk->packed &&
+                  mk->blocks[1].experts[2].gu.pk, "pack the bound model for %s", (*k)->name);
+        check_packed(mk, &s, x, t, y, out, rt, big);
+        dit_model_free(mk);
+        printf("test_model: kernel %s: packed forward checked\n", (*k)->name);
     }
+    /* an unknown ISA, and one this CPU lacks, are errors naming the variable */
+    const char *lacking = NULL;
+    for (const gemm_kernel *const *k = gemm_kernels(); *k; k++)
+        if (!(*k)->supported())
+            lacking = (*k)->name;
+    const char *bad_isa[] = { "sse9", lacking };
+    for (int i = 0; i < 2 && bad_isa[i]; i++) {
+        setenv("DITMOE_ISA", bad_isa[i], 1);
+        char want[64];
+        snprintf(want, sizeof want, "DITMOE_ISA=%s", bad_isa[i]);
+        CHECK(!tiny_model(a, NULL, NULL, err, sizeof err, &rc) && rc == DIT_E_INVAL &&
+                  strstr(err, want), "DITMOE_ISA=%s refused: %s", bad_isa[i], err);
+    }
+    unsetenv("DITMOE_ISA");
     dit_ctx_free(c);
     dit_ctx_free(NULL);
     dit_model_free(m);

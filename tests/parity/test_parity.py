@@ -6,9 +6,11 @@ Usage: test_parity.py DITMOE [CASE ...]   (no CASE: all of them)
 Each case builds a random-weight model with ditmoe_ref.randomize_ (every
 weight random, so zero-initialised adaLN or output layers cannot hide a
 bug), writes it as a model directory (F32, F16 or BF16 weights) with .npy
-inputs into a temporary directory, runs the engine's forward pass twice
-(packed weights on the AVX-512 kernel split over 3 threads, and the
-weights as stored through BLAS, --no-pack) and compares each with ditmoe_ref.DiTMoE on the weights as stored (read back, so the
+inputs into a temporary directory, runs the engine's forward pass once per
+GEMM kernel entry this CPU runs (`ditmoe inspect --kernels`: avx512, avx2,
+neon, c; chosen with DITMOE_ISA, packed weights split over 3 threads) and
+once with the weights as stored through BLAS (--no-pack), and compares
+each with ditmoe_ref.DiTMoE on the weights as stored (read back, so the
 F16/BF16 rounding is the same on both sides). A case passes when
 max|engine - ref| / max|ref| <= 1e-4; every case prints its error.
 
@@ -119,7 +121,16 @@ def routing_margin(model, x, t, y):
     return min(gaps) if gaps else float("inf")
 
 
-def run_case(ditmoe, name, tmp):
+def kernels(ditmoe):
+    """The kernel entries this CPU runs, best first; the C one is always there."""
+    out = subprocess.run([ditmoe, "inspect", "--kernels"], check=True, capture_output=True,
+                         text=True).stdout.split()
+    if "c" not in out:
+        raise SystemExit(f"FAIL: `ditmoe inspect --kernels` lacks the C entry: {out}")
+    return out
+
+
+def run_case(ditmoe, name, tmp, isas):
     over, dtype, n, kind = CASES[name]
     cfg = dict(BASE, **over)
     seed = sum(map(ord, name))
@@ -150,10 +161,12 @@ def run_case(ditmoe, name, tmp):
         ok = qmax <= Q8_TOL and qmean <= Q8_MEAN_TOL
         print(f"{'ok  ' if ok else 'FAIL'} {name:<26} Q8 vs F32 rel err max {qmax:.2e} "
               f"(bound {Q8_TOL:g}) mean {qmean:.2e} (bound {Q8_MEAN_TOL:g})", flush=True)
-    # the packed kernel split over an odd pool, and the BLAS path alone
-    for how, extra in (("packed", ["--threads", "3"]), ("blas", ["--no-pack"])):
+    # every kernel entry, packed and split over an odd pool, and the BLAS path
+    runs = [(isa, isa, ["--threads", "3"]) for isa in isas] + [("blas", "auto", ["--no-pack"])]
+    for how, isa, extra in runs:
         subprocess.run([ditmoe, "forward", "--model", path, "--x", files["x"], "--t", files["t"],
-                        "--y", files["y"], "--out", files["out"]] + extra, check=True)
+                        "--y", files["y"], "--out", files["out"]] + extra, check=True,
+                       env=dict(os.environ, DITMOE_ISA=isa))
         ours = np.load(files["out"])
         if ours.shape != ref.shape:
             print(f"FAIL {name} ({how}): shape {ours.shape}, reference {ref.shape}")
@@ -174,9 +187,11 @@ def main():
     ditmoe, names = sys.argv[1], sys.argv[2:] or list(CASES)
     torch.set_num_threads(1)
     failed = []
+    isas = kernels(ditmoe)
+    print("kernel entries run:", ", ".join(isas), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            if not run_case(ditmoe, name, tmp):
+            if not run_case(ditmoe, name, tmp, isas):
                 failed.append(name)
     if failed:
         print("failed:", ", ".join(failed))

@@ -216,6 +216,7 @@ def run_cli(ditmoe, work):
     np.save(zf, z.numpy())
     rc, out = run(ditmoe, "decode", "--vae", d, "--latents", zf, "--out", png, "--out-npy", npy)
     check(rc == 0, f"ditmoe decode runs: {out.strip()}")
+    check(f"({os.cpu_count()} threads)" in out, f"ditmoe decode defaults to one thread per core")
     if rc == 0:
         with torch.no_grad():
             ref = model(z / 0.18215).numpy()

@@ -42,7 +42,8 @@ static int decode(vae_model *m, struct op_pool *pool, int n, int h, int w,
     int lat = vae_latent_channels(m), up = vae_upscale(m);
     size_t zn = (size_t)n * lat * h * w;
     size_t on = (size_t)n * vae_out_channels(m) * h * up * w * up;
-    size_t wsb = vae_workspace_bytes(m, n, h, w);
+    int threads = pool ? op_pool_threads(pool) : 1;
+    size_t wsb = vae_workspace_bytes(m, threads, n, h, w);
     float *z = read_f32(zpath, zn), *out = malloc(on * sizeof *out);
     void *ws = malloc(wsb);
     int rc = 1;
@@ -50,7 +51,7 @@ static int decode(vae_model *m, struct op_pool *pool, int n, int h, int w,
         goto done;
     if (vae_decode(m, pool, ws, wsb - 1, n, h, w, z, out) != DIT_E_INVAL ||
         vae_decode(m, pool, ws, wsb, 0, h, w, z, out) != DIT_E_INVAL ||
-        vae_workspace_bytes(m, n, 0, w) != 0) {
+        vae_workspace_bytes(m, threads, n, 0, w) != 0) {
         fprintf(stderr, "argument checks did not refuse\n");
         goto done;
     }
@@ -80,7 +81,13 @@ int main(int argc, char **argv)
     }
     char err[1024] = "";
     vae_model *m = (vae_model *)1;
-    int st = vae_load(&m, argv[2], err, sizeof err);
+    const gemm_kernel *gk = NULL;
+    int st = gemm_kernel_choose(&gk, err, sizeof err); /* DITMOE_ISA or the best */
+    if (st != DIT_OK) {
+        printf("E%d %s\n", st, err);
+        return 2;
+    }
+    st = vae_load(&m, argv[2], gk, err, sizeof err);
     if (st != DIT_OK) {
         printf("E%d %s\n", st, err);
         return m == NULL && err[0] ? 1 : 2; /* failure must leave *out NULL */

@@ -75,5 +75,17 @@ int cli_model_settings(dit_model_settings *set, int no_pack, const char *compute
 
 /* Seconds on a monotonic clock. */
 double cli_now(void);
+/* CPU seconds of the whole process (all threads). */
+double cli_cpu_now(void);
+
+/* ---- threads ------------------------------------------------------------ */
+
+/* The cores online: the default --threads of generate, decode and bench. */
+int cli_cores(void);
+
+/* Before the engine runs: BLAS to 1 thread (the engine's pool owns the
+ * cores; BLAS's own threads would spin against it), and dit_blas_warning
+ * printed to stderr when OpenBLAS does not know this CPU. */
+void cli_engine_setup(void);
 
 #endif

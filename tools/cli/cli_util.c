@@ -206,6 +206,27 @@ int cli_load_model(const char *path, int no_pack, const char *compute, dit_model
     return 0;
 }
 
+int cli_cores(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 256 ? 256 : (int)n;
+}
+
+void cli_engine_setup(void)
+{
+    char warn[512];
+    dit_set_blas_threads(1);
+    if (dit_blas_warning(warn, sizeof warn))
+        fprintf(stderr, "ditmoe: warning: %s\n", warn);
+}
+
+double cli_cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 double cli_now(void)
 {
     struct timespec ts;

@@ -1,5 +1,13 @@
 /* cmd_bench.c: `ditmoe bench`: forward latency, tokens/s and achieved
- * GFLOP/s, next to OpenBLAS sgemm's GFLOP/s measured in the same run.
+ * GFLOP/s, as a fraction of two yardsticks measured in the same run: the
+ * FP32 FMA peak of the kernel entry the model runs (dit_kernel_peak_gflops:
+ * a register-only FMA loop on every thread, summed, which no library can
+ * cripple) and OpenBLAS sgemm (which runs generic kernels on CPUs it does
+ * not know, see dit_blas_warning).
+ *
+ * Both are shown on two clocks: wall time, and the process's CPU time (all
+ * threads), which other jobs time-slicing a shared machine do not inflate:
+ * GFLOP per CPU-second against one thread's share of the peak.
  *
  * FLOPs are the multiply-adds (2 each) of the forward's matrix products:
  * patch embedding, timestep MLP, per block adaLN, qkv, attention (QK^T and
@@ -20,7 +28,8 @@ static const char bench_usage[] =
     "                    [--compute f32|int8]\n"
     "  --batch B       rows per forward, 1..1024\n"
     "  --iters K       timed forwards after one warm-up (default 5)\n"
-    "  --threads T     engine threads, and BLAS threads for the sgemm (default 1)\n"
+    "  --threads T     engine threads, and BLAS threads for the sgemm\n"
+    "                  (default: one per core)\n"
     "  --synthetic NAME  random weights of a preset (e.g. s2) instead of a model\n"
     "  --dtype D       synthetic weight matrices in f32 (default), f16, bf16, or q8\n"
     "                  (8-bit experts, the rest F16: fits G/2 in 24 GB)\n"
@@ -101,6 +110,27 @@ typedef struct bench_opts {
     double gemm; /* measured sgemm GFLOP/s */
 } bench_opts;
 
+/* The yardsticks beside the forward's GFLOP/s (wall clock; per_cpu: GFLOP
+ * per CPU-second): the FMA peak of the model's kernel entry on the threads
+ * used, and sgemm. */
+static void bench_yardsticks(const dit_model *m, const bench_opts *o, double achieved,
+                             double per_cpu)
+{
+    dit_model_info info;
+    dit_model_get_info(m, &info);
+    double peak = dit_kernel_peak_gflops(info.kernel, o->threads);
+    printf("kernel      %s%s\n", info.kernel ? info.kernel : "?",
+           info.packed ? "" : " (weights unpacked: their products on BLAS)");
+    printf("fma peak    %.2f GFLOP/s (%s FP32 FMA loop, %d threads summed)\n", peak,
+           info.kernel ? info.kernel : "?", o->threads);
+    printf("sgemm       %.2f GFLOP/s (%d x %d x %d, %d BLAS threads)\n", o->gemm, o->gemm_n,
+           o->gemm_n, o->gemm_n, o->threads);
+    printf("ratio       %.3f of the FMA peak, %.3f of sgemm\n", peak > 0 ? achieved / peak : 0,
+           achieved / o->gemm);
+    printf("cpu clock   %.2f GFLOP per CPU-second: %.3f of one thread's FMA peak\n", per_cpu,
+           peak > 0 ? per_cpu / (peak / o->threads) : 0);
+}
+
 static int bench_run(const dit_model *m, const char *name, const bench_opts *o)
 {
     int batch = o->batch, iters = o->iters, threads = o->threads;
@@ -112,7 +142,7 @@ static int bench_run(const dit_model *m, const char *name, const bench_opts *o)
     float *out = malloc((size_t)batch * c->out_channels * hw * sizeof *out);
     dit_ctx_settings set;
     dit_ctx *ctx = NULL;
-    double total = 0, best = 1e30, routed = 0, flops;
+    double total = 0, best = 1e30, routed = 0, flops, cpu = 0;
     int rc = CLI_EFAIL;
     dit_ctx_settings_default(&set);
     set.max_rows = batch;
@@ -127,7 +157,7 @@ static int bench_run(const dit_model *m, const char *name, const bench_opts *o)
         goto done;
     }
     for (int it = 0; it <= iters; it++) { /* iteration 0 warms up */
-        double t0 = cli_now(), dt;
+        double t0 = cli_now(), c0 = cli_cpu_now(), dt;
         if ((rc = dit_forward(ctx, batch, x, t, y, out)) != DIT_OK) {
             rc = cli_fail("forward failed: %s", dit_strerror(rc));
             goto done;
@@ -135,6 +165,7 @@ static int bench_run(const dit_model *m, const char *name, const bench_opts *o)
         dt = cli_now() - t0;
         if (it == 0)
             continue;
+        cpu += cli_cpu_now() - c0;
         total += dt;
         best = dt < best ? dt : best;
         routed += bench_routed(ctx, c, batch);
@@ -152,9 +183,7 @@ static int bench_run(const dit_model *m, const char *name, const bench_opts *o)
            flops * 1e-9, routed / iters / c->depth, batch * c->num_tokens,
            c->num_experts_per_tok);
     printf("achieved    %.2f GFLOP/s\n", flops / (total / iters) * 1e-9);
-    printf("sgemm       %.2f GFLOP/s (%d x %d x %d, %d BLAS threads)\n", o->gemm, o->gemm_n,
-           o->gemm_n, o->gemm_n, threads);
-    printf("ratio       %.3f of sgemm\n", flops / (total / iters) * 1e-9 / o->gemm);
+    bench_yardsticks(m, o, flops / (total / iters) * 1e-9, flops / (cpu / iters) * 1e-9);
     rc = 0;
 done:
     dit_ctx_free(ctx);
@@ -164,9 +193,8 @@ done:
 
 int cmd_bench(int argc, char **argv)
 {
-    const char *path = NULL, *synth = NULL, *batch_s = NULL, *iters_s = "5", *threads_s = "1";
-    const char *gemm_s = "1024", *name = NULL, *dtype = NULL;
-    const char *compute = NULL;
+    const char *path = NULL, *synth = NULL, *batch_s = NULL, *iters_s = "5", *threads_s = NULL;
+    const char *gemm_s = "1024", *name = NULL, *dtype = NULL, *compute = NULL;
     int no_pack = 0;
     const cli_opt opts[] = {
         { "model", &path, NULL }, { "synthetic", &synth, NULL }, { "batch", &batch_s, NULL },
@@ -195,12 +223,14 @@ int cmd_bench(int argc, char **argv)
     }
     if ((rc = cli_int("batch", batch_s, 1, 1024, &o.batch)) ||
         (rc = cli_int("iters", iters_s, 1, 100000, &o.iters)) ||
-        (rc = cli_int("threads", threads_s, 1, 256, &o.threads)) ||
+        (threads_s && (rc = cli_int("threads", threads_s, 1, 256, &o.threads))) ||
         (rc = cli_int("gemm", gemm_s, 64, 8192, &o.gemm_n)))
         return rc;
+    if (!threads_s)
+        o.threads = cli_cores();
     dit_set_blas_threads(o.threads); /* the yardstick uses BLAS's own threads */
     o.gemm = bench_sgemm(o.gemm_n);
-    dit_set_blas_threads(1);         /* the engine runs single-threaded sgemms on its pool */
+    cli_engine_setup();              /* the engine runs single-threaded sgemms on its pool */
     if (o.gemm <= 0)
         return cli_fail("out of memory for the %d x %d sgemm", o.gemm_n, o.gemm_n);
     if (synth) {

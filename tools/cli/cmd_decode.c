@@ -23,7 +23,7 @@ static const char decode_usage[] =
     "                     1 for latents already divided)\n"
     "  --out X.png        the picture, a grid for N > 1\n"
     "  --out-npy RGB.npy  also the decoder's float32 output (N, 3, 8h, 8w), about [-1, 1]\n"
-    "  --threads T        threads (default 1)\n";
+    "  --threads T        threads (default: one per core)\n";
 
 typedef struct dec_args {
     const char *vae, *latents, *out, *out_npy;
@@ -102,7 +102,8 @@ static int dec_run(const dec_args *a, dit_vae *v, const io_npy *z)
         rc = cli_fail("%s: decoding failed: %s", a->latents, err[0] ? err : dit_strerror(rc));
         goto done;
     }
-    fprintf(stderr, "decoded %d x %dx%d latents in %.2f s\n", n, h, w, cli_now() - t);
+    fprintf(stderr, "decoded %d x %dx%d latents in %.2f s (%d threads)\n", n, h, w,
+            cli_now() - t, a->threads);
     rc = dec_write(a, rgb, n, C, h * up, w * up);
 done:
     free(zs);
@@ -113,7 +114,7 @@ done:
 int cmd_decode(int argc, char **argv)
 {
     dec_args a = { 0 };
-    const char *scale_s = "0.18215", *threads_s = "1";
+    const char *scale_s = "0.18215", *threads_s = NULL;
     const cli_opt opts[] = {
         { "vae", &a.vae, NULL }, { "latents", &a.latents, NULL }, { "out", &a.out, NULL },
         { "out-npy", &a.out_npy, NULL }, { "latent-scale", &scale_s, NULL },
@@ -127,11 +128,13 @@ int cmd_decode(int argc, char **argv)
         return CLI_EUSAGE;
     }
     if ((rc = cli_double("latent-scale", scale_s, 1e-6, 1e6, &a.scale)) ||
-        (rc = cli_int("threads", threads_s, 1, 256, &a.threads)))
+        (threads_s && (rc = cli_int("threads", threads_s, 1, 256, &a.threads))))
         return rc;
+    if (!threads_s)
+        a.threads = cli_cores();
     /* the engine's pool with single-threaded BLAS, as the server decodes:
      * it beats BLAS's own threads here (bench/vae_bench.py) */
-    dit_set_blas_threads(1);
+    cli_engine_setup();
     dit_vae *v = NULL;
     io_npy z = { 0 };
     char err[1024] = "";

@@ -27,6 +27,7 @@ static const char generate_usage[] =
     "  --num-images K    1..64 images of the class, a grid in the PNG (default 1)\n"
     "  --noise Z.npy     float32 (K, C, H, W) initial noise instead of drawing it\n"
     "  --out FILE.png    the image(s); --out-npy X.npy the final samples (N, C, H, W)\n"
+    "  --threads T       engine threads (default: one per core)\n"
     "  --no-pack         keep weights as stored and use BLAS (default: packed kernel)\n"
     "  --compute M       f32 (default), or int8: 8-bit products, needs a VNNI CPU\n"
     "                    (refused elsewhere; see docs/quantization.md)\n";
@@ -201,11 +202,17 @@ static int gen_run(const dit_model *m, const dit_sample_params *p, const gen_arg
         rc = cli_fail("cannot make a context for %d rows: %s", set.max_rows, dit_strerror(rc));
         goto done;
     }
+    double t0 = cli_now();
     rc = dit_generate(ctx, &s, 1, isatty(2) ? gen_progress : NULL, NULL);
     if (rc != DIT_OK) {
         rc = cli_fail("sampling failed: %s", dit_strerror(rc));
         goto done;
     }
+    dit_model_info info;
+    dit_model_get_info(m, &info);
+    fprintf(stderr, "sampled %d image%s in %.2f s (%d steps, %d threads, kernel %s)\n",
+            p->num_images, p->num_images == 1 ? "" : "s", cli_now() - t0, p->steps, threads,
+            info.kernel ? info.kernel : "?");
     if (a->out_npy) {
         int64_t shape[4] = { p->num_images, c->in_channels, c->input_size, c->input_size };
         rc = io_npy_write(a->out_npy, IO_NPY_F32, 4, shape, dit_sampler_result(s), err,
@@ -238,7 +245,7 @@ int cmd_generate(int argc, char **argv)
     dit_model *m = NULL;
     io_npy z = { 0 };
     const char *name = NULL;
-    int threads = 1;
+    int threads = cli_cores();
     int rc = cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), generate_usage);
     if (rc)
         return rc < 0 ? 0 : rc;
@@ -248,6 +255,7 @@ int cmd_generate(int argc, char **argv)
     }
     if (a.threads && (rc = cli_int("threads", a.threads, 1, 256, &threads)))
         return rc;
+    cli_engine_setup();
     if ((rc = cli_load_model(a.model, a.no_pack, a.compute, &m, &name)))
         return rc;
     if (!(rc = gen_params(m, &a, &p)) && !(rc = gen_noise(m, &a, &z, &p)))

@@ -5,9 +5,10 @@
 #include "cli.h"
 
 static const char inspect_usage[] =
-    "usage: ditmoe inspect [--model DIR] [--no-pack]\n"
+    "usage: ditmoe inspect [--model DIR] [--no-pack] [--kernels]\n"
     "  --model DIR   model directory or weight file (default: the embedded model)\n"
-    "  --no-pack     weights as stored, BLAS path (default: packed for the kernel)\n";
+    "  --no-pack     weights as stored, BLAS path (default: packed for the kernel)\n"
+    "  --kernels     only list the GEMM kernels this CPU runs, best first\n";
 
 static void inspect_print(const char *name, const dit_model *m)
 {
@@ -43,6 +44,8 @@ static void inspect_print(const char *name, const dit_model *m)
         printf("  held as %-6s %.1f MiB, %llu parameters\n", info.held[i].dtype,
                (double)info.held[i].bytes / (1024.0 * 1024.0),
                (unsigned long long)info.held[i].params);
+    printf("kernel          %s%s\n", info.kernel ? info.kernel : "?",
+           info.packed ? "" : " (attention and VAE; weight products on BLAS)");
     if (c->vae_dir)
         printf("latents         decoded by %s (latents / %g)\n", c->vae_dir, c->latent_scale);
     printf("image           %d x %d, %d channel%s\n", w, h, ch, ch == 1 ? "" : "s");
@@ -53,12 +56,20 @@ static void inspect_print(const char *name, const dit_model *m)
 int cmd_inspect(int argc, char **argv)
 {
     const char *path = NULL, *name = NULL;
-    int no_pack = 0;
-    const cli_opt opts[] = { { "model", &path, NULL }, { "no-pack", NULL, &no_pack } };
+    int no_pack = 0, kernels = 0;
+    const cli_opt opts[] = { { "model", &path, NULL }, { "no-pack", NULL, &no_pack },
+                             { "kernels", NULL, &kernels } };
     dit_model *m = NULL;
-    int rc = cli_parse(argc, argv, opts, 2, inspect_usage);
+    int rc = cli_parse(argc, argv, opts, 3, inspect_usage);
     if (rc)
         return rc < 0 ? 0 : rc;
+    if (kernels) {
+        const char *names[16];
+        int n = dit_kernels_available(names, 16);
+        for (int i = 0; i < n && i < 16; i++)
+            printf("%s\n", names[i]);
+        return 0;
+    }
     if ((rc = cli_load_model(path, no_pack, NULL, &m, &name)))
         return rc;
     inspect_print(name, m);
