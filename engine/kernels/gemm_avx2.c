@@ -9,7 +9,8 @@
  * all 16 registers and a GLU split of 12/12 columns across 8-lane vectors;
  * 6x16 measured as fast on Zen 3, see docs/benchmarks.md, and a GLU panel
  * is one vector of gate and one of up.) F16 packs widen with F16C's
- * vcvtph2ps, BF16 with a shift; the input is read in place, as in the
+ * vcvtph2ps, BF16 with a shift, Q8 with a sign extension, a conversion
+ * and a multiply by the column's block scale; the input is read in place, as in the
  * AVX-512 entry, and panels are visited in L2-sized blocks.
  *
  * Compiled for AVX2, FMA and F16C by function attributes, so a portable
@@ -66,10 +67,19 @@ A2_INLINE __m256i cols_mask(int n)
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* 8 weights of a panel row as floats: F16 and BF16 widen in registers.
+/* 8 weights of a panel row as floats: F16 and BF16 widen in registers,
+ * Q8 (at = k * 16 + column) sign-extends 8 bytes of its block's row of
+ * values to F32 and multiplies by the columns' scales (gemm.h's layout).
  * A new pack dtype is a case here. */
 A2_INLINE __m256 load_w(const void *panel, size_t at, int dtype)
 {
+    if (dtype == ST_Q8) {
+        size_t k = at / A2_NR, j = at % A2_NR;
+        const char *blk = (const char *)panel + k / Q8_BLOCK * A2_NR * (4 + Q8_BLOCK);
+        const int8_t *q = (const int8_t *)blk + A2_NR * 4 + k % Q8_BLOCK * A2_NR + j;
+        __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
+        return _mm256_mul_ps(v, _mm256_loadu_ps((const float *)blk + j));
+    }
     if (dtype == ST_F32)
         return _mm256_loadu_ps((const float *)panel + at);
     __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)panel + at));
@@ -134,10 +144,10 @@ A2_INLINE void kernel(int mr, int dtype, const gemm_args *a, const float *in,
 A2_INLINE void row_tile(int dtype, const gemm_args *a, int m, int mr, int p0, int p1)
 {
     int cols = a->glu ? A2_NR / 2 : A2_NR;
-    size_t panel_elems = (size_t)a->K * A2_NR, esize = dtype == ST_F32 ? 4 : 2;
+    size_t panel_bytes = gemm_panel_bytes(&gemm_kernel_avx2, a->K, dtype);
     const float *in = a->in + (size_t)m * a->ldi;
     for (int p = p0; p < p1; p++) {
-        const void *panel = (const char *)a->w + (size_t)p * panel_elems * esize;
+        const void *panel = (const char *)a->w + (size_t)p * panel_bytes;
         float *out = a->out + (size_t)m * a->ldo + (size_t)p * cols;
         const float *bias = a->bias ? a->bias + (size_t)p * cols : NULL;
         int left = a->N - p * cols;
@@ -167,10 +177,16 @@ A2_TARGET static void row_tile_bf16(const gemm_args *a, int m, int mr, int p0, i
     row_tile(ST_BF16, a, m, mr, p0, p1);
 }
 
+A2_TARGET static void row_tile_q8(const gemm_args *a, int m, int mr, int p0, int p1)
+{
+    row_tile(ST_Q8, a, m, mr, p0, p1);
+}
+
 static void a2_tile(const gemm_args *a, int m0, int m1, int p0, int p1)
 {
     static const gemm_row_fn rows[GEMM_DTYPES] = {
         [ST_F32] = row_tile_f32, [ST_F16] = row_tile_f16, [ST_BF16] = row_tile_bf16,
+        [ST_Q8] = row_tile_q8,
     };
     gemm_tile_blocks(&gemm_kernel_avx2, rows, a, m0, m1, p0, p1);
 }

@@ -66,9 +66,18 @@ static inline __mmask16 cols_mask(int n)
     return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
 }
 
-/* 16 weights of a panel row as floats: F16 and BF16 widen in registers. */
+/* 16 weights of a panel row as floats: F16 and BF16 widen in registers,
+ * Q8 (at = k * 32 + column) sign-extends 16 bytes of its block's row of
+ * values to F32 and multiplies by the columns' scales (gemm.h's layout). */
 GEMM_INLINE __m512 load_w(const void *panel, size_t at, int dtype)
 {
+    if (dtype == ST_Q8) {
+        size_t k = at / Z_NR, j = at % Z_NR;
+        const char *blk = (const char *)panel + k / Q8_BLOCK * Z_NR * (4 + Q8_BLOCK);
+        const int8_t *q = (const int8_t *)blk + Z_NR * 4 + k % Q8_BLOCK * Z_NR + j;
+        __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
+        return _mm512_mul_ps(v, _mm512_loadu_ps((const float *)blk + j));
+    }
     if (dtype == ST_F32)
         return _mm512_load_ps((const float *)panel + at);
     __m256i h = _mm256_load_si256((const __m256i *)((const uint16_t *)panel + at));
@@ -129,10 +138,10 @@ GEMM_INLINE void kernel(int mr, int dtype, const gemm_args *a, const float *in,
 GEMM_INLINE void row_tile(int dtype, const gemm_args *a, int m, int mr, int p0, int p1)
 {
     int cols = a->glu ? Z_NR / 2 : Z_NR;
-    size_t panel_elems = (size_t)a->K * Z_NR, esize = dtype == ST_F32 ? 4 : 2;
+    size_t panel_bytes = gemm_panel_bytes(&gemm_kernel_avx512, a->K, dtype);
     const float *in = a->in + (size_t)m * a->ldi;
     for (int p = p0; p < p1; p++) {
-        const void *panel = (const char *)a->w + (size_t)p * panel_elems * esize;
+        const void *panel = (const char *)a->w + (size_t)p * panel_bytes;
         float *out = a->out + (size_t)m * a->ldo + (size_t)p * cols;
         const float *bias = a->bias ? a->bias + (size_t)p * cols : NULL;
         int left = a->N - p * cols;
@@ -163,10 +172,16 @@ GEMM_TARGET static void row_tile_bf16(const gemm_args *a, int m, int mr, int p0,
     row_tile(ST_BF16, a, m, mr, p0, p1);
 }
 
+GEMM_TARGET static void row_tile_q8(const gemm_args *a, int m, int mr, int p0, int p1)
+{
+    row_tile(ST_Q8, a, m, mr, p0, p1);
+}
+
 static void z_tile(const gemm_args *a, int m0, int m1, int p0, int p1)
 {
     static const gemm_row_fn rows[GEMM_DTYPES] = {
         [ST_F32] = row_tile_f32, [ST_F16] = row_tile_f16, [ST_BF16] = row_tile_bf16,
+        [ST_Q8] = row_tile_q8,
     };
     gemm_tile_blocks(&gemm_kernel_avx512, rows, a, m0, m1, p0, p1);
 }

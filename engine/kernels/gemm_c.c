@@ -40,16 +40,30 @@ static void epilogue(const gemm_args *a, float acc[C_MR][C_NR], int m, int mr, i
     }
 }
 
+/* w (C_NR) = row k of a panel in dtype, widened to F32 (Q8: the row's
+ * values times their columns' scales for its block of 32 rows). */
+static void panel_row(float *w, const char *panel, int k, int dtype)
+{
+    if (dtype == ST_Q8) {
+        const float *scale = (const float *)(panel + (size_t)(k / Q8_BLOCK) * C_NR *
+                                                         (sizeof(float) + Q8_BLOCK));
+        const int8_t *q = (const int8_t *)(scale + C_NR) + (size_t)(k % Q8_BLOCK) * C_NR;
+        for (int j = 0; j < C_NR; j++)
+            w[j] = scale[j] * (float)q[j];
+        return;
+    }
+    dtype_get(dtype)->to_f32(w, panel + (size_t)k * dtype_bytes(dtype, C_NR), C_NR);
+}
+
 /* Rows [m, m + mr) against panel p. */
 static void micro(const gemm_args *a, int m, int mr, int p)
 {
     float acc[C_MR][C_NR] = { { 0 } }, w[C_NR];
-    const dtype_traits *t = dtype_get(a->wdtype);
-    size_t row_bytes = dtype_bytes(a->wdtype, C_NR);
-    const char *panel = (const char *)a->w + (size_t)p * a->K * row_bytes;
+    const char *panel = (const char *)a->w + (size_t)p * gemm_panel_bytes(&gemm_kernel_c, a->K,
+                                                                          a->wdtype);
     const float *in = a->in + (size_t)m * a->ldi;
     for (int k = 0; k < a->K; k++) {
-        t->to_f32(w, panel + (size_t)k * row_bytes, C_NR);
+        panel_row(w, panel, k, a->wdtype);
         for (int i = 0; i < mr; i++) {
             float x = in[(size_t)i * a->ldi + k];
             for (int j = 0; j < C_NR; j++)
@@ -69,7 +83,7 @@ static void row_tile(const gemm_args *a, int m, int mr, int p0, int p1)
 static void c_tile(const gemm_args *a, int m0, int m1, int p0, int p1)
 {
     static const gemm_row_fn rows[GEMM_DTYPES] = {
-        [ST_F32] = row_tile, [ST_F16] = row_tile, [ST_BF16] = row_tile,
+        [ST_F32] = row_tile, [ST_F16] = row_tile, [ST_BF16] = row_tile, [ST_Q8] = row_tile,
     };
     gemm_tile_blocks(&gemm_kernel_c, rows, a, m0, m1, p0, p1);
 }

@@ -9,6 +9,8 @@
  * the x86 entries. Tested under qemu-aarch64 (scripts/test); no speed is
  * claimed for it without an ARM machine to measure on.
  */
+#include <string.h>
+
 #include "gemm.h"
 
 #define N_MR 6
@@ -24,10 +26,22 @@ static int n_supported(void)
     return 1; /* Advanced SIMD is part of every AArch64 CPU */
 }
 
-/* 4 weights of a panel row as floats. A new pack dtype is a case here. */
+/* 4 weights of a panel row as floats: Q8 (at = k * 16 + column) widens
+ * 4 bytes of its block's row of values to F32 and multiplies by the
+ * columns' scales (gemm.h's layout). A new pack dtype is a case here. */
 static inline __attribute__((always_inline)) float32x4_t load_w(const void *panel, size_t at,
                                                                  int dtype)
 {
+    if (dtype == ST_Q8) {
+        size_t k = at / N_NR, j = at % N_NR;
+        const char *blk = (const char *)panel + k / Q8_BLOCK * N_NR * (4 + Q8_BLOCK);
+        const int8_t *q = (const int8_t *)blk + N_NR * 4 + k % Q8_BLOCK * N_NR + j;
+        int32_t b4;
+        memcpy(&b4, q, 4);
+        int16x8_t h = vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(b4)));
+        float32x4_t v = vcvtq_f32_s32(vmovl_s16(vget_low_s16(h)));
+        return vmulq_f32(v, vld1q_f32((const float *)blk + j));
+    }
     if (dtype == ST_F32)
         return vld1q_f32((const float *)panel + at);
     uint16x4_t h = vld1_u16((const uint16_t *)panel + at);
@@ -110,10 +124,10 @@ static inline __attribute__((always_inline)) void row_tile(int dtype, const gemm
                                                            int mr, int p0, int p1)
 {
     int cols = a->glu ? N_NR / 2 : N_NR;
-    size_t panel_elems = (size_t)a->K * N_NR, esize = dtype == ST_F32 ? 4 : 2;
+    size_t panel_bytes = gemm_panel_bytes(&gemm_kernel_neon, a->K, dtype);
     const float *in = a->in + (size_t)m * a->ldi;
     for (int p = p0; p < p1; p++) {
-        const void *panel = (const char *)a->w + (size_t)p * panel_elems * esize;
+        const void *panel = (const char *)a->w + (size_t)p * panel_bytes;
         float *out = a->out + (size_t)m * a->ldo + (size_t)p * cols;
         const float *bias = a->bias ? a->bias + (size_t)p * cols : NULL;
         int left = a->N - p * cols;
@@ -143,10 +157,16 @@ static void row_tile_bf16(const gemm_args *a, int m, int mr, int p0, int p1)
     row_tile(ST_BF16, a, m, mr, p0, p1);
 }
 
+static void row_tile_q8(const gemm_args *a, int m, int mr, int p0, int p1)
+{
+    row_tile(ST_Q8, a, m, mr, p0, p1);
+}
+
 static void n_tile(const gemm_args *a, int m0, int m1, int p0, int p1)
 {
     static const gemm_row_fn rows[GEMM_DTYPES] = {
         [ST_F32] = row_tile_f32, [ST_F16] = row_tile_f16, [ST_BF16] = row_tile_bf16,
+        [ST_Q8] = row_tile_q8,
     };
     gemm_tile_blocks(&gemm_kernel_neon, rows, a, m0, m1, p0, p1);
 }
