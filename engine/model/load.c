@@ -246,7 +246,8 @@ void dit_model_free(dit_model *m)
     model_close_vae(m);
     free(m->vae_dir);
     free(m->f32);
-    free(m->q8);
+    if (m->q8)
+        munmap(m->q8, m->q8_len * sizeof *m->q8);
     free(m->packed);
     st_close(m->weights);
     free(m);

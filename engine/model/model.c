@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "model.h"
 #include "preset.h"
@@ -400,7 +402,12 @@ int model_bind(dit_model *m, char *err, size_t errlen)
     m->f32_len = small;
     m->f32 = malloc(sizeof(float) * (size_t)small);
     m->q8_len = q8;
-    m->q8 = q8 ? malloc(q8 * sizeof *m->q8) : NULL;
+    m->q8 = NULL;
+    if (q8) { /* a mapping, so packing can give its pages back (q8_drop) */
+        void *p = mmap(NULL, q8 * sizeof *m->q8, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        m->q8 = p == MAP_FAILED ? NULL : p;
+    }
     m->blocks = calloc((size_t)g->depth, sizeof *m->blocks);
     if (!b.used || !m->f32 || (q8 && !m->q8) || !m->blocks) {
         rc = DIT_E_NOMEM;
@@ -469,6 +476,21 @@ typedef struct packer {
     float *row;
 } packer;
 
+/* The model will not read the Q8 blocks at p (n bytes) again: the whole
+ * pages of m->q8 they cover are freed (packing a G/2 would otherwise hold
+ * its 8-bit experts twice). Not Q8 memory: a no-op. */
+static void q8_drop(const dit_model *m, const void *p, size_t n)
+{
+    const char *base = (const char *)m->q8, *c = p;
+    size_t len = m->q8_len * sizeof *m->q8, page = (size_t)sysconf(_SC_PAGESIZE);
+    if (!base || c < base || n > len || (size_t)(c - base) > len - n)
+        return;
+    uintptr_t a = ((uintptr_t)c + page - 1) & ~(uintptr_t)(page - 1);
+    uintptr_t b = ((uintptr_t)c + n) & ~(uintptr_t)(page - 1);
+    if (b > a)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 /* Packs a matrix, or an expert's gate and up as one GLU pack, at the
  * packer's position (each_mat's callback). */
 static void pack_one(void *arg, kmat *w, kglu *g)
@@ -485,12 +507,14 @@ static void pack_one(void *arg, kmat *w, kglu *g)
             g->pk = dst;
             g->pk_dtype = dtype;
             st_drop(k->m->weights, g->up.data, dtype_bytes(g->up.dtype, n));
+            q8_drop(k->m, g->up.data, dtype_bytes(g->up.dtype, n));
         } else {
             gk->pack(gk, dst, dtype, w, k->row);
             w->pk = dst;
             w->pk_dtype = dtype;
         }
         st_drop(k->m->weights, x->data, dtype_bytes(x->dtype, n));
+        q8_drop(k->m, x->data, dtype_bytes(x->dtype, n));
     }
     k->pos += gk->pack_bytes(gk, x->rows, x->cols, g != NULL, dtype);
 }
