@@ -101,19 +101,27 @@ void gemm_tile_blocks(const gemm_kernel *k, const gemm_row_fn row[GEMM_DTYPES],
 }
 
 /* Column j of Q8 panel p (gemm.h's layout) takes the K / 32 blocks of a
- * row (zeros for NULL: a column past the matrix's last row). */
+ * row (NULL: a column past the matrix's last row, all zeros): the values,
+ * before block b the ratio d(b-1) / d(b) of the scales (1 before the
+ * first), after the last block its scale. A zero block's scale is taken
+ * as 1 (its values are 0), so no ratio divides by 0. */
 static void pack_q8_col(const gemm_kernel *g, void *dst, size_t p, const q8_block *src,
                         size_t K, size_t j)
 {
-    size_t nr = (size_t)g->nr, bytes = nr * (sizeof(float) + Q8_BLOCK);
+    size_t nr = (size_t)g->nr, bytes = nr * (sizeof(float) + Q8_BLOCK), nb = K / Q8_BLOCK;
     char *panel = (char *)dst + p * gemm_panel_bytes(g, (int)K, ST_Q8);
-    for (size_t b = 0; b < K / Q8_BLOCK; b++) {
-        float *scale = (float *)(panel + b * bytes);
-        int8_t *q = (int8_t *)(scale + nr);
-        scale[j] = src ? f16_to_f32(src[b].d) : 0.0f;
+    float prev = 1.0f;
+    for (size_t b = 0; b < nb; b++) {
+        float *ratio = (float *)(panel + b * bytes);
+        int8_t *q = (int8_t *)(ratio + nr);
+        float d = src ? f16_to_f32(src[b].d) : 0.0f;
+        d = d > 0 ? d : 1.0f;
+        ratio[j] = b ? prev / d : 1.0f;
+        prev = d;
         for (size_t k = 0; k < Q8_BLOCK; k++)
             q[k * nr + j] = src ? src[b].q[k] : 0;
     }
+    ((float *)(panel + nb * bytes))[j] = src ? prev : 0.0f;
 }
 
 /* Columns [j0, j0 + n) of panel p (K rows of nr) of a pack in dtype take

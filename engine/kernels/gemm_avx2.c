@@ -68,18 +68,14 @@ A2_INLINE __m256i cols_mask(int n)
 }
 
 /* 8 weights of a panel row as floats: F16 and BF16 widen in registers,
- * Q8 (at = k * 16 + column) sign-extends 8 bytes of its block's row of
- * values to F32 and multiplies by the columns' scales (gemm.h's layout).
- * A new pack dtype is a case here. */
+ * Q8 (q: 8 values of a block's row) sign-extends them to F32 unscaled
+ * (the kernel rescales its accumulators per block, gemm.h). A new pack
+ * dtype is a case here. */
 A2_INLINE __m256 load_w(const void *panel, size_t at, int dtype)
 {
-    if (dtype == ST_Q8) {
-        size_t k = at / A2_NR, j = at % A2_NR;
-        const char *blk = (const char *)panel + k / Q8_BLOCK * A2_NR * (4 + Q8_BLOCK);
-        const int8_t *q = (const int8_t *)blk + A2_NR * 4 + k % Q8_BLOCK * A2_NR + j;
-        __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
-        return _mm256_mul_ps(v, _mm256_loadu_ps((const float *)blk + j));
-    }
+    if (dtype == ST_Q8)
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+            _mm_loadl_epi64((const __m128i *)((const int8_t *)panel + at))));
     if (dtype == ST_F32)
         return _mm256_loadu_ps((const float *)panel + at);
     __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)panel + at));
@@ -111,14 +107,41 @@ A2_INLINE void kernel(int mr, int dtype, const gemm_args *a, const float *in,
 #pragma GCC unroll 6
     for (int i = 0; i < mr; i++)
         c0[i] = c1[i] = _mm256_setzero_ps();
-    for (int k = 0; k < K; k++) {
-        __m256 b0 = load_w(panel, (size_t)k * A2_NR, dtype);
-        __m256 b1 = load_w(panel, (size_t)k * A2_NR + 8, dtype);
+    /* Q8: blocks of 32 k, the accumulators first multiplied by the block's
+     * ratios (gemm.h); any other dtype: one run over K */
+    int kb = dtype == ST_Q8 ? Q8_BLOCK : K;
+    const char *blk = panel;
+    for (int k0 = 0; k0 < K; k0 += kb) {
+        const void *rows = panel;
+        if (dtype == ST_Q8) {
+            __m256 r0 = _mm256_loadu_ps((const float *)blk);
+            __m256 r1 = _mm256_loadu_ps((const float *)blk + 8);
+#pragma GCC unroll 6
+            for (int i = 0; i < mr; i++) {
+                c0[i] = _mm256_mul_ps(c0[i], r0);
+                c1[i] = _mm256_mul_ps(c1[i], r1);
+            }
+            rows = blk + A2_NR * sizeof(float); /* the block's row k0 */
+            blk += A2_NR * (sizeof(float) + Q8_BLOCK);
+        }
+        for (int k = k0; k < k0 + kb; k++) {
+            size_t at = (size_t)(dtype == ST_Q8 ? k - k0 : k) * A2_NR;
+            __m256 b0 = load_w(rows, at, dtype);
+            __m256 b1 = load_w(rows, at + 8, dtype);
+#pragma GCC unroll 6
+            for (int i = 0; i < mr; i++) {
+                __m256 x = _mm256_broadcast_ss(in + (size_t)i * ldi + k);
+                c0[i] = _mm256_fmadd_ps(x, b0, c0[i]);
+                c1[i] = _mm256_fmadd_ps(x, b1, c1[i]);
+            }
+        }
+    }
+    if (dtype == ST_Q8) { /* the last block's scales */
+        __m256 s0 = _mm256_loadu_ps((const float *)blk), s1 = _mm256_loadu_ps((const float *)blk + 8);
 #pragma GCC unroll 6
         for (int i = 0; i < mr; i++) {
-            __m256 x = _mm256_broadcast_ss(in + (size_t)i * ldi + k);
-            c0[i] = _mm256_fmadd_ps(x, b0, c0[i]);
-            c1[i] = _mm256_fmadd_ps(x, b1, c1[i]);
+            c0[i] = _mm256_mul_ps(c0[i], s0);
+            c1[i] = _mm256_mul_ps(c1[i], s1);
         }
     }
     __m256i m0 = cols_mask(left), m1 = cols_mask(left - 8);

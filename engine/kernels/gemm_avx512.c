@@ -67,17 +67,13 @@ static inline __mmask16 cols_mask(int n)
 }
 
 /* 16 weights of a panel row as floats: F16 and BF16 widen in registers,
- * Q8 (at = k * 32 + column) sign-extends 16 bytes of its block's row of
- * values to F32 and multiplies by the columns' scales (gemm.h's layout). */
+ * Q8 (16 values of a block's row) sign-extends them to F32 unscaled (the
+ * kernel rescales its accumulators per block, gemm.h). */
 GEMM_INLINE __m512 load_w(const void *panel, size_t at, int dtype)
 {
-    if (dtype == ST_Q8) {
-        size_t k = at / Z_NR, j = at % Z_NR;
-        const char *blk = (const char *)panel + k / Q8_BLOCK * Z_NR * (4 + Q8_BLOCK);
-        const int8_t *q = (const int8_t *)blk + Z_NR * 4 + k % Q8_BLOCK * Z_NR + j;
-        __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
-        return _mm512_mul_ps(v, _mm512_loadu_ps((const float *)blk + j));
-    }
+    if (dtype == ST_Q8)
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+            _mm_loadu_si128((const __m128i *)((const int8_t *)panel + at))));
     if (dtype == ST_F32)
         return _mm512_load_ps((const float *)panel + at);
     __m256i h = _mm256_load_si256((const __m256i *)((const uint16_t *)panel + at));
@@ -97,14 +93,41 @@ GEMM_INLINE void kernel(int mr, int dtype, const gemm_args *a, const float *in,
 #pragma GCC unroll 12
     for (int i = 0; i < mr; i++)
         c0[i] = c1[i] = _mm512_setzero_ps();
-    for (int k = 0; k < K; k++) {
-        __m512 b0 = load_w(panel, (size_t)k * Z_NR, dtype);
-        __m512 b1 = load_w(panel, (size_t)k * Z_NR + 16, dtype);
+    /* Q8: blocks of 32 k, the accumulators first multiplied by the block's
+     * ratios (gemm.h); any other dtype: one run over K */
+    int kb = dtype == ST_Q8 ? Q8_BLOCK : K;
+    const char *blk = panel;
+    for (int k0 = 0; k0 < K; k0 += kb) {
+        const void *rows = panel;
+        if (dtype == ST_Q8) {
+            __m512 r0 = _mm512_loadu_ps((const float *)blk);
+            __m512 r1 = _mm512_loadu_ps((const float *)blk + 16);
+#pragma GCC unroll 12
+            for (int i = 0; i < mr; i++) {
+                c0[i] = _mm512_mul_ps(c0[i], r0);
+                c1[i] = _mm512_mul_ps(c1[i], r1);
+            }
+            rows = blk + Z_NR * sizeof(float); /* the block's row k0 */
+            blk += Z_NR * (sizeof(float) + Q8_BLOCK);
+        }
+        for (int k = k0; k < k0 + kb; k++) {
+            size_t at = (size_t)(dtype == ST_Q8 ? k - k0 : k) * Z_NR;
+            __m512 b0 = load_w(rows, at, dtype);
+            __m512 b1 = load_w(rows, at + 16, dtype);
+#pragma GCC unroll 12
+            for (int i = 0; i < mr; i++) {
+                __m512 x = _mm512_set1_ps(in[(size_t)i * ldi + k]);
+                c0[i] = _mm512_fmadd_ps(x, b0, c0[i]);
+                c1[i] = _mm512_fmadd_ps(x, b1, c1[i]);
+            }
+        }
+    }
+    if (dtype == ST_Q8) { /* the last block's scales */
+        __m512 s0 = _mm512_loadu_ps((const float *)blk), s1 = _mm512_loadu_ps((const float *)blk + 16);
 #pragma GCC unroll 12
         for (int i = 0; i < mr; i++) {
-            __m512 x = _mm512_set1_ps(in[(size_t)i * ldi + k]);
-            c0[i] = _mm512_fmadd_ps(x, b0, c0[i]);
-            c1[i] = _mm512_fmadd_ps(x, b1, c1[i]);
+            c0[i] = _mm512_mul_ps(c0[i], s0);
+            c1[i] = _mm512_mul_ps(c1[i], s1);
         }
     }
     __mmask16 m0 = cols_mask(left), m1 = cols_mask(left - 16);

@@ -5,7 +5,8 @@
  * a tile of C_MR rows by C_NR columns kept in a local array the compiler
  * may vectorise. Each panel row is widened to F32 through the dtype table
  * once per k and then used by every row of the tile, so a 16-bit pack
- * costs one conversion per C_MR multiply-adds. It is written for being
+ * costs one conversion per C_MR multiply-adds; a Q8 panel's values are
+ * widened alone and the tile rescaled once per block (gemm.h). It is written for being
  * obviously right, not fast: no blocking beyond the shared L2 panel block.
  */
 #include "gemm.h"
@@ -40,36 +41,58 @@ static void epilogue(const gemm_args *a, float acc[C_MR][C_NR], int m, int mr, i
     }
 }
 
-/* w (C_NR) = row k of a panel in dtype, widened to F32 (Q8: the row's
- * values times their columns' scales for its block of 32 rows). */
-static void panel_row(float *w, const char *panel, int k, int dtype)
+/* acc (mr, C_NR) += in (mr rows of stride ldi, k0..k0+kn) x rows
+ * [k0, k0 + kn) of the panel, each widened to F32 first (Q8: the values
+ * only, unscaled; row k0 of the block starts at q). */
+static void micro_rows(const gemm_args *a, float acc[C_MR][C_NR], const float *in, int mr,
+                       const char *panel, const int8_t *q, int k0, int kn)
 {
-    if (dtype == ST_Q8) {
-        const float *scale = (const float *)(panel + (size_t)(k / Q8_BLOCK) * C_NR *
-                                                         (sizeof(float) + Q8_BLOCK));
-        const int8_t *q = (const int8_t *)(scale + C_NR) + (size_t)(k % Q8_BLOCK) * C_NR;
-        for (int j = 0; j < C_NR; j++)
-            w[j] = scale[j] * (float)q[j];
-        return;
-    }
-    dtype_get(dtype)->to_f32(w, panel + (size_t)k * dtype_bytes(dtype, C_NR), C_NR);
-}
-
-/* Rows [m, m + mr) against panel p. */
-static void micro(const gemm_args *a, int m, int mr, int p)
-{
-    float acc[C_MR][C_NR] = { { 0 } }, w[C_NR];
-    const char *panel = (const char *)a->w + (size_t)p * gemm_panel_bytes(&gemm_kernel_c, a->K,
-                                                                          a->wdtype);
-    const float *in = a->in + (size_t)m * a->ldi;
-    for (int k = 0; k < a->K; k++) {
-        panel_row(w, panel, k, a->wdtype);
+    float w[C_NR];
+    for (int k = k0; k < k0 + kn; k++) {
+        if (q)
+            for (int j = 0; j < C_NR; j++)
+                w[j] = (float)q[(size_t)(k - k0) * C_NR + j];
+        else
+            dtype_get(a->wdtype)->to_f32(w, panel + (size_t)k * dtype_bytes(a->wdtype, C_NR),
+                                         C_NR);
         for (int i = 0; i < mr; i++) {
             float x = in[(size_t)i * a->ldi + k];
             for (int j = 0; j < C_NR; j++)
                 acc[i][j] += x * w[j];
         }
     }
+}
+
+/* acc (mr, C_NR) *= s (C_NR) column by column. */
+static void scale_acc(float acc[C_MR][C_NR], int mr, const float *s)
+{
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < C_NR; j++)
+            acc[i][j] *= s[j];
+}
+
+/* Rows [m, m + mr) against panel p; a Q8 panel block by block, the
+ * accumulators rescaled by each block's ratios and the last scale
+ * (gemm.h's layout). */
+static void micro(const gemm_args *a, int m, int mr, int p)
+{
+    float acc[C_MR][C_NR] = { { 0 } };
+    const char *panel = (const char *)a->w + (size_t)p * gemm_panel_bytes(&gemm_kernel_c, a->K,
+                                                                          a->wdtype);
+    const float *in = a->in + (size_t)m * a->ldi;
+    if (a->wdtype != ST_Q8) {
+        micro_rows(a, acc, in, mr, panel, NULL, 0, a->K);
+        epilogue(a, acc, m, mr, p);
+        return;
+    }
+    size_t bytes = C_NR * (sizeof(float) + Q8_BLOCK);
+    int nb = a->K / Q8_BLOCK;
+    for (int b = 0; b < nb; b++) {
+        const float *ratio = (const float *)(panel + (size_t)b * bytes);
+        scale_acc(acc, mr, ratio);
+        micro_rows(a, acc, in, mr, panel, (const int8_t *)(ratio + C_NR), b * Q8_BLOCK, Q8_BLOCK);
+    }
+    scale_acc(acc, mr, (const float *)(panel + (size_t)nb * bytes));
     epilogue(a, acc, m, mr, p);
 }
 

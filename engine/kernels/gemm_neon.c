@@ -26,21 +26,17 @@ static int n_supported(void)
     return 1; /* Advanced SIMD is part of every AArch64 CPU */
 }
 
-/* 4 weights of a panel row as floats: Q8 (at = k * 16 + column) widens
- * 4 bytes of its block's row of values to F32 and multiplies by the
- * columns' scales (gemm.h's layout). A new pack dtype is a case here. */
+/* 4 weights of a panel row as floats: Q8 (4 values of a block's row)
+ * widens them to F32 unscaled (the kernel rescales its accumulators per
+ * block, gemm.h). A new pack dtype is a case here. */
 static inline __attribute__((always_inline)) float32x4_t load_w(const void *panel, size_t at,
                                                                  int dtype)
 {
     if (dtype == ST_Q8) {
-        size_t k = at / N_NR, j = at % N_NR;
-        const char *blk = (const char *)panel + k / Q8_BLOCK * N_NR * (4 + Q8_BLOCK);
-        const int8_t *q = (const int8_t *)blk + N_NR * 4 + k % Q8_BLOCK * N_NR + j;
         int32_t b4;
-        memcpy(&b4, q, 4);
+        memcpy(&b4, (const int8_t *)panel + at, 4);
         int16x8_t h = vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(b4)));
-        float32x4_t v = vcvtq_f32_s32(vmovl_s16(vget_low_s16(h)));
-        return vmulq_f32(v, vld1q_f32((const float *)blk + j));
+        return vcvtq_f32_s32(vmovl_s16(vget_low_s16(h)));
     }
     if (dtype == ST_F32)
         return vld1q_f32((const float *)panel + at);
@@ -77,6 +73,17 @@ static inline void put(float *o, int n, float32x4_t v, int acc)
 
 /* out (mr, 16) tile = in (mr, K) x panel (K, 16), then the epilogue;
  * `left` output columns remain from this panel's first one. */
+/* c (mr, 16) *= s (16) column by column: a Q8 block's ratios or scales. */
+static inline __attribute__((always_inline)) void rescale(float32x4_t c[][4], int mr,
+                                                          const float *s)
+{
+    for (int v = 0; v < 4; v++) {
+        float32x4_t sv = vld1q_f32(s + 4 * v);
+        for (int i = 0; i < mr; i++)
+            c[i][v] = vmulq_f32(c[i][v], sv);
+    }
+}
+
 static inline __attribute__((always_inline)) void kernel(int mr, int dtype, const gemm_args *a,
                                                          const float *in, const void *panel,
                                                          float *out, int left, const float *bias)
@@ -86,17 +93,32 @@ static inline __attribute__((always_inline)) void kernel(int mr, int dtype, cons
 #pragma GCC unroll 6
     for (int i = 0; i < mr; i++)
         c[i][0] = c[i][1] = c[i][2] = c[i][3] = vdupq_n_f32(0.0f);
-    for (int k = 0; k < K; k++) {
-        float32x4_t b[4];
-        for (int v = 0; v < 4; v++)
-            b[v] = load_w(panel, (size_t)k * N_NR + 4 * (size_t)v, dtype);
-#pragma GCC unroll 6
-        for (int i = 0; i < mr; i++) {
-            float32x4_t x = vld1q_dup_f32(in + (size_t)i * ldi + k);
+    /* Q8: blocks of 32 k, the accumulators first multiplied by the block's
+     * ratios (gemm.h); any other dtype: one run over K */
+    int kb = dtype == ST_Q8 ? Q8_BLOCK : K;
+    const char *blk = panel;
+    for (int k0 = 0; k0 < K; k0 += kb) {
+        const void *rows = panel;
+        if (dtype == ST_Q8) {
+            rescale(c, mr, (const float *)blk);
+            rows = blk + N_NR * sizeof(float); /* the block's row k0 */
+            blk += N_NR * (sizeof(float) + Q8_BLOCK);
+        }
+        for (int k = k0; k < k0 + kb; k++) {
+            size_t at = (size_t)(dtype == ST_Q8 ? k - k0 : k) * N_NR;
+            float32x4_t b[4];
             for (int v = 0; v < 4; v++)
-                c[i][v] = vfmaq_f32(c[i][v], x, b[v]);
+                b[v] = load_w(rows, at + 4 * (size_t)v, dtype);
+#pragma GCC unroll 6
+            for (int i = 0; i < mr; i++) {
+                float32x4_t x = vld1q_dup_f32(in + (size_t)i * ldi + k);
+                for (int v = 0; v < 4; v++)
+                    c[i][v] = vfmaq_f32(c[i][v], x, b[v]);
+            }
         }
     }
+    if (dtype == ST_Q8) /* the last block's scales */
+        rescale(c, mr, (const float *)blk);
     for (int i = 0; i < mr; i++) {
         float *o = out + (size_t)i * ldo;
         for (int v = 0; v < (a->glu ? 2 : 4); v++) {
