@@ -124,6 +124,7 @@ A2_INLINE void kernel(int mr, int dtype, const gemm_args *a, const float *in,
             rows = blk + A2_NR * sizeof(float); /* the block's row k0 */
             blk += A2_NR * (sizeof(float) + Q8_BLOCK);
         }
+#pragma GCC unroll 4
         for (int k = k0; k < k0 + kb; k++) {
             size_t at = (size_t)(dtype == ST_Q8 ? k - k0 : k) * A2_NR;
             __m256 b0 = load_w(rows, at, dtype);
