@@ -5,12 +5,15 @@
  * packed panel row and one broadcast input value, 15 of the 16 registers
  * (the BLIS Haswell shape). Each k does 12 FMAs for 2 panel loads and 6
  * broadcasts, under the 2 FMA + 2-3 load ports of these cores, so it is
- * bound by the FMA ports. (4x24 holds the same 12 accumulators but needs
- * all 16 registers and a GLU split of 12/12 columns across 8-lane vectors;
- * 6x16 measured as fast on Zen 3, see docs/benchmarks.md, and a GLU panel
- * is one vector of gate and one of up.) F16 packs widen with F16C's
- * vcvtph2ps, BF16 with a shift, Q8 with a sign extension, a conversion
- * and a multiply by the column's block scale; the input is read in place, as in the
+ * bound by the FMA ports: 0.84-0.95 of one Zen 3 core's FMA peak at the
+ * forward's shapes (bench/gemm_bench, docs/benchmarks.md). 4x24 holds the
+ * same 12 accumulators but needs all 16 registers and would split a GLU
+ * panel 12/12 across 8-lane vectors; with 6x16 a GLU panel is one vector
+ * of gate and one of up. (4x24 was not built to compare; unrolling k by 4
+ * measured no gain for F32 and F16 packs, and is what lets Q8's blocks of
+ * 32 k keep F16 speed.) F16 packs widen with F16C's vcvtph2ps, BF16 with
+ * a shift, Q8 with a sign extension and a conversion (the scales rescale
+ * the accumulators once per block, gemm.h); the input is read in place, as in the
  * AVX-512 entry, and panels are visited in L2-sized blocks.
  *
  * Compiled for AVX2, FMA and F16C by function attributes, so a portable
@@ -22,6 +25,7 @@
 #define A2_NR 16
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
 #include <immintrin.h>
 
 #define A2_TARGET __attribute__((target("avx2,fma,f16c")))
@@ -29,9 +33,11 @@
 
 static int a2_supported(void)
 {
+    unsigned eax, ebx, ecx, edx;
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    /* F16C from CPUID leaf 1, ECX bit 29: clang's builtin does not know it */
+    int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx >> 29 & 1);
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 }
 
 /* e^x, op_exp's polynomial in vector form (same range reduction and

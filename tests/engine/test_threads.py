@@ -6,6 +6,8 @@ Usage: test_threads.py DITMOE
 
 Runs on the embedded default model (no PyTorch needed): generate prints
 "(... N threads, kernel K)" on stderr, bench prints "batch ... N threads".
+With OPENBLAS_CORETYPE=Prescott (OpenBLAS's generic core) on a CPU with
+AVX2, generate warns and names the OPENBLAS_CORETYPE fix.
 `ditmoe decode`'s default is checked by tests/vae (it needs a VAE).
 """
 import os
@@ -40,6 +42,14 @@ def main():
               f"generate defaults to {cores} threads (one per core)")
         rc, out = run(ditmoe, "generate", "--steps", "2", "--out-npy", npy, "--threads", "1")
         check(rc == 0 and "1 threads" in out, f"generate --threads 1 wins: {out.strip()}")
+        # OpenBLAS on a generic core: a warning naming the fix, on CPUs with AVX2
+        p = subprocess.run([ditmoe, "generate", "--steps", "1", "--out-npy", npy],
+                           capture_output=True, text=True,
+                           env=dict(os.environ, OPENBLAS_CORETYPE="Prescott"))
+        avx2 = " avx2" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
+        warned = "OPENBLAS_CORETYPE=" in p.stderr
+        check(p.returncode == 0 and warned == avx2,
+              f"generic OpenBLAS core warned about exactly on AVX2 CPUs ({avx2}): {p.stderr.strip()}")
     rc, out = run(ditmoe, "bench", "--batch", "1", "--iters", "1", "--gemm", "64")
     m = re.search(r"batch\s+1 rows, (\d+) threads", out)
     check(rc == 0 and m is not None and int(m.group(1)) == cores,
