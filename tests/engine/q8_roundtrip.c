@@ -36,19 +36,23 @@ int main(int argc, char **argv)
     int64_t bad = t->from_f32(b, x, n);
     if (bad >= 0) {
         printf("refused %lld\n", (long long)bad);
+        free(x), free(y), free(b), free(q), free(d);
         return 1;
     }
     t->to_f32(y, b, n);
     q8_split(q, d, b, n);
     q8_block *back = malloc(n / Q8_BLOCK * sizeof *back);
     q8_join(back, q, d, n); /* join inverts split */
-    for (size_t i = 0; back && i < n / Q8_BLOCK; i++)
+    int differs = -1;
+    for (size_t i = 0; back && i < n / Q8_BLOCK && differs < 0; i++)
         if (back[i].d != b[i].d || memcmp(back[i].q, b[i].q, Q8_BLOCK))
-            return fprintf(stderr, "q8_roundtrip: join(split) differs at block %zu\n", i), 3;
-    FILE *o = fopen(argv[2], "wb");
-    if (!o || fwrite(q, 1, n, o) != n || fwrite(d, 2, n / Q8_BLOCK, o) != n / Q8_BLOCK ||
-        fwrite(y, 4, n, o) != n || fclose(o))
-        return 2;
+            differs = (int)i;
+    if (differs >= 0)
+        fprintf(stderr, "q8_roundtrip: join(split) differs at block %d\n", differs);
+    FILE *o = differs < 0 ? fopen(argv[2], "wb") : NULL;
+    int rc = differs >= 0 ? 3 : !o || fwrite(q, 1, n, o) != n ||
+             fwrite(d, 2, n / Q8_BLOCK, o) != n / Q8_BLOCK || fwrite(y, 4, n, o) != n ||
+             fclose(o) ? 2 : 0;
     free(x), free(y), free(b), free(q), free(d), free(back);
-    return 0;
+    return rc;
 }
