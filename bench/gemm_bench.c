@@ -10,8 +10,8 @@
  * difference between the two results. A GLU row times the fused gate/up
  * pass against the two sgemm calls it replaces (SwiGLU sweep not counted
  * on the BLAS side). Rows marked F16/BF16 run the same product on a
- * 16-bit pack (the kernel widens in registers; BLAS gets the widened
- * values as F32). The kernel entry is the one a model would choose
+ * 16-bit pack, Q8 rows on an 8-bit pack (the kernel widens in registers;
+ * BLAS gets the widened values as F32). The kernel entry is the one a model would choose
  * (the best this CPU runs, or DITMOE_ISA=avx512|avx2|neon|c).
  */
 #include <cblas.h>
@@ -54,6 +54,12 @@ static const shape SHAPES[] = {
     { 512, 384, 1536, 0, ST_F16, "S/2 batch 8: down, F16 pack" },
     { 512, 1536, 384, 1, ST_BF16, "S/2 batch 8: gate+up (GLU), BF16 pack" },
     { 512, 384, 1536, 0, ST_BF16, "S/2 batch 8: down, BF16 pack" },
+    { 512, 1536, 384, 1, ST_Q8, "S/2 batch 8: gate+up (GLU), Q8 pack" },
+    { 512, 384, 1536, 0, ST_Q8, "S/2 batch 8: down, Q8 pack" },
+    { 64, 5632, 1408, 1, ST_F16, "G/2 batch 2 (64 rows an expert): gate+up (GLU), F16" },
+    { 64, 5632, 1408, 1, ST_Q8, "G/2 batch 2 (64 rows an expert): gate+up (GLU), Q8" },
+    { 64, 1408, 5632, 0, ST_F16, "G/2 batch 2 (64 rows an expert): down, F16" },
+    { 64, 1408, 5632, 0, ST_Q8, "G/2 batch 2 (64 rows an expert): down, Q8" },
 };
 
 static float *randv(size_t n, unsigned seed)
@@ -91,15 +97,22 @@ static int run(const gemm_kernel *gk, const shape *s, int rounds)
 {
     int M = s->M, N = s->N, K = s->K, W = s->glu ? 2 * N : N;
     float *in = randv((size_t)M * K, 1), *w = randv((size_t)W * K, 2);
-    uint16_t *h = w ? to_half(w, (size_t)W * K, s->dtype) : NULL;
+    size_t nw = (size_t)W * K;
+    /* 16-bit: rounded in place; Q8: quantised, then w dequantised, so BLAS
+     * multiplies the values the pack holds */
+    void *h = s->dtype == ST_Q8 ? malloc(dtype_bytes(ST_Q8, nw))
+                                : w ? to_half(w, nw, s->dtype) : NULL;
+    if (s->dtype == ST_Q8 && h && w) {
+        dtype_get(ST_Q8)->from_f32(h, w, nw);
+        dtype_get(ST_Q8)->to_f32(w, h, nw);
+    }
     const void *wd = h ? (const void *)h : (const void *)w;
-    size_t esz = h ? 2 : 4;
     float *ref = malloc(sizeof(float) * (size_t)M * W), *out = malloc(sizeof(float) * (size_t)M * N);
     void *pk = aligned_alloc(64, gk->pack_bytes(gk, N, K, s->glu, s->dtype));
     if (!in || !w || !ref || !out || !pk || (s->dtype != ST_F32 && !h))
         return 1;
     kmat g = { s->dtype, wd, N, K, NULL, 0 };
-    kmat u = { s->dtype, (const char *)wd + (size_t)N * K * esz, N, K, NULL, 0 };
+    kmat u = { s->dtype, (const char *)wd + dtype_bytes(s->dtype, (size_t)N * K), N, K, NULL, 0 };
     float *row = malloc(sizeof(float) * (size_t)K);
     if (!row)
         return 1;

@@ -9,6 +9,8 @@
  */
 #include "config.h"
 
+#include <ditmoe/dit.h>
+
 #include <arpa/inet.h>
 #include <ditmoe/dit_json.h>
 #include <errno.h>
@@ -54,6 +56,8 @@ static const field FIELDS[] = {
     B(batching, "true: all running jobs share each step; false: one job at a time"),
     B(pack_weights, "true: weights repacked at load, in their precision, for the engine's "
       "AVX-512 GEMM kernel; false: kept as stored and run through BLAS (slower)"),
+    S(compute, NULL, "'f32': every product in F32 (8-bit weights widened); 'int8': 8-bit "
+      "products on VNNI CPUs (refused at start elsewhere)"),
     I(queue_capacity, 1, 1000000, NULL, "queued jobs before 429"),
     I(max_steps, 1, 100000, NULL, "most denoising steps per request"),
     I(max_images, 1, 4096, NULL, "most images per request"),
@@ -96,6 +100,7 @@ void srv_config_default(srv_config *c)
     c->max_rows = 32;
     c->batching = 1;
     c->pack_weights = 1;
+    strcpy(c->compute, "f32");
     c->queue_capacity = 64;
     c->max_steps = 1000;
     c->max_images = 16;
@@ -459,6 +464,10 @@ int srv_config_check(const srv_config *c, char *err, size_t errlen)
         strcasecmp(c->client_ip_header, "X-Real-IP")) {
         snprintf(err, errlen, "client_ip_header: '%s' must be empty, X-Forwarded-For or X-Real-IP",
                  c->client_ip_header);
+        return -1;
+    }
+    if (dit_compute_parse(c->compute) < 0) {
+        snprintf(err, errlen, "compute: '%s' must be f32 or int8", c->compute);
         return -1;
     }
     if (c->client_ip_header[0] && !c->trusted_proxies[0]) {

@@ -28,6 +28,7 @@ typedef struct srv_config {
     int max_rows;             /* rows per denoising step, CFG rows included */
     int batching;             /* 1: jobs share steps; 0: one job at a time */
     int pack_weights;         /* dit_model_settings.pack_weights */
+    char compute[8];          /* "f32" or "int8": dit_model_settings.compute */
     int queue_capacity;       /* queued (not yet running) jobs */
     int max_steps;            /* per request */
     int max_images;           /* per request */

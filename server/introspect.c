@@ -146,6 +146,10 @@ int routes_model(srv_req *req, srv_reply *out)
     cJSON_AddNumberToObject(p, "weight_bytes", (double)info.weight_bytes);
     cJSON_AddStringToObject(p, "weight_dtype", info.weight_dtype ? info.weight_dtype : "?");
     cJSON_AddBoolToObject(p, "weights_packed", info.packed);
+    cJSON *held = cJSON_AddObjectToObject(p, "weight_bytes_by_dtype");
+    for (int i = 0; i < info.n_dtypes; i++)
+        cJSON_AddNumberToObject(held, info.held[i].dtype, (double)info.held[i].bytes);
+    cJSON_AddNumberToObject(p, "resident_bytes", (double)info.resident_bytes);
     cJSON_AddStringToObject(p, "kernel", info.kernel ? info.kernel : "?");
     cJSON *d = cJSON_AddObjectToObject(root, "sampling_defaults");
     cJSON_AddStringToObject(d, "sampler", dit_sampler_name(c->default_sampler));

@@ -173,6 +173,7 @@ static int load(srv *s, char *err, size_t errlen)
     dit_model_settings ms;
     dit_model_settings_default(&ms);
     ms.pack_weights = c->pack_weights;
+    ms.compute = dit_compute_parse(c->compute); /* checked by srv_config_check */
     int rc = dit_model_load(&s->model, s->model_path, &ms, msg, sizeof msg);
     if (rc) {
         snprintf(err, errlen, "model %s: %s", s->model_path, msg[0] ? msg : dit_strerror(rc));

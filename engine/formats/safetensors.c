@@ -63,14 +63,14 @@ static const struct {
     size_t size;
 } dtypes[] = {
     [ST_F32] = {"F32", 4}, [ST_F16] = {"F16", 2}, [ST_BF16] = {"BF16", 2},
-    [ST_I64] = {"I64", 8}, [ST_I32] = {"I32", 4},
+    [ST_I64] = {"I64", 8}, [ST_I32] = {"I32", 4}, [ST_I8] = {"I8", 1},
 };
 #define N_DTYPES ((int)(sizeof dtypes / sizeof dtypes[0]))
 
 /* safetensors dtypes this engine does not read, so a file using one is
  * refused by name rather than called unknown */
 static const char *const other_dtypes[] = {
-    "F64", "I8", "U8", "I16", "U16", "U32", "U64", "BOOL", "F8_E4M3",
+    "F64", "U8", "I16", "U16", "U32", "U64", "BOOL", "F8_E4M3",
     "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64", NULL};
 
 size_t st_dtype_size(int dtype)
@@ -80,6 +80,8 @@ size_t st_dtype_size(int dtype)
 
 const char *st_dtype_name(int dtype)
 {
+    if (dtype == ST_Q8)
+        return "Q8";
     return dtype >= 0 && dtype < N_DTYPES ? dtypes[dtype].name : "unknown";
 }
 
@@ -345,7 +347,7 @@ static int parse_dtype(const reader *r, const char *name, const dit_json *v, int
     for (int i = 0; other_dtypes[i]; i++)
         if (!strcmp(s, other_dtypes[i]))
             return rfail(r, DIT_E_FORMAT, name, "dtype %s is not supported "
-                         "(F32, F16, BF16, I64 and I32 are)", s);
+                         "(F32, F16, BF16, I64, I32 and I8 are)", s);
     return rfail(r, DIT_E_FORMAT, name, "unknown dtype '%.40s'", s);
 }
 

@@ -14,7 +14,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum st_dtype { ST_F32 = 0, ST_F16 = 1, ST_BF16 = 2, ST_I64 = 3, ST_I32 = 4 };
+/* The dtypes of tensors in files, and after them ST_Q8, which no file
+ * holds: the engine's in-memory 8-bit weights (an I8 tensor and its
+ * F16 scales bound together; kernels/dtype.h). st_dtype_size(ST_Q8) is 0,
+ * so a table never holds one. */
+enum st_dtype { ST_F32 = 0, ST_F16 = 1, ST_BF16 = 2, ST_I64 = 3, ST_I32 = 4, ST_I8 = 5,
+                ST_Q8 = 6 };
 
 #define ST_MAX_DIMS 8
 
@@ -31,7 +36,7 @@ typedef struct st_table st_table;
 
 /* Bytes per element of a dtype (0 for an unknown one). */
 size_t st_dtype_size(int dtype);
-/* "F32", "F16", ... */
+/* "F32", "F16", ..., "Q8" */
 const char *st_dtype_name(int dtype);
 /* Elements in a tensor. */
 uint64_t st_numel(const st_tensor *t);

@@ -110,10 +110,73 @@ static int64_t bf16_from_f32_run(void *dst, const float *src, size_t n)
     return -1; /* BF16 keeps F32's range */
 }
 
+static void q8_to_f32_run(float *dst, const void *src, size_t n)
+{
+    const q8_block *b = src;
+    for (size_t i = 0; i < n / Q8_BLOCK; i++) {
+        float d = f16_to_f32(b[i].d);
+        for (int k = 0; k < Q8_BLOCK; k++)
+            dst[i * Q8_BLOCK + (size_t)k] = d * (float)b[i].q[k];
+    }
+}
+
+/* One block: the scale rounded to F16 first, then every value divided by
+ * the scale it will be multiplied by again (clamped: a scale rounded down
+ * would give 128). Returns the offending index in the block, or -1. */
+static int q8_quantize(q8_block *b, const float *x)
+{
+    float amax = 0;
+    for (int k = 0; k < Q8_BLOCK; k++) {
+        if (!isfinite(x[k]))
+            return k;
+        amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
+    }
+    b->d = f32_to_f16(amax / 127.0f);
+    if ((b->d & 0x7c00) == 0x7c00) {
+        for (int k = 0; k < Q8_BLOCK; k++)
+            if (fabsf(x[k]) == amax)
+                return k;
+    }
+    float d = f16_to_f32(b->d);
+    for (int k = 0; k < Q8_BLOCK; k++) {
+        float q = d > 0 ? nearbyintf(x[k] / d) : 0.0f;
+        b->q[k] = (int8_t)(q > 127.0f ? 127 : q < -127.0f ? -127 : q);
+    }
+    return -1;
+}
+
+static int64_t q8_from_f32_run(void *dst, const float *src, size_t n)
+{
+    q8_block *b = dst;
+    for (size_t i = 0; i < n / Q8_BLOCK; i++) {
+        int bad = q8_quantize(&b[i], src + i * Q8_BLOCK);
+        if (bad >= 0)
+            return (int64_t)(i * Q8_BLOCK) + bad;
+    }
+    return -1;
+}
+
+void q8_join(q8_block *dst, const int8_t *q, const uint16_t *d, size_t n)
+{
+    for (size_t i = 0; i < n / Q8_BLOCK; i++) {
+        dst[i].d = d[i];
+        memcpy(dst[i].q, q + i * Q8_BLOCK, Q8_BLOCK);
+    }
+}
+
+void q8_split(int8_t *q, uint16_t *d, const q8_block *src, size_t n)
+{
+    for (size_t i = 0; i < n / Q8_BLOCK; i++) {
+        d[i] = src[i].d;
+        memcpy(q + i * Q8_BLOCK, src[i].q, Q8_BLOCK);
+    }
+}
+
 static const dtype_traits traits[] = {
     [ST_F32] = { "F32", 1, 4, 0, f32_to_f32_run, f32_from_f32_run },
     [ST_F16] = { "F16", 1, 2, 0, f16_to_f32_run, f16_from_f32_run },
     [ST_BF16] = { "BF16", 1, 2, 0, bf16_to_f32_run, bf16_from_f32_run },
+    [ST_Q8] = { "Q8", Q8_BLOCK, sizeof(q8_block), 1, q8_to_f32_run, q8_from_f32_run },
 };
 
 const dtype_traits *dtype_get(int dtype)

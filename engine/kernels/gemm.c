@@ -75,14 +75,13 @@ int gemm_pack_dtype(const kmat *w, const kmat *up)
 
 size_t gemm_pack_bytes_panels(const gemm_kernel *k, int N, int K, int glu, int dtype)
 {
-    /* a panel row is nr elements of the pack's dtype (dtype table) */
-    size_t b = (size_t)gemm_panels(k, N, glu) * (size_t)K * dtype_bytes(dtype, (size_t)k->nr);
+    size_t b = (size_t)gemm_panels(k, N, glu) * gemm_panel_bytes(k, K, dtype);
     return (b + 63) & ~(size_t)63;
 }
 
 int gemm_panel_block(const gemm_kernel *k, int K, int dtype)
 {
-    size_t panel = (size_t)K * dtype_bytes(dtype, (size_t)k->nr);
+    size_t panel = gemm_panel_bytes(k, K, dtype);
     int block = (int)(GEMM_L2_BYTES / (panel ? panel : 1));
     return block < 1 ? 1 : block;
 }
@@ -101,11 +100,36 @@ void gemm_tile_blocks(const gemm_kernel *k, const gemm_row_fn row[GEMM_DTYPES],
     }
 }
 
+/* Column j of Q8 panel p (gemm.h's layout) takes the K / 32 blocks of a
+ * row (NULL: a column past the matrix's last row, all zeros): the values,
+ * before block b the ratio d(b-1) / d(b) of the scales (1 before the
+ * first), after the last block its scale. A zero block's scale is taken
+ * as 1 (its values are 0), so no ratio divides by 0. */
+static void pack_q8_col(const gemm_kernel *g, void *dst, size_t p, const q8_block *src,
+                        size_t K, size_t j)
+{
+    size_t nr = (size_t)g->nr, bytes = nr * (sizeof(float) + Q8_BLOCK), nb = K / Q8_BLOCK;
+    char *panel = (char *)dst + p * gemm_panel_bytes(g, (int)K, ST_Q8);
+    float prev = 1.0f;
+    for (size_t b = 0; b < nb; b++) {
+        float *ratio = (float *)(panel + b * bytes);
+        int8_t *q = (int8_t *)(ratio + nr);
+        float d = src ? f16_to_f32(src[b].d) : 0.0f;
+        d = d > 0 ? d : 1.0f;
+        ratio[j] = b ? prev / d : 1.0f;
+        prev = d;
+        for (size_t k = 0; k < Q8_BLOCK; k++)
+            q[k * nr + j] = src ? src[b].q[k] : 0;
+    }
+    ((float *)(panel + nb * bytes))[j] = src ? prev : 0.0f;
+}
+
 /* Columns [j0, j0 + n) of panel p (K rows of nr) of a pack in dtype take
  * rows r0.. of w (zeros past its last row). The pack's dtype is w's or
- * F32: 16-bit values are copied as they are, anything else is widened to
- * F32 through the dtype table (into `row`, K floats of scratch). A new
- * pack dtype (8-bit blocks with scales) is a case here. */
+ * F32: 16-bit values are copied as they are, Q8 blocks are spread into
+ * the panel's scales and int8 rows, anything else is widened to F32
+ * through the dtype table (into `row`, K floats of scratch). A new pack
+ * dtype is a case here. */
 static void pack_cols(const gemm_kernel *g, void *dst, int dtype, size_t p, const kmat *w,
                       int r0, int j0, int n, float *row)
 {
@@ -132,6 +156,9 @@ static void pack_cols(const gemm_kernel *g, void *dst, int dtype, size_t p, cons
                 d[k * nr] = h ? h[k] : 0;
             break;
         }
+        case ST_Q8:
+            pack_q8_col(g, dst, p, (const q8_block *)src, K, (size_t)(j0 + j));
+            break;
         default:
             break;
         }

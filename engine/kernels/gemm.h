@@ -25,7 +25,14 @@
  *
  * A pack keeps the weights' precision: F32 stays F32, F16 and BF16 stay
  * 16-bit (the kernel widens each panel row in registers, which costs a
- * little time and saves half the memory). A new weight dtype is a case in
+ * little time and saves half the memory), Q8 stays 8-bit: a Q8 panel is
+ * K/32 blocks, each nr F32 ratios followed by 32 rows of nr int8 values
+ * (36 nr bytes, so 64-byte aligned for nr 16 and 32), then nr F32
+ * scales. The kernel keeps its accumulators in units of the current
+ * block's scale: before block b it multiplies them by d(b-1) / d(b) (the
+ * block's ratios), after the last by that block's scale d, so the 8-bit
+ * values are only widened, never scaled, per k. Q8 packs need K a
+ * multiple of 32 (every Q8 matrix has it). A new weight dtype is a case in
  * gemm_pack_dtype / pack_cols (gemm.c) and one more tile instance per
  * entry (the row_tile_<dtype> functions of each gemm_*.c).
  */
@@ -124,6 +131,15 @@ int gemm_kernel_choose(const gemm_kernel **out, char *err, size_t errlen);
 /* The dtype (enum st_dtype) a pack of w, or of the GLU pair w and up
  * (up may be NULL), is stored in: theirs when they agree, else F32. */
 int gemm_pack_dtype(const kmat *w, const kmat *up);
+
+/* Bytes of one panel (K rows of nr columns) of a pack in dtype. */
+static inline size_t gemm_panel_bytes(const gemm_kernel *k, int K, int dtype)
+{
+    if (dtype == ST_Q8) /* per 32 rows: nr F32 ratios, 32 x nr int8; nr F32 scales */
+        return (size_t)(K / Q8_BLOCK) * (size_t)k->nr * (sizeof(float) + Q8_BLOCK) +
+               (size_t)k->nr * sizeof(float);
+    return (size_t)K * (size_t)k->nr * (dtype == ST_F32 ? 4 : 2);
+}
 
 /* Output columns one panel covers: nr, or nr/2 for a GLU pack. */
 static inline int gemm_panel_cols(const gemm_kernel *k, int glu)

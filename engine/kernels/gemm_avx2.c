@@ -10,8 +10,10 @@
  * same 12 accumulators but needs all 16 registers and would split a GLU
  * panel 12/12 across 8-lane vectors; with 6x16 a GLU panel is one vector
  * of gate and one of up. (4x24 was not built to compare; unrolling k by 4
- * measured no gain.) F16 packs widen with F16C's
- * vcvtph2ps, BF16 with a shift; the input is read in place, as in the
+ * measured no gain for F32 and F16 packs, and is what lets Q8's blocks of
+ * 32 k keep F16 speed.) F16 packs widen with F16C's vcvtph2ps, BF16 with
+ * a shift, Q8 with a sign extension and a conversion (the scales rescale
+ * the accumulators once per block, gemm.h); the input is read in place, as in the
  * AVX-512 entry, and panels are visited in L2-sized blocks.
  *
  * Compiled for AVX2, FMA and F16C by function attributes, so a portable
@@ -71,10 +73,15 @@ A2_INLINE __m256i cols_mask(int n)
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* 8 weights of a panel row as floats: F16 and BF16 widen in registers.
- * A new pack dtype is a case here. */
+/* 8 weights of a panel row as floats: F16 and BF16 widen in registers,
+ * Q8 (q: 8 values of a block's row) sign-extends them to F32 unscaled
+ * (the kernel rescales its accumulators per block, gemm.h). A new pack
+ * dtype is a case here. */
 A2_INLINE __m256 load_w(const void *panel, size_t at, int dtype)
 {
+    if (dtype == ST_Q8)
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+            _mm_loadl_epi64((const __m128i *)((const int8_t *)panel + at))));
     if (dtype == ST_F32)
         return _mm256_loadu_ps((const float *)panel + at);
     __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)panel + at));
@@ -106,14 +113,42 @@ A2_INLINE void kernel(int mr, int dtype, const gemm_args *a, const float *in,
 #pragma GCC unroll 6
     for (int i = 0; i < mr; i++)
         c0[i] = c1[i] = _mm256_setzero_ps();
-    for (int k = 0; k < K; k++) {
-        __m256 b0 = load_w(panel, (size_t)k * A2_NR, dtype);
-        __m256 b1 = load_w(panel, (size_t)k * A2_NR + 8, dtype);
+    /* Q8: blocks of 32 k, the accumulators first multiplied by the block's
+     * ratios (gemm.h); any other dtype: one run over K */
+    int kb = dtype == ST_Q8 ? Q8_BLOCK : K;
+    const char *blk = panel;
+    for (int k0 = 0; k0 < K; k0 += kb) {
+        const void *rows = panel;
+        if (dtype == ST_Q8) {
+            __m256 r0 = _mm256_loadu_ps((const float *)blk);
+            __m256 r1 = _mm256_loadu_ps((const float *)blk + 8);
+#pragma GCC unroll 6
+            for (int i = 0; i < mr; i++) {
+                c0[i] = _mm256_mul_ps(c0[i], r0);
+                c1[i] = _mm256_mul_ps(c1[i], r1);
+            }
+            rows = blk + A2_NR * sizeof(float); /* the block's row k0 */
+            blk += A2_NR * (sizeof(float) + Q8_BLOCK);
+        }
+#pragma GCC unroll 4
+        for (int k = k0; k < k0 + kb; k++) {
+            size_t at = (size_t)(dtype == ST_Q8 ? k - k0 : k) * A2_NR;
+            __m256 b0 = load_w(rows, at, dtype);
+            __m256 b1 = load_w(rows, at + 8, dtype);
+#pragma GCC unroll 6
+            for (int i = 0; i < mr; i++) {
+                __m256 x = _mm256_broadcast_ss(in + (size_t)i * ldi + k);
+                c0[i] = _mm256_fmadd_ps(x, b0, c0[i]);
+                c1[i] = _mm256_fmadd_ps(x, b1, c1[i]);
+            }
+        }
+    }
+    if (dtype == ST_Q8) { /* the last block's scales */
+        __m256 s0 = _mm256_loadu_ps((const float *)blk), s1 = _mm256_loadu_ps((const float *)blk + 8);
 #pragma GCC unroll 6
         for (int i = 0; i < mr; i++) {
-            __m256 x = _mm256_broadcast_ss(in + (size_t)i * ldi + k);
-            c0[i] = _mm256_fmadd_ps(x, b0, c0[i]);
-            c1[i] = _mm256_fmadd_ps(x, b1, c1[i]);
+            c0[i] = _mm256_mul_ps(c0[i], s0);
+            c1[i] = _mm256_mul_ps(c1[i], s1);
         }
     }
     __m256i m0 = cols_mask(left), m1 = cols_mask(left - 8);
@@ -139,7 +174,7 @@ A2_INLINE void kernel(int mr, int dtype, const gemm_args *a, const float *in,
 A2_INLINE void row_tile(int dtype, const gemm_args *a, int m, int mr, int p0, int p1)
 {
     int cols = a->glu ? A2_NR / 2 : A2_NR;
-    size_t panel_bytes = (size_t)a->K * dtype_bytes(dtype, A2_NR);
+    size_t panel_bytes = gemm_panel_bytes(&gemm_kernel_avx2, a->K, dtype);
     const float *in = a->in + (size_t)m * a->ldi;
     for (int p = p0; p < p1; p++) {
         const void *panel = (const char *)a->w + (size_t)p * panel_bytes;
@@ -172,10 +207,16 @@ A2_TARGET static void row_tile_bf16(const gemm_args *a, int m, int mr, int p0, i
     row_tile(ST_BF16, a, m, mr, p0, p1);
 }
 
+A2_TARGET static void row_tile_q8(const gemm_args *a, int m, int mr, int p0, int p1)
+{
+    row_tile(ST_Q8, a, m, mr, p0, p1);
+}
+
 static void a2_tile(const gemm_args *a, int m0, int m1, int p0, int p1)
 {
     static const gemm_row_fn rows[GEMM_DTYPES] = {
         [ST_F32] = row_tile_f32, [ST_F16] = row_tile_f16, [ST_BF16] = row_tile_bf16,
+        [ST_Q8] = row_tile_q8,
     };
     gemm_tile_blocks(&gemm_kernel_avx2, rows, a, m0, m1, p0, p1);
 }

@@ -66,9 +66,14 @@ static inline __mmask16 cols_mask(int n)
     return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
 }
 
-/* 16 weights of a panel row as floats: F16 and BF16 widen in registers. */
+/* 16 weights of a panel row as floats: F16 and BF16 widen in registers,
+ * Q8 (16 values of a block's row) sign-extends them to F32 unscaled (the
+ * kernel rescales its accumulators per block, gemm.h). */
 GEMM_INLINE __m512 load_w(const void *panel, size_t at, int dtype)
 {
+    if (dtype == ST_Q8)
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+            _mm_loadu_si128((const __m128i *)((const int8_t *)panel + at))));
     if (dtype == ST_F32)
         return _mm512_load_ps((const float *)panel + at);
     __m256i h = _mm256_load_si256((const __m256i *)((const uint16_t *)panel + at));
@@ -88,14 +93,41 @@ GEMM_INLINE void kernel(int mr, int dtype, const gemm_args *a, const float *in,
 #pragma GCC unroll 12
     for (int i = 0; i < mr; i++)
         c0[i] = c1[i] = _mm512_setzero_ps();
-    for (int k = 0; k < K; k++) {
-        __m512 b0 = load_w(panel, (size_t)k * Z_NR, dtype);
-        __m512 b1 = load_w(panel, (size_t)k * Z_NR + 16, dtype);
+    /* Q8: blocks of 32 k, the accumulators first multiplied by the block's
+     * ratios (gemm.h); any other dtype: one run over K */
+    int kb = dtype == ST_Q8 ? Q8_BLOCK : K;
+    const char *blk = panel;
+    for (int k0 = 0; k0 < K; k0 += kb) {
+        const void *rows = panel;
+        if (dtype == ST_Q8) {
+            __m512 r0 = _mm512_loadu_ps((const float *)blk);
+            __m512 r1 = _mm512_loadu_ps((const float *)blk + 16);
+#pragma GCC unroll 12
+            for (int i = 0; i < mr; i++) {
+                c0[i] = _mm512_mul_ps(c0[i], r0);
+                c1[i] = _mm512_mul_ps(c1[i], r1);
+            }
+            rows = blk + Z_NR * sizeof(float); /* the block's row k0 */
+            blk += Z_NR * (sizeof(float) + Q8_BLOCK);
+        }
+        for (int k = k0; k < k0 + kb; k++) {
+            size_t at = (size_t)(dtype == ST_Q8 ? k - k0 : k) * Z_NR;
+            __m512 b0 = load_w(rows, at, dtype);
+            __m512 b1 = load_w(rows, at + 16, dtype);
+#pragma GCC unroll 12
+            for (int i = 0; i < mr; i++) {
+                __m512 x = _mm512_set1_ps(in[(size_t)i * ldi + k]);
+                c0[i] = _mm512_fmadd_ps(x, b0, c0[i]);
+                c1[i] = _mm512_fmadd_ps(x, b1, c1[i]);
+            }
+        }
+    }
+    if (dtype == ST_Q8) { /* the last block's scales */
+        __m512 s0 = _mm512_loadu_ps((const float *)blk), s1 = _mm512_loadu_ps((const float *)blk + 16);
 #pragma GCC unroll 12
         for (int i = 0; i < mr; i++) {
-            __m512 x = _mm512_set1_ps(in[(size_t)i * ldi + k]);
-            c0[i] = _mm512_fmadd_ps(x, b0, c0[i]);
-            c1[i] = _mm512_fmadd_ps(x, b1, c1[i]);
+            c0[i] = _mm512_mul_ps(c0[i], s0);
+            c1[i] = _mm512_mul_ps(c1[i], s1);
         }
     }
     __mmask16 m0 = cols_mask(left), m1 = cols_mask(left - 16);
@@ -129,7 +161,7 @@ GEMM_INLINE void kernel(int mr, int dtype, const gemm_args *a, const float *in,
 GEMM_INLINE void row_tile(int dtype, const gemm_args *a, int m, int mr, int p0, int p1)
 {
     int cols = a->glu ? Z_NR / 2 : Z_NR;
-    size_t panel_bytes = (size_t)a->K * dtype_bytes(dtype, Z_NR);
+    size_t panel_bytes = gemm_panel_bytes(&gemm_kernel_avx512, a->K, dtype);
     const float *in = a->in + (size_t)m * a->ldi;
     for (int p = p0; p < p1; p++) {
         const void *panel = (const char *)a->w + (size_t)p * panel_bytes;
@@ -163,10 +195,16 @@ GEMM_TARGET static void row_tile_bf16(const gemm_args *a, int m, int mr, int p0,
     row_tile(ST_BF16, a, m, mr, p0, p1);
 }
 
+GEMM_TARGET static void row_tile_q8(const gemm_args *a, int m, int mr, int p0, int p1)
+{
+    row_tile(ST_Q8, a, m, mr, p0, p1);
+}
+
 static void z_tile(const gemm_args *a, int m0, int m1, int p0, int p1)
 {
     static const gemm_row_fn rows[GEMM_DTYPES] = {
         [ST_F32] = row_tile_f32, [ST_F16] = row_tile_f16, [ST_BF16] = row_tile_bf16,
+        [ST_Q8] = row_tile_q8,
     };
     gemm_tile_blocks(&gemm_kernel_avx512, rows, a, m0, m1, p0, p1);
 }

@@ -5,7 +5,8 @@
  * a tile of C_MR rows by C_NR columns kept in a local array the compiler
  * may vectorise. Each panel row is widened to F32 through the dtype table
  * once per k and then used by every row of the tile, so a 16-bit pack
- * costs one conversion per C_MR multiply-adds. It is written for being
+ * costs one conversion per C_MR multiply-adds; a Q8 panel's values are
+ * widened alone and the tile rescaled once per block (gemm.h). It is written for being
  * obviously right, not fast: no blocking beyond the shared L2 panel block.
  */
 #include "gemm.h"
@@ -40,22 +41,58 @@ static void epilogue(const gemm_args *a, float acc[C_MR][C_NR], int m, int mr, i
     }
 }
 
-/* Rows [m, m + mr) against panel p. */
-static void micro(const gemm_args *a, int m, int mr, int p)
+/* acc (mr, C_NR) += in (mr rows of stride ldi, k0..k0+kn) x rows
+ * [k0, k0 + kn) of the panel, each widened to F32 first (Q8: the values
+ * only, unscaled; row k0 of the block starts at q). */
+static void micro_rows(const gemm_args *a, float acc[C_MR][C_NR], const float *in, int mr,
+                       const char *panel, const int8_t *q, int k0, int kn)
 {
-    float acc[C_MR][C_NR] = { { 0 } }, w[C_NR];
-    const dtype_traits *t = dtype_get(a->wdtype);
-    size_t row_bytes = dtype_bytes(a->wdtype, C_NR);
-    const char *panel = (const char *)a->w + (size_t)p * a->K * row_bytes;
-    const float *in = a->in + (size_t)m * a->ldi;
-    for (int k = 0; k < a->K; k++) {
-        t->to_f32(w, panel + (size_t)k * row_bytes, C_NR);
+    float w[C_NR];
+    for (int k = k0; k < k0 + kn; k++) {
+        if (q)
+            for (int j = 0; j < C_NR; j++)
+                w[j] = (float)q[(size_t)(k - k0) * C_NR + j];
+        else
+            dtype_get(a->wdtype)->to_f32(w, panel + (size_t)k * dtype_bytes(a->wdtype, C_NR),
+                                         C_NR);
         for (int i = 0; i < mr; i++) {
             float x = in[(size_t)i * a->ldi + k];
             for (int j = 0; j < C_NR; j++)
                 acc[i][j] += x * w[j];
         }
     }
+}
+
+/* acc (mr, C_NR) *= s (C_NR) column by column. */
+static void scale_acc(float acc[C_MR][C_NR], int mr, const float *s)
+{
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < C_NR; j++)
+            acc[i][j] *= s[j];
+}
+
+/* Rows [m, m + mr) against panel p; a Q8 panel block by block, the
+ * accumulators rescaled by each block's ratios and the last scale
+ * (gemm.h's layout). */
+static void micro(const gemm_args *a, int m, int mr, int p)
+{
+    float acc[C_MR][C_NR] = { { 0 } };
+    const char *panel = (const char *)a->w + (size_t)p * gemm_panel_bytes(&gemm_kernel_c, a->K,
+                                                                          a->wdtype);
+    const float *in = a->in + (size_t)m * a->ldi;
+    if (a->wdtype != ST_Q8) {
+        micro_rows(a, acc, in, mr, panel, NULL, 0, a->K);
+        epilogue(a, acc, m, mr, p);
+        return;
+    }
+    size_t bytes = C_NR * (sizeof(float) + Q8_BLOCK);
+    int nb = a->K / Q8_BLOCK;
+    for (int b = 0; b < nb; b++) {
+        const float *ratio = (const float *)(panel + (size_t)b * bytes);
+        scale_acc(acc, mr, ratio);
+        micro_rows(a, acc, in, mr, panel, (const int8_t *)(ratio + C_NR), b * Q8_BLOCK, Q8_BLOCK);
+    }
+    scale_acc(acc, mr, (const float *)(panel + (size_t)nb * bytes));
     epilogue(a, acc, m, mr, p);
 }
 
@@ -69,7 +106,7 @@ static void row_tile(const gemm_args *a, int m, int mr, int p0, int p1)
 static void c_tile(const gemm_args *a, int m0, int m1, int p0, int p1)
 {
     static const gemm_row_fn rows[GEMM_DTYPES] = {
-        [ST_F32] = row_tile, [ST_F16] = row_tile, [ST_BF16] = row_tile,
+        [ST_F32] = row_tile, [ST_F16] = row_tile, [ST_BF16] = row_tile, [ST_Q8] = row_tile,
     };
     gemm_tile_blocks(&gemm_kernel_c, rows, a, m0, m1, p0, p1);
 }

@@ -9,6 +9,8 @@
  * the x86 entries. Tested under qemu-aarch64 (scripts/test); no speed is
  * claimed for it without an ARM machine to measure on.
  */
+#include <string.h>
+
 #include "gemm.h"
 
 #define N_MR 6
@@ -24,10 +26,18 @@ static int n_supported(void)
     return 1; /* Advanced SIMD is part of every AArch64 CPU */
 }
 
-/* 4 weights of a panel row as floats. A new pack dtype is a case here. */
+/* 4 weights of a panel row as floats: Q8 (4 values of a block's row)
+ * widens them to F32 unscaled (the kernel rescales its accumulators per
+ * block, gemm.h). A new pack dtype is a case here. */
 static inline __attribute__((always_inline)) float32x4_t load_w(const void *panel, size_t at,
                                                                  int dtype)
 {
+    if (dtype == ST_Q8) {
+        int32_t b4;
+        memcpy(&b4, (const int8_t *)panel + at, 4);
+        int16x8_t h = vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(b4)));
+        return vcvtq_f32_s32(vmovl_s16(vget_low_s16(h)));
+    }
     if (dtype == ST_F32)
         return vld1q_f32((const float *)panel + at);
     uint16x4_t h = vld1_u16((const uint16_t *)panel + at);
@@ -63,6 +73,17 @@ static inline void put(float *o, int n, float32x4_t v, int acc)
 
 /* out (mr, 16) tile = in (mr, K) x panel (K, 16), then the epilogue;
  * `left` output columns remain from this panel's first one. */
+/* c (mr, 16) *= s (16) column by column: a Q8 block's ratios or scales. */
+static inline __attribute__((always_inline)) void rescale(float32x4_t c[][4], int mr,
+                                                          const float *s)
+{
+    for (int v = 0; v < 4; v++) {
+        float32x4_t sv = vld1q_f32(s + 4 * v);
+        for (int i = 0; i < mr; i++)
+            c[i][v] = vmulq_f32(c[i][v], sv);
+    }
+}
+
 static inline __attribute__((always_inline)) void kernel(int mr, int dtype, const gemm_args *a,
                                                          const float *in, const void *panel,
                                                          float *out, int left, const float *bias)
@@ -72,17 +93,32 @@ static inline __attribute__((always_inline)) void kernel(int mr, int dtype, cons
 #pragma GCC unroll 6
     for (int i = 0; i < mr; i++)
         c[i][0] = c[i][1] = c[i][2] = c[i][3] = vdupq_n_f32(0.0f);
-    for (int k = 0; k < K; k++) {
-        float32x4_t b[4];
-        for (int v = 0; v < 4; v++)
-            b[v] = load_w(panel, (size_t)k * N_NR + 4 * (size_t)v, dtype);
-#pragma GCC unroll 6
-        for (int i = 0; i < mr; i++) {
-            float32x4_t x = vld1q_dup_f32(in + (size_t)i * ldi + k);
+    /* Q8: blocks of 32 k, the accumulators first multiplied by the block's
+     * ratios (gemm.h); any other dtype: one run over K */
+    int kb = dtype == ST_Q8 ? Q8_BLOCK : K;
+    const char *blk = panel;
+    for (int k0 = 0; k0 < K; k0 += kb) {
+        const void *rows = panel;
+        if (dtype == ST_Q8) {
+            rescale(c, mr, (const float *)blk);
+            rows = blk + N_NR * sizeof(float); /* the block's row k0 */
+            blk += N_NR * (sizeof(float) + Q8_BLOCK);
+        }
+        for (int k = k0; k < k0 + kb; k++) {
+            size_t at = (size_t)(dtype == ST_Q8 ? k - k0 : k) * N_NR;
+            float32x4_t b[4];
             for (int v = 0; v < 4; v++)
-                c[i][v] = vfmaq_f32(c[i][v], x, b[v]);
+                b[v] = load_w(rows, at + 4 * (size_t)v, dtype);
+#pragma GCC unroll 6
+            for (int i = 0; i < mr; i++) {
+                float32x4_t x = vld1q_dup_f32(in + (size_t)i * ldi + k);
+                for (int v = 0; v < 4; v++)
+                    c[i][v] = vfmaq_f32(c[i][v], x, b[v]);
+            }
         }
     }
+    if (dtype == ST_Q8) /* the last block's scales */
+        rescale(c, mr, (const float *)blk);
     for (int i = 0; i < mr; i++) {
         float *o = out + (size_t)i * ldo;
         for (int v = 0; v < (a->glu ? 2 : 4); v++) {
@@ -110,7 +146,7 @@ static inline __attribute__((always_inline)) void row_tile(int dtype, const gemm
                                                            int mr, int p0, int p1)
 {
     int cols = a->glu ? N_NR / 2 : N_NR;
-    size_t panel_bytes = (size_t)a->K * dtype_bytes(dtype, N_NR);
+    size_t panel_bytes = gemm_panel_bytes(&gemm_kernel_neon, a->K, dtype);
     const float *in = a->in + (size_t)m * a->ldi;
     for (int p = p0; p < p1; p++) {
         const void *panel = (const char *)a->w + (size_t)p * panel_bytes;
@@ -143,10 +179,16 @@ static void row_tile_bf16(const gemm_args *a, int m, int mr, int p0, int p1)
     row_tile(ST_BF16, a, m, mr, p0, p1);
 }
 
+static void row_tile_q8(const gemm_args *a, int m, int mr, int p0, int p1)
+{
+    row_tile(ST_Q8, a, m, mr, p0, p1);
+}
+
 static void n_tile(const gemm_args *a, int m0, int m1, int p0, int p1)
 {
     static const gemm_row_fn rows[GEMM_DTYPES] = {
         [ST_F32] = row_tile_f32, [ST_F16] = row_tile_f16, [ST_BF16] = row_tile_bf16,
+        [ST_Q8] = row_tile_q8,
     };
     gemm_tile_blocks(&gemm_kernel_neon, rows, a, m0, m1, p0, p1);
 }

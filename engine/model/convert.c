@@ -5,7 +5,8 @@
  * readers, infers the DiT-MoE config from the tensor shapes, and writes
  * DIR/config.json and DIR/model.safetensors (tensors as stored, or every
  * floating-point one converted to one dtype through the kernels' dtype
- * table, rounding as torch does). Shapes fix everything but the attention
+ * table, rounding as torch does; or, for Q8, the experts' matrices
+ * quantised to I8 values plus F16 NAME_scale tensors, the rest as stored). Shapes fix everything but the attention
  * head count, top-k, the class-dropout convention and the training
  * objective: those come from the published preset the shapes match, else
  * from the parameters (num_heads is then required; prediction defaults to
@@ -457,8 +458,29 @@ static int cast_one(const conv *v, const st_tensor *x, int dtype, void *dst, con
         int64_t bad = to->from_f32((char *)dst + dtype_bytes(dtype, (size_t)i), buf, k);
         if (bad >= 0)
             return cfail(v, DIT_E_INVAL, "%s: tensor '%s': value %g at element %" PRIu64
-                         " does not fit %s (largest 65504); BF16 keeps F32's range", path,
-                         x->name, (double)buf[bad], i + (uint64_t)bad, to->name);
+                         " does not fit %s (%s)", path, x->name, (double)buf[bad],
+                         i + (uint64_t)bad, to->name, dtype == ST_Q8
+                         ? "not finite, or a block scale beyond F16's 65504"
+                         : "largest 65504; BF16 keeps F32's range");
+    }
+    return DIT_OK;
+}
+
+/* Quantises the matrix x (rows, cols) into its file form: q (numel int8)
+ * and d (numel / 32 F16 scales), a block at a time. */
+static int quant_one(const conv *v, const st_tensor *x, int8_t *q, uint16_t *d, const char *path)
+{
+    q8_block b[32];
+    uint64_t n = st_numel(x);
+    for (uint64_t i = 0; i < n; i += 32 * Q8_BLOCK) {
+        size_t k = n - i < 32 * Q8_BLOCK ? (size_t)(n - i) : 32 * Q8_BLOCK;
+        int rc = cast_one(v, &(st_tensor){ .name = x->name, .dtype = x->dtype, .ndim = 1,
+                                           .shape = { (int64_t)k },
+                                           .data = (const char *)x->data + dtype_bytes(x->dtype, (size_t)i) },
+                          ST_Q8, b, path);
+        if (rc)
+            return rc;
+        q8_split(q + i, d + i / Q8_BLOCK, b, k);
     }
     return DIT_OK;
 }
@@ -469,17 +491,65 @@ static void cast_release(void *p, size_t n)
     free(p);
 }
 
-/* *out = t with every floating-point tensor in dtype (the others, and those
+/* What conv_cast does with tensor x of t for target dtype: 0 keep it,
+ * 1 convert it, 2 quantise it (Q8: values and scales). I8 tensors and
+ * their scales (a model already 8-bit) are kept. */
+static int cast_kind(const st_table *t, const st_tensor *x, int dtype)
+{
+    char name[200];
+    if (has_suffix(x->name, "_scale")) {
+        snprintf(name, sizeof name, "%.*s", (int)(strlen(x->name) - 6), x->name);
+        const st_tensor *w = st_find(t, name);
+        if (w && w->dtype == ST_I8)
+            return 0;
+    }
+    if (!dtype_get(x->dtype) || x->dtype == dtype)
+        return 0;
+    if (dtype == ST_Q8)
+        return model_q8_tensor(x->name, x->ndim, x->shape) ? 2 : 0;
+    return 1;
+}
+
+/* Bytes conv_cast needs for x, 64-byte aligned pieces. */
+static size_t cast_bytes(const st_tensor *x, int kind, int dtype)
+{
+    size_t n = (size_t)st_numel(x);
+    if (kind == 2)
+        return ((n + 63) & ~(size_t)63) + ((n / Q8_BLOCK * 2 + 63) & ~(size_t)63);
+    return kind ? (dtype_bytes(dtype, n) + 63) & ~(size_t)63 : 0;
+}
+
+/* Adds x to c converted as cast_kind says, its data at buf. */
+static int cast_add(const conv *v, st_table *c, const st_tensor *x, int kind, int dtype,
+                    char *buf, const char *path)
+{
+    size_t n = (size_t)st_numel(x);
+    if (kind == 0)
+        return st_table_add(c, x->name, x->dtype, x->ndim, x->shape, x->data) ? DIT_E_NOMEM : 0;
+    if (kind == 1) {
+        int rc = cast_one(v, x, dtype, buf, path);
+        return rc ? rc : st_table_add(c, x->name, dtype, x->ndim, x->shape, buf) ? DIT_E_NOMEM : 0;
+    }
+    uint16_t *d = (uint16_t *)(buf + ((n + 63) & ~(size_t)63));
+    char sname[200];
+    int64_t sshape[2] = { x->shape[0], x->shape[1] / Q8_BLOCK };
+    int rc = quant_one(v, x, (int8_t *)buf, d, path);
+    if (rc)
+        return rc;
+    snprintf(sname, sizeof sname, "%s_scale", x->name);
+    return st_table_add(c, x->name, ST_I8, 2, x->shape, buf) ||
+           st_table_add(c, sname, ST_F16, 2, sshape, d) ? DIT_E_NOMEM : 0;
+}
+
+/* *out = t with every floating-point tensor in dtype, or for Q8 the expert
+ * matrices as I8 values plus F16 NAME_scale tensors (the others, and those
  * already in dtype, point into t, which must outlive *out). */
 static int conv_cast(const conv *v, const st_table *t, int dtype, st_table **out)
 {
     size_t total = 0;
     *out = NULL;
-    for (int i = 0; i < st_count(t); i++) {
-        const st_tensor *x = st_at(t, i);
-        if (dtype_get(x->dtype) && x->dtype != dtype)
-            total += (dtype_bytes(dtype, (size_t)st_numel(x)) + 63) & ~(size_t)63;
-    }
+    for (int i = 0; i < st_count(t); i++)
+        total += cast_bytes(st_at(t, i), cast_kind(t, st_at(t, i), dtype), dtype);
     char *buf = malloc(total ? total : 1);
     st_table *c = buf ? st_table_new(st_path(t), buf, total, cast_release) : NULL;
     if (!c) {
@@ -487,21 +557,20 @@ static int conv_cast(const conv *v, const st_table *t, int dtype, st_table **out
         return cfail(v, DIT_E_NOMEM, "%s: out of memory converting to %s", st_path(t),
                      st_dtype_name(dtype));
     }
-    int rc = DIT_OK;
+    int rc = DIT_OK, quantised = 0;
     size_t pos = 0;
     for (int i = 0; i < st_count(t) && rc == DIT_OK; i++) {
         const st_tensor *x = st_at(t, i);
-        const void *data = x->data;
-        int d = x->dtype;
-        if (dtype_get(x->dtype) && x->dtype != dtype) {
-            rc = cast_one(v, x, dtype, buf + pos, st_path(t));
-            data = buf + pos;
-            d = dtype;
-            pos += (dtype_bytes(dtype, (size_t)st_numel(x)) + 63) & ~(size_t)63;
-        }
-        if (rc == DIT_OK && st_table_add(c, x->name, d, x->ndim, x->shape, data))
+        int kind = cast_kind(t, x, dtype);
+        rc = cast_add(v, c, x, kind, dtype, buf + pos, st_path(t));
+        if (rc == DIT_E_NOMEM)
             rc = cfail(v, DIT_E_NOMEM, "%s: out of memory", st_path(t));
+        pos += cast_bytes(x, kind, dtype);
+        quantised += kind == 2;
     }
+    if (rc == DIT_OK && dtype == ST_Q8)
+        cnote(v, "%d expert matrices 8-bit (Q8: I8 values + F16 NAME_scale per 32 "
+              "columns); the other tensors keep their dtype", quantised);
     if (rc != DIT_OK) {
         st_close(c);
         return rc;
@@ -513,17 +582,17 @@ static int conv_cast(const conv *v, const st_table *t, int dtype, st_table **out
 /* The dtype named by params (NULL: as stored, -1). */
 static int conv_dtype(const conv *v, int *dtype)
 {
-    static const char *const names[] = { "f32", "f16", "bf16" };
-    static const int dtypes[] = { ST_F32, ST_F16, ST_BF16 };
+    static const char *const names[] = { "f32", "f16", "bf16", "q8" };
+    static const int dtypes[] = { ST_F32, ST_F16, ST_BF16, ST_Q8 };
     *dtype = -1;
     if (!v->p->dtype)
         return DIT_OK;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         if (!strcmp(v->p->dtype, names[i])) {
             *dtype = dtypes[i];
             return DIT_OK;
         }
-    return cfail(v, DIT_E_INVAL, "dtype (--dtype): '%s' is not one of f32, f16, bf16",
+    return cfail(v, DIT_E_INVAL, "dtype (--dtype): '%s' is not one of f32, f16, bf16, q8",
                  v->p->dtype);
 }
 

@@ -5,7 +5,8 @@
  * config.json the tensor shapes must match a preset of a published
  * checkpoint; its ImageNet class names come from imagenet_classes.txt
  * beside the weights or in the installed data folder. dit_model_synthetic
- * makes a preset with random weights in memory for benchmarks.
+ * makes a preset with random weights in memory for benchmarks, its
+ * matrices in any weight dtype (q8: as `convert --dtype q8` makes them).
  */
 #include <ctype.h>
 #include <dirent.h>
@@ -14,12 +15,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include "model.h"
 #include "preset.h"
 #include "names.h"
 #include "rng.h"
+#include "vae.h"
 
 #define ERR(...) (snprintf(err, errlen, __VA_ARGS__), DIT_E_FORMAT)
 
@@ -217,6 +220,8 @@ int dit_model_load(dit_model **out, const char *path, const dit_model_settings *
     if (rc == DIT_OK)
         rc = model_bind(m, err, errlen);
     if (rc == DIT_OK)
+        rc = model_check_compute(m, set, err, errlen);
+    if (rc == DIT_OK)
         rc = model_pack(m, set, file, err, errlen);
     if (rc == DIT_OK)
         rc = model_open_vae(m, dir, err, errlen);
@@ -242,6 +247,8 @@ void dit_model_free(dit_model *m)
     model_close_vae(m);
     free(m->vae_dir);
     free(m->f32);
+    if (m->q8)
+        munmap(m->q8, m->q8_len * sizeof *m->q8);
     free(m->packed);
     st_close(m->weights);
     free(m);
@@ -254,8 +261,10 @@ const dit_config *dit_model_config(const dit_model *m)
 
 void dit_model_get_info(const dit_model *m, dit_model_info *info)
 {
-    if (m && info)
+    if (m && info) {
         *info = m->info;
+        info->resident_bytes = m->info.weight_bytes + (m->vae ? vae_weight_bytes(m->vae) : 0);
+    }
 }
 
 const char *dit_model_class_name(const dit_model *m, int label)
@@ -296,44 +305,129 @@ int dit_model_find_class(const dit_model *m, const char *name)
 
 /* ---- synthetic models --------------------------------------------------- */
 
+/* Builds a model's tensors in two walks of names_each: the first (mem
+ * NULL) only sums their bytes, the second draws them into one anonymous
+ * mapping the table owns. Matrices are drawn in F32 one at a time into
+ * scratch and stored in their dtype (Q8 drawn directly as the I8 values
+ * and F16 scales a converted file holds), so no F32 copy of the model ever
+ * exists; the mapping is registered as the table's map, so the pages
+ * binding and packing give back (st_drop) are freed. */
 typedef struct synth {
     st_table *t;
-    float *mem;
+    char *mem;
     size_t used, cap;
+    float *scratch;     /* (most) one tensor in F32 */
+    size_t most;
+    int mat_dtype;      /* weight matrices' dtype (enum st_dtype) */
     rng_default rng;
+    uint64_t bits;      /* xorshift64 state of the 8-bit draws */
+    int fail;
 } synth;
 
-/* Counts the floats of every tensor. */
-static int synth_count(void *user, const tensor_ref *r)
+/* A Q8 matrix (rows, cols) drawn directly in 8 bits into p, as a file
+ * holds it: I8 values uniform in -127..127 and one F16 scale for all
+ * blocks giving a fan_in-initialised layer's spread (127 / sqrt(3) is the
+ * values' standard deviation). Drawing bytes is some 20x faster than
+ * drawing normals and quantising them: G/2 has 15.6 B expert weights. */
+static void synth_q8(synth *s, const char *name, const int64_t *shape, char *p, size_t n)
 {
+    char sname[200];
+    int64_t sshape[2] = { shape[0], shape[1] / Q8_BLOCK };
+    int8_t *q = (int8_t *)p;
+    uint16_t *d = (uint16_t *)(p + ((n + 63) & ~(size_t)63));
+    uint16_t d0 = f32_to_f16(sqrtf(3.0f / (float)shape[1]) / 127.0f);
+    for (size_t i = 0; i < n; i++) {
+        s->bits ^= s->bits << 13, s->bits ^= s->bits >> 7, s->bits ^= s->bits << 17;
+        q[i] = (int8_t)((int)((s->bits >> 32) % 255) - 127);
+    }
+    for (size_t i = 0; i < n / Q8_BLOCK; i++)
+        d[i] = d0;
+    snprintf(sname, sizeof sname, "%s_scale", name);
+    s->fail |= st_table_add(s->t, name, ST_I8, 2, shape, q) != 0 ||
+               st_table_add(s->t, sname, ST_F16, 2, sshape, d) != 0;
+}
+
+/* One tensor of the list, scaled like a fan_in-initialised layer: weight
+ * matrices in the model's dtype (Q8 only where `convert --dtype q8` puts
+ * it, the other matrices F16 as it leaves a half-precision model), the
+ * rest (biases, embeddings, the patch kernel) F32. */
+static int synth_put(void *user, const tensor_ref *r)
+{
+    synth *s = user;
     size_t n = 1;
     for (int i = 0; i < r->ndim; i++)
         n *= (size_t)r->shape[i];
-    *(size_t *)user += n;
-    return 0;
-}
-
-/* Adds a random tensor scaled like a fan_in-initialised layer. */
-static int synth_add(void *user, const tensor_ref *r)
-{
-    synth *s = user;
-    size_t n = 0;
-    synth_count(&n, r);
-    if (s->used + n > s->cap)
+    int dtype = r->kind == TENSOR_MAT && r->ndim == 2 ? s->mat_dtype : ST_F32;
+    if (dtype == ST_Q8 && !model_q8_tensor(r->name, 2, r->shape))
+        dtype = ST_F16;
+    size_t bytes = (dtype_bytes(dtype, n) + 63) & ~(size_t)63;
+    size_t scales = dtype == ST_Q8 ? n / Q8_BLOCK * sizeof(uint16_t) : 0;
+    bytes = dtype == ST_Q8 ? ((n + 63) & ~(size_t)63) + ((scales + 63) & ~(size_t)63) : bytes;
+    if (!s->mem) { /* counting pass */
+        s->used += bytes;
+        s->most = n > s->most && dtype != ST_Q8 ? n : s->most;
+        return 0;
+    }
+    if (s->fail || s->used + bytes > s->cap)
         return DIT_E_NOMEM;
-    float *p = s->mem + s->used;
-    s->used += n;
-    rng_default_randn(&s->rng, p, n);
-    float scale = 1.0f / sqrtf((float)r->fan_in);
-    for (size_t i = 0; i < n; i++)
-        p[i] *= scale;
-    return st_table_add(s->t, r->name, ST_F32, r->ndim, r->shape, p) ? DIT_E_NOMEM : 0;
+    char *p = s->mem + s->used;
+    s->used += bytes;
+    if (dtype == ST_Q8) {
+        synth_q8(s, r->name, r->shape, p, n);
+    } else {
+        rng_default_randn(&s->rng, s->scratch, n);
+        float scale = 1.0f / sqrtf((float)r->fan_in);
+        for (size_t i = 0; i < n; i++)
+            s->scratch[i] *= scale;
+        dtype_get(dtype)->from_f32(p, s->scratch, n);
+        s->fail |= st_table_add(s->t, r->name, dtype, r->ndim, r->shape, p) != 0;
+    }
+    return s->fail ? DIT_E_NOMEM : 0;
 }
 
-static void synth_release(void *p, size_t n)
+static void synth_unmap(void *p, size_t n)
 {
-    (void)n;
-    free(p);
+    if (p)
+        munmap(p, n);
+}
+
+/* Draws the tensors of m->cfg into a new table m->weights named `what`. */
+static int synth_build(dit_model *m, const char *what, int dtype, uint64_t seed)
+{
+    synth s = { 0 };
+    int has_null = m->cfg.class_dropout_prob > 0;
+    s.mat_dtype = dtype;
+    names_each(NULL, &m->cfg, has_null, synth_put, &s); /* counts */
+    s.cap = s.used;
+    s.used = 0;
+    s.mem = mmap(NULL, s.cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (s.mem == MAP_FAILED)
+        return DIT_E_NOMEM;
+    s.scratch = malloc(s.most * sizeof(float));
+    m->weights = s.scratch ? st_table_new(what, s.mem, s.cap, synth_unmap) : NULL;
+    if (!m->weights) {
+        free(s.scratch);
+        munmap(s.mem, s.cap);
+        return DIT_E_NOMEM;
+    }
+    st_table_set_map(m->weights, s.mem, s.cap); /* so st_drop frees pages */
+    s.t = m->weights;
+    rng_default_init(&s.rng, seed, 0);
+    s.bits = seed * 0x9e3779b97f4a7c15ull | 1;
+    int rc = names_each(NULL, &m->cfg, has_null, synth_put, &s);
+    free(s.scratch);
+    return rc;
+}
+
+/* The enum st_dtype of a synthetic model's matrices, or -1. */
+static int synth_dtype(const char *name)
+{
+    static const char *const names[] = { "f32", "f16", "bf16", "q8" };
+    static const int dtypes[] = { ST_F32, ST_F16, ST_BF16, ST_Q8 };
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(name ? name : "f32", names[i]))
+            return dtypes[i];
+    return -1;
 }
 
 /* The config of a synthetic model: a preset's, or a config.json file (or a
@@ -364,7 +458,7 @@ static int synth_config(dit_model *m, const char *what, char *err, size_t errlen
     return rc;
 }
 
-int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
+int dit_model_synthetic(dit_model **out, const char *preset, const char *dtype, uint64_t seed,
                         const dit_model_settings *set, char *err, size_t errlen)
 {
     char dummy[8];
@@ -375,28 +469,23 @@ int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
     if (!out)
         return DIT_E_INVAL;
     *out = NULL;
+    int dt = synth_dtype(dtype);
+    if (dt < 0) {
+        snprintf(err, errlen, "dtype '%s' is not one of f32, f16, bf16, q8", dtype);
+        return DIT_E_INVAL;
+    }
     dit_model *m = calloc(1, sizeof *m);
     if (!m)
         return DIT_E_NOMEM;
     int rc = synth_config(m, preset, err, errlen);
-    int has_null = m->cfg.class_dropout_prob > 0;
-    synth s = { 0 };
-    names_each(NULL, &m->cfg, has_null, synth_count, &s.cap);
-    s.mem = rc ? NULL : malloc(s.cap * sizeof(float));
-    if (!rc && (!s.mem || !(m->weights = st_table_new(preset, s.mem, s.cap * sizeof(float),
-                                                        synth_release)))) {
-        free(s.mem);
-        rc = DIT_E_NOMEM;
-    }
-    if (!rc) {
-        s.t = m->weights;
-        rng_default_init(&s.rng, seed, 0);
-        rc = names_each(NULL, &m->cfg, has_null, synth_add, &s);
-        if (rc == DIT_OK)
-            rc = model_bind(m, err, errlen);
-        if (rc == DIT_OK)
-            rc = model_pack(m, set, preset, err, errlen);
-    }
+    if (!rc && (rc = synth_build(m, preset, dt, seed)))
+        snprintf(err, errlen, "%s: out of memory for the weights", preset);
+    if (!rc)
+        rc = model_bind(m, err, errlen);
+    if (!rc)
+        rc = model_check_compute(m, set, err, errlen);
+    if (rc == DIT_OK)
+        rc = model_pack(m, set, preset, err, errlen);
     if (rc) {
         dit_model_free(m);
         return rc;

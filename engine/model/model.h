@@ -2,10 +2,13 @@
  *
  * A dit_model binds every weight of the upstream state_dict to a typed view
  * into the weight file's mapping. Matrices keep their stored dtype (F32, F16
- * or BF16) so a half-precision checkpoint needs half the memory. Packed
- * (the default), each matrix also gets a copy in the panel layout of the
- * GEMM kernel entry chosen at load (gemm.h), in the same precision, and
- * its mapped pages are given back; unpacked, the matmul op widens a non-F32 weight into the
+ * or BF16) so a half-precision checkpoint needs half the memory; an 8-bit
+ * matrix (an I8 tensor NAME plus its F16 scales NAME_scale) is joined into
+ * Q8 blocks (kernels/dtype.h) in memory the model owns, and its mapped
+ * pages are given back. Packed (the default), each matrix also gets a copy
+ * in the panel layout of the GEMM kernel entry chosen at load (gemm.h), in
+ * the same precision, and its mapped pages are given back; unpacked, the
+ * matmul op widens a non-F32 weight into the
  * context's scratch per use and calls BLAS. Small tensors (biases,
  * embeddings, pos_embed) are widened to F32 once, at load, into memory the
  * model owns. After loading nothing in a model changes.
@@ -50,6 +53,8 @@ struct dit_model {
     klinear final_lin;   /* (P*P*Cout, D) */
     float *f32;             /* owned: widened small tensors */
     size_t f32_len, f32_used;
+    q8_block *q8;           /* owned: Q8 matrices, I8 values joined with scales */
+    size_t q8_len, q8_used; /* in blocks */
     char **class_names;     /* num_classes strings or NULL */
     char *vae_dir;          /* owned copy behind cfg.vae_dir */
     struct vae_model *vae;  /* loaded decoder for latent models, or NULL */
@@ -137,8 +142,19 @@ int config_parse(dit_model *m, const char *text, size_t len,
 /* Fills the derived config fields and checks ranges. */
 int config_finish(dit_config *cfg, const char *path, char *err, size_t errlen);
 
+/* 1 when `ditmoe convert --dtype q8` stores tensor `name` (ndim, shape)
+ * as Q8: the routed and shared experts' matrices (gate, up, down), whose
+ * input width is a multiple of the block; the rest keeps its precision
+ * (docs/quantization.md measures why). */
+int model_q8_tensor(const char *name, int ndim, const int64_t *shape);
+
 /* Binds and checks every tensor of m->weights against m->cfg. */
 int model_bind(dit_model *m, char *err, size_t errlen);
+
+/* DIT_OK when settings s ask for a compute mode this CPU and model can
+ * run, else DIT_E_UNSUPPORTED (or DIT_E_INVAL) with the reason in err. */
+int model_check_compute(const dit_model *m, const dit_model_settings *s, char *err,
+                        size_t errlen);
 
 /* Chooses the GEMM kernel entry (gemm_kernel_choose: DITMOE_ISA or the
  * best the CPU runs) and, when settings ask for it (the default), packs

@@ -145,6 +145,13 @@ typedef struct dit_cache dit_cache;
 
 /* ---- model ------------------------------------------------------------- */
 
+/* F32: every product in F32 (8-bit weights widened in registers). INT8:
+ * products with 8-bit (Q8) weights on integers, activations quantised per
+ * token (needs AVX-512 VNNI or AVX-VNNI; see docs/quantization.md). */
+enum dit_compute { DIT_COMPUTE_F32 = 0, DIT_COMPUTE_INT8 = 1 };
+/* "f32", "int8" -> enum dit_compute, or -1. */
+DIT_API int dit_compute_parse(const char *name);
+
 typedef struct dit_model_settings {
     /* 1 (default): at load, copy every weight matrix, in its stored
      * precision, into the layout of the engine's own GEMM kernel (the
@@ -154,6 +161,10 @@ typedef struct dit_model_settings {
      * 0: keep matrices as stored in the mapping and run them through BLAS
      * (F16/BF16 widened per use), the slower path, kept for comparison. */
     int pack_weights;
+    /* enum dit_compute; default F32. INT8 is refused at load with
+     * DIT_E_UNSUPPORTED and a message saying why: on CPUs without VNNI,
+     * and (no int8 kernel yet) everywhere; never a silent F32 fallback. */
+    int compute;
 } dit_model_settings;
 
 /* Fills s with the documented defaults. */
@@ -170,10 +181,15 @@ DIT_API int dit_model_load(dit_model **out, const char *path, const dit_model_se
 
 /* Builds a model with random weights in memory from a preset name (see
  * dit_preset_names) or the path of a config.json (or of a directory
- * holding one), for benchmarks and tests. Same ownership and settings as
- * load. */
-DIT_API int dit_model_synthetic(dit_model **out, const char *preset, uint64_t seed,
-                        const dit_model_settings *s, char *err, size_t errlen);
+ * holding one), for benchmarks and tests. dtype (NULL: "f32"): the
+ * weight matrices' dtype, "f32", "f16", "bf16", or "q8" (the expert
+ * matrices 8-bit, the other matrices F16: what `ditmoe convert --dtype q8`
+ * makes of a half-precision checkpoint), drawn one matrix at a time, so
+ * a model too large in F32 can be built in 8 bits. Same ownership and
+ * settings as load. */
+DIT_API int dit_model_synthetic(dit_model **out, const char *preset, const char *dtype,
+                                uint64_t seed, const dit_model_settings *s, char *err,
+                                size_t errlen);
 
 /* Writes m as a model directory dir (created if missing): config.json and
  * model.safetensors with the weights as the model holds them. With
@@ -187,12 +203,30 @@ DIT_API void dit_model_free(dit_model *m);
 /* The model's config; valid as long as the model. */
 DIT_API const dit_config *dit_model_config(const dit_model *m);
 
+/* Weights held in one dtype: "F32", "F16", "BF16" or "Q8" (8-bit values
+ * with an F16 scale per 32: 34 bytes per 32 weights). */
+typedef struct dit_info_dtype {
+    const char *dtype;
+    uint64_t params;
+    uint64_t bytes;
+} dit_info_dtype;
+
+#define DIT_INFO_DTYPES 8
+
 typedef struct dit_model_info {
     uint64_t params_total;   /* every weight */
     uint64_t params_active;  /* weights one token touches (top-k experts) */
-    uint64_t weight_bytes;   /* resident weight memory */
-    const char *weight_dtype;/* "F32", "F16", "BF16" or "mixed" (as stored) */
+    uint64_t weight_bytes;   /* resident weight memory: the sum of held[] */
+    const char *weight_dtype;/* the weight matrices' dtype as stored, "F32",
+                              * "F16", "BF16", "Q8", or "mixed" */
     int packed;              /* matrices run on the packed kernel */
+    /* weight memory by the dtype it is held in (packs, or matrices as
+     * stored; biases, embeddings and pos_embed are held as F32) */
+    dit_info_dtype held[DIT_INFO_DTYPES];
+    int n_dtypes;            /* rows of held[] in use */
+    /* expected resident set of the loaded model: weight_bytes plus the VAE
+     * decoder's weights; each context adds dit_ctx_bytes */
+    uint64_t resident_bytes;
     const char *kernel;      /* the GEMM kernel entry chosen at load: "avx512",
                               * "avx2", "neon" or "c" (DITMOE_ISA overrides) */
 } dit_model_info;
@@ -360,7 +394,9 @@ typedef struct dit_convert_params {
     double class_dropout_prob; /* < 0: likewise, else 0.1 */
     const char *class_names;   /* file of one name per line, or NULL */
     const char *vae;           /* VAE directory written as config "vae", or NULL */
-    const char *dtype;         /* "f32", "f16", "bf16"; NULL: as stored */
+    const char *dtype;         /* "f32", "f16", "bf16"; "q8": the experts'
+                                * matrices 8-bit, the rest as stored; NULL:
+                                * as stored */
 } dit_convert_params;
 
 typedef struct dit_convert_result {

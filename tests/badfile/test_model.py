@@ -6,7 +6,9 @@ the upstream tensor names of docs/model-format.md, random weights) with a
 safetensors writer of its own (numpy + struct, no torch), checks that
 `ditmoe inspect --model DIR` accepts it, then breaks it one way at a time:
 a missing, extra, misshapen or mistyped tensor, a config that disagrees with
-the weights, a damaged safetensors container, a bad config.json. Each must
+the weights, a damaged safetensors container, a bad config.json, and 8-bit
+(Q8) expert matrices with their scale tensor missing, misshapen, mistyped,
+holding infinity, or present beside a float weight. Each must
 make inspect exit non-zero (not by a signal, no sanitizer report) with a
 message naming the file and the tensor or field.
 """
@@ -82,14 +84,31 @@ def f32(shape, rng):
     return ("F32", shape, (rng.standard_normal(shape) * 0.02).astype("<f4").tobytes())
 
 
+def q8(shape, rng):
+    """An I8 matrix and its F16 scales (NAME, NAME_scale), quantised as
+    docs/quantization.md says."""
+    w = (rng.standard_normal(shape) * 0.02).astype(np.float32).reshape(shape[0], -1, 32)
+    d = (np.abs(w).max(axis=2, keepdims=True) / 127).astype(np.float16)
+    q = np.clip(np.rint(w / d.astype(np.float32)), -127, 127).astype(np.int8)
+    return (("I8", shape, q.tobytes()),
+            ("F16", (shape[0], shape[1] // 32), d.astype("<f2").tobytes()))
+
+
 class ModelDir:
-    def __init__(self, root, name):
+    def __init__(self, root, name, quantised=False):
         self.path = os.path.join(root, name)
         shutil.rmtree(self.path, ignore_errors=True)
         os.makedirs(self.path)
         self.config = dict(CONFIG)
         rng = np.random.default_rng(0)
-        self.tensors = {n: f32(s, rng) for n, s in tensor_shapes(self.config).items()}
+        if quantised:  # Q8 blocks need 32 input columns
+            self.config.update(hidden_size=32)
+        self.tensors = {}
+        for n, s in tensor_shapes(self.config).items():
+            if quantised and "_proj." in n:
+                self.tensors[n], self.tensors[n + "_scale"] = q8(s, rng)
+            else:
+                self.tensors[n] = f32(s, rng)
         self.header_edit = None
         self.raw_weights = None  # bytes to write instead of encoding
         self.raw_config = None
@@ -188,6 +207,42 @@ def case_list():
     ]
 
 
+def q8_case_list():
+    """Broken 8-bit models: (name, how to break a quantised ModelDir, strings)."""
+    ex = "blocks.1.moe.experts.2.up_proj.weight"
+    sh = "blocks.0.moe.shared_experts.down_proj.weight"
+
+    def scale(name, dt, shape, raw=None):
+        def f(m):
+            size = {"F16": 2, "F32": 4, "I8": 1}[dt] * int(np.prod(shape))
+            m.tensors[name + "_scale"] = (dt, shape, raw if raw is not None else bytes(size))
+        return f
+
+    def inf_scale(m):
+        dt, shape, raw = m.tensors[ex + "_scale"]
+        m.tensors[ex + "_scale"] = (dt, shape, raw[:6] + b"\x00\x7c" + raw[8:])
+
+    st = "model.safetensors"
+    return [
+        ("q8 scale missing", lambda m: m.tensors.pop(ex + "_scale"),
+         [st, ex, ex + "_scale", "missing"]),
+        ("q8 scale F32", scale(ex, "F32", (64, 1)), [st, ex + "_scale", "F32", "must be F16"]),
+        ("q8 scale wrong shape", scale(ex, "F16", (64, 2)),
+         [st, ex + "_scale", "[64, 2]", "[64, 1]"]),
+        ("q8 scale 1-D", scale(sh, "F16", (32,)), [st, sh + "_scale", "shape [32]"]),
+        ("q8 scale infinite", inf_scale, [st, ex + "_scale", "block 3", "not finite"]),
+        ("q8 scale beside F32", lambda m: m.tensors.update(
+            {"blocks.0.attn.qkv.weight_scale": ("F16", (96, 1), bytes(192))}),
+         [st, "blocks.0.attn.qkv.weight_scale", "F32, not I8"]),
+        ("q8 bias", lambda m: m.tensors.update(
+            {"blocks.0.attn.qkv.bias": ("I8", (96,), bytes(96))}),
+         [st, "blocks.0.attn.qkv.bias", "I8 only for 2-D"]),
+        ("q8 conv kernel", lambda m: m.tensors.update(
+            {"x_embedder.proj.weight": ("I8", (32, 1, 2, 2), bytes(128))}),
+         [st, "x_embedder.proj.weight", "I8 only for 2-D"]),
+    ]
+
+
 def main():
     ditmoe, work = sys.argv[1], sys.argv[2]
     os.makedirs(work, exist_ok=True)
@@ -196,8 +251,13 @@ def main():
     rc, out = run_inspect(ditmoe, good)
     if rc != 0 or "depth 2" not in out:
         failures.append(f"valid model refused (rc {rc}):\n{out}")
-    for name, breaker, want in case_list():
-        m = ModelDir(work, name.replace(" ", "_").replace(",", ""))
+    good_q8 = ModelDir(work, "good_q8", quantised=True).write()
+    rc, out = run_inspect(ditmoe, good_q8)
+    if rc != 0 or "Q8" not in out:
+        failures.append(f"valid 8-bit model refused (rc {rc}):\n{out}")
+    cases = [(c, False) for c in case_list()] + [(c, True) for c in q8_case_list()]
+    for (name, breaker, want), quantised in cases:
+        m = ModelDir(work, name.replace(" ", "_").replace(",", ""), quantised)
         breaker(m)
         path = m.write()
         rc, out = run_inspect(ditmoe, path)

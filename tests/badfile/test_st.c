@@ -55,28 +55,30 @@ static void expect_fail(const char *path, int code, const char *const *want)
 
 static void test_valid(void)
 {
-    /* 48 bytes of F32 (3, 4), 16 of I64 (2), a zero-size F16 (0, 4),
-     * listed out of offset order, header padded with spaces as writers do */
+    /* 48 bytes of F32 (3, 4), 16 of I64 (2), a zero-size F16 (0, 4), a
+     * BF16 scalar, 3 bytes of I8, listed out of offset order, header
+     * padded with spaces as writers do */
     const char *h = "{\"__metadata__\": {\"format\": \"pt\"}, "
                     "\"b\": {\"dtype\": \"I64\", \"shape\": [2], \"data_offsets\": [48, 64]}, "
                     "\"a.weight\": {\"dtype\": \"F32\", \"shape\": [3, 4], "
                     "\"data_offsets\": [0, 48], \"extra\": 1}, "
                     "\"z\": {\"dtype\": \"F16\", \"shape\": [0, 4], \"data_offsets\": [64, 64]}, "
-                    "\"s\": {\"dtype\": \"BF16\", \"shape\": [], \"data_offsets\": [64, 66]}}"
+                    "\"s\": {\"dtype\": \"BF16\", \"shape\": [], \"data_offsets\": [64, 66]}, "
+                    "\"i\": {\"dtype\": \"I8\", \"shape\": [3], \"data_offsets\": [66, 69]}}"
                     "        ";
-    const char *path = make_file("ok.safetensors", h, 66, ~(uint64_t)0);
+    const char *path = make_file("ok.safetensors", h, 69, ~(uint64_t)0);
     st_table *t = NULL;
     char err[512] = "";
     int rc = st_open(&t, path, err, sizeof err);
     CHECK(rc == DIT_OK && t, "valid file: %s", err);
     if (!t)
         return;
-    CHECK(st_count(t) == 4, "count %d", st_count(t));
+    CHECK(st_count(t) == 5, "count %d", st_count(t));
     CHECK(!strcmp(st_path(t), path), "path %s", st_path(t));
-    const char *order[] = {"b", "a.weight", "z", "s"};
-    for (int i = 0; i < 4; i++)
+    const char *order[] = {"b", "a.weight", "z", "s", "i"};
+    for (int i = 0; i < 5; i++)
         CHECK(st_at(t, i) && !strcmp(st_at(t, i)->name, order[i]), "order %d", i);
-    CHECK(st_at(t, 4) == NULL && st_at(t, -1) == NULL, "st_at out of range");
+    CHECK(st_at(t, 5) == NULL && st_at(t, -1) == NULL, "st_at out of range");
     const st_tensor *a = st_find(t, "a.weight"), *b = st_find(t, "b");
     CHECK(a && a->dtype == ST_F32 && a->ndim == 2 && a->shape[0] == 3 &&
               a->shape[1] == 4 && a->nbytes == 48 && st_numel(a) == 12, "a.weight");
@@ -86,6 +88,9 @@ static void test_valid(void)
     const st_tensor *z = st_find(t, "z"), *s = st_find(t, "s");
     CHECK(z && z->nbytes == 0 && st_numel(z) == 0, "zero-size tensor");
     CHECK(s && s->ndim == 0 && st_numel(s) == 1 && s->nbytes == 2, "scalar");
+    const st_tensor *i8 = st_find(t, "i");
+    CHECK(i8 && i8->dtype == ST_I8 && i8->nbytes == 3 &&
+              ((const unsigned char *)i8->data)[2] == 68, "I8 tensor");
     CHECK(st_find(t, "missing") == NULL && st_find(t, "__metadata__") == NULL,
           "absent names");
     for (int i = 0; i < st_count(t); i++) {
@@ -251,6 +256,8 @@ static void test_builder(void)
     }
     int64_t bad[2] = {2, -3}, huge[3] = {INT64_MAX, 2, 1};
     CHECK(st_table_add(t, "x", 99, 2, shape, data) == -1, "unknown dtype accepted");
+    /* Q8 is an in-memory dtype: no table holds one */
+    CHECK(st_table_add(t, "x", ST_Q8, 2, shape, data) == -1, "Q8 tensor accepted");
     CHECK(st_table_add(t, "x", ST_F32, 9, shape, data) == -1, "ndim 9 accepted");
     CHECK(st_table_add(t, "x", ST_F32, 2, bad, data) == -1, "negative dim accepted");
     CHECK(st_table_add(t, "x", ST_F32, 3, huge, data) == -1, "overflow accepted");
@@ -262,8 +269,10 @@ static void test_builder(void)
     CHECK(st_count(NULL) == 0 && st_find(NULL, "a") == NULL && st_at(NULL, 0) == NULL,
           "NULL table");
     CHECK(st_dtype_size(ST_BF16) == 2 && st_dtype_size(ST_I64) == 8 &&
-              st_dtype_size(-1) == 0 && st_dtype_size(5) == 0, "dtype sizes");
-    CHECK(!strcmp(st_dtype_name(ST_BF16), "BF16") && !strcmp(st_dtype_name(7), "unknown"),
+              st_dtype_size(ST_I8) == 1 && st_dtype_size(-1) == 0 && st_dtype_size(ST_Q8) == 0,
+          "dtype sizes");
+    CHECK(!strcmp(st_dtype_name(ST_BF16), "BF16") && !strcmp(st_dtype_name(ST_I8), "I8") &&
+              !strcmp(st_dtype_name(ST_Q8), "Q8") && !strcmp(st_dtype_name(7), "unknown"),
           "dtype names");
     st_table *o = (st_table *)1;
     CHECK(st_open(&o, NULL, NULL, 0) == DIT_E_INVAL && o == NULL, "NULL path");

@@ -3,7 +3,8 @@
  * product, every other entry against the C reference's output on the same
  * pack, on shapes that exercise every edge: row counts that are not
  * multiples of a tile, column counts that are not multiples of a panel,
- * K of 1, F16/BF16 packs widened by the kernel, a GLU pair of mixed dtypes,
+ * K of 1, F16/BF16 packs widened by the kernel, Q8 packs (8-bit values and
+ * block scales widened in registers), GLU pairs of mixed dtypes,
  * bias, accumulation, the GLU epilogue, F32 packs of strided activations
  * (pack_f32), and products split into row and panel tiles the way the
  * pool splits them. It prints which entries ran and which this CPU lacks;
@@ -51,6 +52,14 @@ static uint16_t to_f16(float v)
 static kmat make_mat(int dtype, int rows, int cols, void **store, float *wide)
 {
     size_t n = (size_t)rows * cols;
+    if (dtype == ST_Q8) { /* quantised and dequantised through the dtype table */
+        for (size_t i = 0; i < n; i++)
+            wide[i] = rnd();
+        *store = malloc(dtype_bytes(ST_Q8, n));
+        CHECK(dtype_get(ST_Q8)->from_f32(*store, wide, n) < 0, "Q8 quantisation refused");
+        dtype_get(ST_Q8)->to_f32(wide, *store, n);
+        return (kmat){ dtype, *store, rows, cols, NULL, 0 };
+    }
     *store = malloc(n * (dtype == ST_F32 ? 4 : 2));
     for (size_t i = 0; i < n; i++) {
         float v = rnd();
@@ -249,6 +258,14 @@ static void run_entry(void)
                     run_case(d, Ms[i], Ns[j], Ks[k], 0, (int)(i + j) % 2);
                     run_case(d, Ms[i], Ns[j], Ks[k], 1, 0);
                 }
+    for (size_t i = 0; i < sizeof Ms / sizeof *Ms; i++) /* 8-bit packs: K of whole blocks */
+        for (size_t j = 0; j < sizeof Ns / sizeof *Ns; j++)
+            for (int K = 32; K <= 96; K += 64) {
+                run_case(ST_Q8, Ms[i], Ns[j], K, 0, (int)(i + j) % 2);
+                run_case(ST_Q8, Ms[i], Ns[j], K, 1, 0);
+            }
+    run_case2(ST_Q8, ST_F16, 13, 33, 64, 1, 0); /* Q8 gate, F16 up: an F32 pack */
+    run_case(ST_Q8, 40, 300, 1216, 0, 1);       /* several panel blocks */
     run_case2(ST_F16, ST_BF16, 25, 33, 16, 1, 0); /* a mixed GLU pair packs as F32 */
     run_case(ST_F16, 30, 40, 200, 1, 0);
     run_case(ST_F32, 200, 300, 600, 0, 1); /* several panel blocks */

@@ -30,6 +30,9 @@ def main():
         "mixed": st_file({"a.weight": ("F16", [3, 1], 2), "b": ("I64", [2], 8),
                           "c": ("BF16", [], 2), "z": ("I32", [0, 5], 4)},
                          meta={"format": "pt"}),
+        # an 8-bit matrix: I8 values and their F16 scales (one per 32 columns)
+        "q8": st_file({"blocks.0.moe.experts.0.up_proj.weight": ("I8", [2, 64], 1),
+                       "blocks.0.moe.experts.0.up_proj.weight_scale": ("F16", [2, 2], 2)}),
         "json": b'{"a": [1, 2.5e3, -0, "x\\u00e9\\ud83d\\ude00"], "b": {"c": null}}',
     }
     for name, blob in seeds.items():

@@ -14,6 +14,12 @@ each with ditmoe_ref.DiTMoE on the weights as stored (read back, so the
 F16/BF16 rounding is the same on both sides). A case passes when
 max|engine - ref| / max|ref| <= 1e-4; every case prints its error.
 
+Q8 cases write the model in F32 and convert it with `ditmoe convert --dtype
+q8` (8-bit experts): the engine must match the reference on the weights as
+converted (dequantised, read back) within the same 1e-4, and the converted
+model's output must stay within Q8_TOL of the F32 model's (the quantisation
+error docs/quantization.md documents; printed).
+
 The cases cover learn_sigma on and off, top-k 1..4, 8 and 16 experts, odd
 head counts, 1, 3 and 4 input channels, patch 2 and 4, the default model's
 shape, one and two shared-expert widths, a fractional mlp_ratio, batches
@@ -35,6 +41,11 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "tools", "ref"))
 import ditmoe_ref as R  # noqa: E402
 
 TOL = 1e-4
+# a converted random-weight model against its F32 self: max|q8 - f32| /
+# max|f32| (a token whose top-k choice is a near-tie may switch experts,
+# so the max is loose) and mean|q8 - f32| / mean|f32|
+Q8_TOL = 1e-1
+Q8_MEAN_TOL = 1e-2
 
 BASE = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=48, depth=2,
             num_heads=3, mlp_ratio=2.0, num_classes=7, num_experts=8,
@@ -60,6 +71,14 @@ CASES = {
                            prediction="velocity"), "F32", 4, "flow"),
     "no_null_class": (dict(class_dropout_prob=0.0, num_experts_per_tok=1), "F32", 3, "ddpm"),
     "batch8_all_null_bf16": (dict(num_heads=1, hidden_size=32, depth=1), "BF16", 8, "null"),
+    "k3_e16_rgb_q8": (dict(num_experts=16, num_experts_per_tok=3, in_channels=3, num_heads=4,
+                           hidden_size=64), "Q8", 2, "ddpm"),
+    "default_shape_q8": (dict(input_size=28, patch_size=4, in_channels=1, hidden_size=128,
+                              depth=6, num_heads=4, num_classes=10, learn_sigma=False,
+                              prediction="velocity"), "Q8", 4, "flow"),
+    "patch4_shared1_ratio2.5_q8": (dict(input_size=16, patch_size=4, n_shared_experts=1,
+                                        mlp_ratio=2.5, hidden_size=64, num_heads=4),
+                                   "Q8", 3, "ddpm"),
 }
 
 
@@ -117,7 +136,13 @@ def run_case(ditmoe, name, tmp, isas):
     seed = sum(map(ord, name))
     path = os.path.join(tmp, name)
     torch.manual_seed(0)
-    R.write_model_dir(R.randomize_(R.DiTMoE(cfg), seed), cfg, path, dtype)
+    f32 = R.randomize_(R.DiTMoE(cfg), seed).eval()
+    if dtype == "Q8":  # F32 written, 8-bit experts by the engine's converter
+        R.write_model_dir(f32, cfg, path + "_f32", "F32")
+        subprocess.run([ditmoe, "convert", "--in", os.path.join(path + "_f32", "model.safetensors"),
+                        "--out", path, "--dtype", "q8"], check=True)
+    else:
+        R.write_model_dir(f32, cfg, path, dtype)
     model, _ = R.load_model_dir(path)
     x, t, y = inputs(cfg, n, kind, seed + 1)
     files = {k: os.path.join(path, k + ".npy") for k in ("x", "t", "y", "out")}
@@ -128,6 +153,14 @@ def run_case(ditmoe, name, tmp, isas):
         ref = model(x, t, y).numpy()
     margin = routing_margin(model, x, t, y)
     ok = True
+    if dtype == "Q8":
+        with torch.no_grad():
+            full = f32(x, t, y).numpy()
+        qmax = float(np.abs(ref - full).max() / np.abs(full).max())
+        qmean = float(np.abs(ref - full).mean() / np.abs(full).mean())
+        ok = qmax <= Q8_TOL and qmean <= Q8_MEAN_TOL
+        print(f"{'ok  ' if ok else 'FAIL'} {name:<26} Q8 vs F32 rel err max {qmax:.2e} "
+              f"(bound {Q8_TOL:g}) mean {qmean:.2e} (bound {Q8_MEAN_TOL:g})", flush=True)
     # every kernel entry, packed and split over an odd pool, and the BLAS path
     runs = [(isa, isa, ["--threads", "3"]) for isa in isas] + [("blas", "auto", ["--no-pack"])]
     for how, isa, extra in runs:

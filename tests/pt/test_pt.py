@@ -324,7 +324,7 @@ S2 = dict(input_size=32, patch_size=2, in_channels=4, hidden_size=384, depth=12,
 def dtype_name(t):
     import torch
     return {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-            torch.int64: "I64", torch.int32: "I32"}[t.dtype]
+            torch.int64: "I64", torch.int32: "I32", torch.int8: "I8"}[t.dtype]
 
 
 def expected_dump(sd):
@@ -565,6 +565,7 @@ def case_convert(tools, tmp):
     check(r.returncode != 0 and b"exists" in r.stderr,
           f"convert refuses to overwrite: {r.stderr.decode().strip()}")
     convert_dtypes(tools, tmp, pt, e, x, t, y)
+    convert_q8(tools, tmp, pt, e, x, t, y)
     r = run([tools.ditmoe, "convert", "--in", os.path.join(tmp, "nope.pt"), "--out",
              os.path.join(tmp, "o")])
     check(r.returncode != 0 and b"nope.pt" in r.stderr, "convert names a missing input")
@@ -611,6 +612,60 @@ def convert_dtypes(tools, tmp, pt, ema, x, t, y):
     check(r.returncode == 0, f"--dtype bf16 keeps F32's range: {r.stderr.decode()[:200]}")
     r = run([tools.ditmoe, "convert", "--in", path, "--out", out + "2", "--dtype", "f8"])
     check(r.returncode == 2 and b"f8" in r.stderr, f"--dtype f8 refused: {r.stderr.decode()}")
+
+
+def q8_reference(w):
+    """A float32 torch matrix -> (I8 values, F16 scales, dequantised F32) as
+    docs/quantization.md defines Q8 (tests/engine/test_q8.py checks the
+    engine against this bit for bit)."""
+    import numpy as np
+    import torch
+    b = w.float().numpy().reshape(w.shape[0], -1, 32)
+    d = (np.abs(b).max(axis=2, keepdims=True) / np.float32(127)).astype(np.float16)
+    df = d.astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(df > 0, np.rint(b / np.where(df > 0, df, 1)), 0)
+    q = np.clip(q, -127, 127).astype(np.int8)
+    return (torch.from_numpy(q.reshape(w.shape)), torch.from_numpy(d[:, :, 0]),
+            torch.from_numpy((df * q.astype(np.float32)).reshape(w.shape)))
+
+
+def convert_q8(tools, tmp, pt, ema, x, t, y):
+    """`convert --dtype q8` from an F32 and a BF16 .pt: the experts' matrices
+    as I8 + F16 NAME_scale exactly as the reference quantises them, every
+    other tensor untouched, and a forward equal to PyTorch's on the
+    dequantised weights."""
+    import copy
+    import torch
+    bf = os.path.join(tmp, "bf16.pt")
+    bf_sd = {k: v.to(torch.bfloat16) if v.is_floating_point() else v
+             for k, v in ema.state_dict().items()}
+    torch.save(bf_sd, bf)
+    for what, src, src_sd in (("F32", pt, ema.state_dict()), ("BF16", bf, bf_sd)):
+        out = os.path.join(tmp, "out_q8_" + what)
+        r = run([tools.ditmoe, "convert", "--in", src, "--out", out, "--num-heads", 2,
+                 "--prediction", "epsilon", "--dtype", "q8"])
+        msg = (r.stdout + r.stderr).decode(errors="replace").strip()
+        if not check(r.returncode == 0 and "expert matrices 8-bit" in msg,
+                     f"convert --dtype q8 from {what}: {msg[:300]}"):
+            continue
+        sd, deq = {}, copy.deepcopy(ema)
+        for k, v in src_sd.items():
+            if "_proj.weight" in k and ".moe." in k:
+                q, d, w = q8_reference(v)
+                sd[k], sd[k + "_scale"] = q, d
+                deq.state_dict()[k].copy_(w)
+            else:
+                sd[k] = v
+                deq.state_dict()[k].copy_(v.float())
+        got, err = tools.dump(os.path.join(out, "model.safetensors"))
+        check(got is not None and sorted(got) == sorted(expected_dump(sd)),
+              f"--dtype q8 from {what}: experts I8 + F16 scales as the reference, the rest "
+              f"as stored {err}")
+        ours, err = engine_forward(tools, tmp, out, x, t, y)
+        e_rel = rel_err(ours, torch_forward(deq, x, t, y)) if ours is not None else None
+        check(e_rel is not None and e_rel <= 1e-4,
+              f"--dtype q8 from {what} vs PyTorch on the dequantised weights: {e_rel} {err}")
 
 
 def case_generate(tools, tmp):

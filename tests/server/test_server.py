@@ -97,6 +97,10 @@ def test_api():
               f"/v1/model config {cfg}")
         check(m["classes"][1] == "Trouser" and len(m["classes"]) == 10, "class names")
         check(m["parameters"]["total"] > m["parameters"]["active_per_token"] > 0, "param counts")
+        p = m["parameters"]
+        check(p["weight_bytes_by_dtype"] and sum(p["weight_bytes_by_dtype"].values())
+              == p["weight_bytes"] and p["resident_bytes"] >= p["weight_bytes"] > 0,
+              f"weight bytes by dtype sum to weight_bytes, resident set counted: {p}")
         check(m["sampling_defaults"]["sampler"] == "euler" and m["sampling_defaults"]["steps"] == 8,
               "sampling defaults")
         check(m["limits"]["max_images"] == 16 and "queue_capacity" in m["limits"], "limits")

@@ -70,9 +70,14 @@ const char *cli_default_model(void);
 const char *cli_bundled_model(const char *name);
 
 /* Loads `path`, or the default model when path is NULL; no_pack keeps the
- * weights as stored (BLAS path, see dit_model_settings). Prints the
- * failure and returns CLI_EFAIL; *name says what was loaded. */
-int cli_load_model(const char *path, int no_pack, dit_model **m, const char **name);
+ * weights as stored (BLAS path, see dit_model_settings); compute: "f32"
+ * or "int8" (NULL: f32). Prints the failure and returns CLI_EFAIL (or
+ * CLI_EUSAGE for a bad compute name); *name says what was loaded. */
+int cli_load_model(const char *path, int no_pack, const char *compute, dit_model **m,
+                   const char **name);
+/* Model settings from the common options (CLI_EUSAGE after a message for
+ * a compute mode that is not f32 or int8). */
+int cli_model_settings(dit_model_settings *set, int no_pack, const char *compute);
 
 /* Seconds on a monotonic clock. */
 double cli_now(void);

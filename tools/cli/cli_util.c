@@ -184,14 +184,27 @@ const char *cli_default_model(void)
     return cli_bundled_model(CLI_DEFAULT_MODEL);
 }
 
-int cli_load_model(const char *path, int no_pack, dit_model **m, const char **name)
+int cli_model_settings(dit_model_settings *set, int no_pack, const char *compute)
+{
+    dit_model_settings_default(set);
+    set->pack_weights = !no_pack;
+    set->compute = compute ? dit_compute_parse(compute) : DIT_COMPUTE_F32;
+    if (set->compute < 0) {
+        cli_fail("--compute: '%s' is not f32 or int8", compute);
+        return CLI_EUSAGE;
+    }
+    return 0;
+}
+
+int cli_load_model(const char *path, int no_pack, const char *compute, dit_model **m,
+                   const char **name)
 {
     char err[512] = "";
     dit_model_settings set;
     int rc;
-    dit_model_settings_default(&set);
-    set.pack_weights = !no_pack;
     *m = NULL;
+    if ((rc = cli_model_settings(&set, no_pack, compute)))
+        return rc;
     if (!path) {
         path = cli_default_model();
         if (!path)

@@ -31,12 +31,16 @@
 
 static const char bench_usage[] =
     "usage: ditmoe bench [--model DIR | --synthetic NAME] --batch B [--iters K]\n"
-    "                    [--threads T] [--gemm N] [--no-pack]\n"
+    "                    [--threads T] [--gemm N] [--no-pack] [--dtype D]\n"
+    "                    [--compute f32|int8]\n"
     "  --batch B       rows per forward, 1..1024\n"
     "  --iters K       timed forwards after one warm-up (default 5)\n"
     "  --threads T     engine threads, and BLAS threads for the sgemm\n"
     "                  (default: one per core)\n"
     "  --synthetic NAME  random weights of a preset (e.g. s2) instead of a model\n"
+    "  --dtype D       synthetic weight matrices in f32 (default), f16, bf16, or q8\n"
+    "                  (8-bit experts, the rest F16: fits G/2 in 24 GB)\n"
+    "  --compute M     f32 (default), or int8 (needs a VNNI CPU; refused elsewhere)\n"
     "  --gemm N        size of the square sgemm yardstick (default 1024)\n"
     "  --no-pack       keep weights as stored and use BLAS (default: packed kernel)\n";
 
@@ -228,18 +232,19 @@ done:
 int cmd_bench(int argc, char **argv)
 {
     const char *path = NULL, *synth = NULL, *batch_s = NULL, *iters_s = "5", *threads_s = NULL;
-    const char *gemm_s = "1024", *name = NULL;
+    const char *gemm_s = "1024", *name = NULL, *dtype = NULL, *compute = NULL;
     int no_pack = 0;
     const cli_opt opts[] = {
         { "model", &path, NULL }, { "synthetic", &synth, NULL }, { "batch", &batch_s, NULL },
         { "iters", &iters_s, NULL }, { "threads", &threads_s, NULL }, { "gemm", &gemm_s, NULL },
-        { "no-pack", NULL, &no_pack },
+        { "no-pack", NULL, &no_pack }, { "dtype", &dtype, NULL },
+        { "compute", &compute, NULL },
     };
     dit_model_settings set;
     dit_model *m = NULL;
     char err[512] = "";
     bench_opts o;
-    int rc = cli_parse(argc, argv, opts, 7, bench_usage);
+    int rc = cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), bench_usage);
     if (rc)
         return rc < 0 ? 0 : rc;
     if (!batch_s) {
@@ -248,6 +253,10 @@ int cmd_bench(int argc, char **argv)
     }
     if (path && synth) {
         cli_fail("give --model or --synthetic, not both");
+        return CLI_EUSAGE;
+    }
+    if (dtype && !synth) {
+        cli_fail("--dtype is for --synthetic models (convert a model with ditmoe convert --dtype)");
         return CLI_EUSAGE;
     }
     if ((rc = cli_int("batch", batch_s, 1, 1024, &o.batch)) ||
@@ -264,12 +273,12 @@ int cmd_bench(int argc, char **argv)
         return cli_fail("out of memory for the %d x %d sgemm", o.gemm_n, o.gemm_n);
     if (synth) {
         name = synth;
-        dit_model_settings_default(&set);
-        set.pack_weights = !no_pack;
-        rc = dit_model_synthetic(&m, synth, 1, &set, err, sizeof err);
+        if ((rc = cli_model_settings(&set, no_pack, compute)))
+            return rc;
+        rc = dit_model_synthetic(&m, synth, dtype, 1, &set, err, sizeof err);
         if (rc != DIT_OK)
             return cli_fail("%s", err[0] ? err : dit_strerror(rc));
-    } else if ((rc = cli_load_model(path, no_pack, &m, &name))) {
+    } else if ((rc = cli_load_model(path, no_pack, compute, &m, &name))) {
         return rc;
     }
     rc = bench_run(m, name, &o);

@@ -7,7 +7,8 @@
  * infers the DiT-MoE config from the tensor shapes, and writes DIR/config.json
  * and DIR/model.safetensors (tensors as stored, or every floating-point one
  * converted with --dtype: F16 or BF16 halve the memory a model needs, and
- * the engine's kernel runs them at F32 speed). Shapes fix
+ * the engine's kernel runs them at F32 speed; q8 stores the experts'
+ * matrices, over 90% of a large model, in 8 bits). Shapes fix
  * everything but the attention head count, top-k, the class-dropout
  * convention and the training objective: those come from the published
  * preset the shapes match, else from options (--num-heads is then required;
@@ -32,7 +33,7 @@ static const char convert_usage[] =
     "usage: ditmoe convert --in CHECKPOINT.pt --out DIR [--num-heads H]\n"
     "                      [--prediction epsilon|velocity] [--top-k K]\n"
     "                      [--class-dropout-prob P] [--class-names FILE] [--vae PATH]\n"
-    "                      [--dtype f32|f16|bf16]\n"
+    "                      [--dtype f32|f16|bf16|q8]\n"
     "  --in FILE          torch.save checkpoint (state_dict, or {\"ema\"|\"model\": ...})\n"
     "  --out DIR          writes DIR/config.json and DIR/model.safetensors (DIR may\n"
     "                     exist, but not those files)\n"
@@ -43,7 +44,11 @@ static const char convert_usage[] =
     "  --class-names FILE one class name per line (default for 1000 classes: ImageNet's)\n"
     "  --vae PATH         VAE directory for latent models, written as config \"vae\"\n"
     "  --dtype D          convert every float tensor to f32, f16 or bf16, rounding to\n"
-    "                     nearest even as torch's .half()/.bfloat16() (default: as stored)\n";
+    "                     nearest even as torch's .half()/.bfloat16() (default: as stored);\n"
+    "                     q8: the routed and shared experts' matrices 8-bit (I8 values\n"
+    "                     and an F16 NAME_scale per 32 inputs, about 1/4 of F32), the\n"
+    "                     rest (attention, router, adaLN, embeddings, final layer) as\n"
+    "                     stored; see docs/quantization.md\n";
 
 static void conv_note(void *user, const char *note)
 {

@@ -11,13 +11,15 @@
 
 static const char forward_usage[] =
     "usage: ditmoe forward --x X.npy --t T.npy --y Y.npy --out OUT.npy [--model DIR]\n"
-    "                      [--threads T] [--no-pack]\n"
+    "                      [--threads T] [--no-pack] [--compute f32|int8]\n"
     "  --x X.npy      float32 (N, C, H, W) inputs\n"
     "  --t T.npy      float32 (N) timesteps: DDPM index 0..999 or flow time 0..1\n"
     "  --y Y.npy      int32 or int64 (N) labels, num_classes for the null class\n"
     "  --out OUT.npy  float32 (N, Cout, H, W) model output\n"
     "  --model DIR    (default: the embedded model)   --threads T  (default 1)\n"
-    "  --no-pack      keep weights as stored and use BLAS (default: packed kernel)\n";
+    "  --no-pack      keep weights as stored and use BLAS (default: packed kernel)\n"
+    "  --compute M    f32 (default), or int8: 8-bit products, needs a VNNI CPU (refused\n"
+    "                 elsewhere; see docs/quantization.md)\n";
 
 /* "float32 (2, 4, 32, 32)" into buf. */
 static const char *fwd_desc(const io_npy *a, char *buf, size_t len)
@@ -111,17 +113,18 @@ done:
 int cmd_forward(int argc, char **argv)
 {
     const char *path = NULL, *xp = NULL, *tp = NULL, *yp = NULL, *outp = NULL, *name;
-    const char *threads_s = "1";
+    const char *threads_s = "1", *compute = NULL;
     int no_pack = 0;
     const cli_opt opts[] = {
         { "model", &path, NULL }, { "x", &xp, NULL }, { "t", &tp, NULL },
         { "y", &yp, NULL }, { "out", &outp, NULL }, { "threads", &threads_s, NULL },
-        { "no-pack", NULL, &no_pack },
+        { "no-pack", NULL, &no_pack }, { "compute", &compute, NULL },
     };
     io_npy x = { 0 }, t = { 0 }, y = { 0 };
     dit_model *m = NULL;
     char err[512] = "";
-    int threads, n, rc = cli_parse(argc, argv, opts, 7, forward_usage);
+    int threads, n, rc = cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]),
+                                   forward_usage);
     if (rc)
         return rc < 0 ? 0 : rc;
     if (!xp || !tp || !yp || !outp) {
@@ -135,7 +138,7 @@ int cmd_forward(int argc, char **argv)
         rc = cli_fail("%s", err);
         goto done;
     }
-    if ((rc = cli_load_model(path, no_pack, &m, &name)))
+    if ((rc = cli_load_model(path, no_pack, compute, &m, &name)))
         goto done;
     n = fwd_check(dit_model_config(m), &x, &t, &y, xp, tp, yp);
     rc = n < 0 ? CLI_EFAIL : fwd_run(m, n, threads, &x, &t, &y, outp);

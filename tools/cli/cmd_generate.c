@@ -19,7 +19,7 @@ static const char generate_usage[] =
     "         [--cfg-interval LO,HI] [--cache off|fixed:N|adaptive:T]\n"
     "         [--cfg-mode upstream|all] [--rng default|torch] [--num-images K]\n"
     "         [--noise Z.npy] [--threads T] [--out FILE.png] [--out-npy X.npy]\n"
-    "         [--no-pack] [--stats]\n"
+    "         [--no-pack] [--stats] [--compute f32|int8]\n"
     "  --model DIR       or a bundled model's name, e.g. fashion-mnist-ddpm\n"
     "                    (default: the embedded model, fashion-mnist)\n"
     "  --class N|NAME    label or class name, 'null' for unconditional (default 0)\n"
@@ -36,7 +36,9 @@ static const char generate_usage[] =
     "  --out FILE.png    the image(s); --out-npy X.npy the final samples (N, C, H, W)\n"
     "  --threads T       engine threads (default: one per core)\n"
     "  --no-pack         keep weights as stored and use BLAS (default: packed kernel)\n"
-    "  --stats           print evaluations, rows and block computations to stderr\n";
+    "  --stats           print evaluations, rows and block computations to stderr\n"
+    "  --compute M       f32 (default), or int8: 8-bit products, needs a VNNI CPU\n"
+    "                    (refused elsewhere; see docs/quantization.md)\n";
 
 /* The usage text followed by the sampler table, into buf. */
 static const char *gen_usage(char *buf, size_t len)
@@ -58,6 +60,7 @@ typedef struct gen_args {
     const char *model, *label, *seed, *steps, *cfg, *sampler, *mode, *rng, *num, *noise;
     const char *out, *out_npy, *threads, *spacing, *interval, *cache;
     int no_pack, stats;
+    const char *compute;
 } gen_args;
 
 static int gen_label(const dit_model *m, const char *s, int *label)
@@ -330,6 +333,7 @@ int cmd_generate(int argc, char **argv)
         { "threads", &a.threads, NULL }, { "no-pack", NULL, &a.no_pack },
         { "spacing", &a.spacing, NULL }, { "cfg-interval", &a.interval, NULL },
         { "cache", &a.cache, NULL }, { "stats", NULL, &a.stats },
+        { "compute", &a.compute, NULL },
     };
     char usage[4096];
     dit_sample_params p;
@@ -348,7 +352,7 @@ int cmd_generate(int argc, char **argv)
     if (a.threads && (rc = cli_int("threads", a.threads, 1, 256, &threads)))
         return rc;
     cli_engine_setup();
-    if ((rc = cli_load_model(a.model, a.no_pack, &m, &name)))
+    if ((rc = cli_load_model(a.model, a.no_pack, a.compute, &m, &name)))
         return rc;
     if (!(rc = gen_params(m, &a, &p)) && !(rc = gen_noise(m, &a, &z, &p)))
         rc = gen_run(m, &p, &a, threads, name);

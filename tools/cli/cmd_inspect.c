@@ -41,6 +41,10 @@ static void inspect_print(const char *name, const dit_model *m)
            (double)info.weight_bytes / (1024.0 * 1024.0),
            info.weight_dtype ? info.weight_dtype : "?",
            info.packed ? ", packed for the GEMM kernel" : ", run through BLAS");
+    for (int i = 0; i < info.n_dtypes; i++)
+        printf("  held as %-6s %.1f MiB, %llu parameters\n", info.held[i].dtype,
+               (double)info.held[i].bytes / (1024.0 * 1024.0),
+               (unsigned long long)info.held[i].params);
     printf("kernel          %s%s\n", info.kernel ? info.kernel : "?",
            info.packed ? "" : " (attention and VAE; weight products on BLAS)");
     if (c->vae_dir)
@@ -67,16 +71,22 @@ int cmd_inspect(int argc, char **argv)
             printf("%s\n", names[i]);
         return 0;
     }
-    if ((rc = cli_load_model(path, no_pack, &m, &name)))
+    if ((rc = cli_load_model(path, no_pack, NULL, &m, &name)))
         return rc;
     inspect_print(name, m);
     /* the working set one worker adds to the weights, at the server's default */
     dit_ctx_settings set;
     dit_ctx_settings_default(&set);
     dit_ctx *ctx = NULL;
-    if (dit_ctx_new(&ctx, m, &set) == DIT_OK)
+    if (dit_ctx_new(&ctx, m, &set) == DIT_OK) {
+        dit_model_info info;
+        dit_model_get_info(m, &info);
         printf("context         %.1f MiB for %d rows per forward\n",
                (double)dit_ctx_bytes(ctx) / (1024.0 * 1024.0), set.max_rows);
+        printf("resident set    %.1f MiB expected: weights%s + one context\n",
+               (double)(info.resident_bytes + dit_ctx_bytes(ctx)) / (1024.0 * 1024.0),
+               info.resident_bytes > info.weight_bytes ? " + VAE decoder" : "");
+    }
     dit_ctx_free(ctx);
     dit_model_free(m);
     return 0;

@@ -325,7 +325,7 @@ int cmd_routing(int argc, char **argv)
         (rc = cli_int("threads", threads_s, 1, 256, &threads)))
         return rc;
     dit_set_blas_threads(1); /* the engine runs single-threaded sgemms on its pool */
-    if ((rc = cli_load_model(path, no_pack, &m, &name)))
+    if ((rc = cli_load_model(path, no_pack, NULL, &m, &name)))
         return rc;
     r.m = m;
     r.num_classes = dit_model_config(m)->num_classes;

@@ -12,18 +12,19 @@
 #include "cli.h"
 
 static const char synth_usage[] =
-    "usage: ditmoe synth (--preset NAME | --config FILE) --out DIR [--seed N]\n"
+    "usage: ditmoe synth (--preset NAME | --config FILE) --out DIR [--seed N] [--dtype D]\n"
     "  --preset NAME   a published shape (s2, b2, xl2, g2, ...)\n"
     "  --config FILE   a config.json (or a directory holding one) for custom shapes\n"
     "  --out DIR       writes DIR/config.json and DIR/model.safetensors\n"
-    "  --seed N        seed of the random weights (default 0)\n";
+    "  --seed N        seed of the random weights (default 0)\n"
+    "  --dtype D       f32 (default), f16, bf16, or q8 (8-bit experts, other matrices f16)\n";
 
 int cmd_synth(int argc, char **argv)
 {
-    const char *preset = NULL, *config = NULL, *out = NULL, *seed_s = "0";
+    const char *preset = NULL, *config = NULL, *out = NULL, *seed_s = "0", *dtype = NULL;
     const cli_opt opts[] = {
         { "preset", &preset, NULL }, { "config", &config, NULL }, { "out", &out, NULL },
-        { "seed", &seed_s, NULL },
+        { "seed", &seed_s, NULL }, { "dtype", &dtype, NULL },
     };
     int rc = cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), synth_usage);
     if (rc)
@@ -41,7 +42,7 @@ int cmd_synth(int argc, char **argv)
     set.pack_weights = 0; /* written as built, never run */
     dit_model *m = NULL;
     char err[1024] = "";
-    rc = dit_model_synthetic(&m, preset ? preset : config, seed, &set, err,
+    rc = dit_model_synthetic(&m, preset ? preset : config, dtype, seed, &set, err,
                              sizeof err);
     if (rc == DIT_OK)
         rc = dit_model_save(m, out, err, sizeof err);

@@ -345,7 +345,10 @@ def write_safetensors(path, tensors, metadata=None):
 
 
 def read_safetensors(path):
-    """-> ({name: float32 np.ndarray}, {name: dtype_name}, metadata)."""
+    """-> ({name: float32 np.ndarray}, {name: dtype_name}, metadata). An 8-bit
+    matrix (NAME as I8 plus NAME_scale as F16, one scale per 32 columns;
+    docs/quantization.md) comes back dequantised as NAME with dtype "Q8",
+    d * q in float32 exactly as the engine computes it."""
     with open(path, "rb") as f:
         data = f.read()
     (hlen,) = struct.unpack("<Q", data[:8])
@@ -359,12 +362,19 @@ def read_safetensors(path):
         dt = info["dtype"]
         if dt == "BF16":
             arr = _from_bf16_bits(np.frombuffer(raw, dtype="<u2"))
+        elif dt == "I8":
+            arr = np.frombuffer(raw, dtype=np.int8)
         elif dt in _NP_DTYPES:
             arr = np.frombuffer(raw, dtype=np.dtype(_NP_DTYPES[dt]).newbyteorder("<"))
         else:
             raise ValueError(f"{path}: tensor {name}: unsupported dtype {dt}")
         arrays[name] = arr.astype(np.float32).reshape(info["shape"])
         dtypes[name] = dt
+    for name in [n for n, dt in dtypes.items() if dt == "I8"]:
+        q, d = arrays[name], arrays.pop(name + "_scale")
+        dtypes.pop(name + "_scale")
+        arrays[name] = (q.reshape(q.shape[0], -1, 32) * d[:, :, None]).reshape(q.shape)
+        dtypes[name] = "Q8"
     return arrays, dtypes, meta
 
 
