@@ -22,7 +22,8 @@ Usage: test_model.py DITMOE CASE     CASE: sampling | determinism | trouser | dd
                bundled-model lookup is what finds it): a few DDPM steps with
                the learned variance and guidance from fixed noise equal
                samplers_ref's loop with the engine's noise generator
-               (max rel err <= 1e-4).
+               (max rel err <= 1e-4); an unknown name fails with a message
+               naming it and the folder looked for.
 """
 import os
 import subprocess
@@ -113,7 +114,11 @@ def case_ddpm(ditmoe, tmp):
         err = float(np.abs(ours - ref).max() / np.abs(ref).max())
         print(f"class {label}: {steps} DDPM steps, cfg {cfg_scale}: rel err {err:.2e}")
         worst = max(worst, err)
-    return worst <= 1e-4
+    bad = subprocess.run([os.path.abspath(ditmoe), "inspect", "--model", "no-such-model"],
+                         capture_output=True, text=True, cwd=tmp)
+    named = bad.returncode != 0 and "models/no-such-model" in bad.stderr
+    print(f"--model no-such-model: exit {bad.returncode}, {bad.stderr.strip()}")
+    return worst <= 1e-4 and named
 
 
 def case_determinism(ditmoe, tmp):
