@@ -169,13 +169,9 @@ static int config_from_preset(dit_model *m, const char *dir, char *err, size_t e
     return rc ? rc : load_names_file(m, dir);
 }
 
-static int read_config(dit_model *m, const char *dir, char *err, size_t errlen)
+/* Parses the config.json file at path into m. */
+static int read_config_file(dit_model *m, const char *path, char *err, size_t errlen)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    struct stat st;
-    if (stat(path, &st) != 0)
-        return config_from_preset(m, dir, err, errlen);
     size_t len = 0;
     char *text = slurp(path, 1 << 24, &len);
     if (!text) {
@@ -185,6 +181,16 @@ static int read_config(dit_model *m, const char *dir, char *err, size_t errlen)
     int rc = config_parse(m, text, len, path, err, errlen);
     free(text);
     return rc;
+}
+
+static int read_config(dit_model *m, const char *dir, char *err, size_t errlen)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return config_from_preset(m, dir, err, errlen);
+    return read_config_file(m, path, err, errlen);
 }
 
 int dit_model_load(dit_model **out, const char *path, const dit_model_settings *set,
@@ -445,17 +451,8 @@ static int synth_config(dit_model *m, const char *what, char *err, size_t errlen
                  "config.json", what ? what : "(null)");
         return DIT_E_INVAL;
     }
-    if (S_ISDIR(st.st_mode))
-        return read_config(m, what, err, errlen);
-    size_t len = 0;
-    char *text = slurp(what, 1 << 24, &len);
-    if (!text) {
-        snprintf(err, errlen, "%s: cannot read (or larger than 16 MiB)", what);
-        return DIT_E_IO;
-    }
-    int rc = config_parse(m, text, len, what, err, errlen);
-    free(text);
-    return rc;
+    return S_ISDIR(st.st_mode) ? read_config(m, what, err, errlen)
+                               : read_config_file(m, what, err, errlen);
 }
 
 int dit_model_synthetic(dit_model **out, const char *preset, const char *dtype, uint64_t seed,
