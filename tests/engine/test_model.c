@@ -212,10 +212,15 @@ static void test_forward(arena *a)
     CHECK(finite, "finite output");
     /* batch invariance: row 2 alone equals row 2 in the batch */
     CHECK(dit_forward(c, 1, x + 2 * X, t + 2, y + 2, one) == DIT_OK, "single row");
-    float md = 0;
-    for (int i = 0; i < O; i++)
+    float md = 0, big1 = 1;
+    for (int i = 0; i < O; i++) {
         md = fmaxf(md, fabsf(one[i] - out[2 * O + i]));
-    CHECK(md < 1e-4f, "row alone equals row in batch (max diff %g)", md);
+        big1 = fmaxf(big1, fabsf(out[2 * O + i]));
+    }
+    /* on the BLAS path one row and four take different sgemm kernels
+     * (measured up to 8e-6 of the largest output under clang -O2) */
+    CHECK(md <= 2e-5f * big1, "row alone equals row in batch (max diff %g of max %g)", md,
+          big1);
     /* the pool splits rows, heads and experts: results must not change */
     dit_ctx *c3 = NULL;
     s.n_threads = 3;
