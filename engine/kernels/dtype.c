@@ -1,6 +1,7 @@
 /* dtype.c: the weight dtype table and its conversions (see dtype.h). */
 #include <math.h>
 #include <string.h>
+#include <strings.h>
 
 #include "dtype.h"
 
@@ -184,6 +185,14 @@ const dtype_traits *dtype_get(int dtype)
     if (dtype < 0 || dtype >= (int)(sizeof traits / sizeof traits[0]) || !traits[dtype].name)
         return NULL;
     return &traits[dtype];
+}
+
+int dtype_parse(const char *name)
+{
+    for (int d = 0; name && d < (int)(sizeof traits / sizeof traits[0]); d++)
+        if (traits[d].name && !strcasecmp(name, traits[d].name))
+            return d;
+    return -1;
 }
 
 size_t dtype_bytes(int dtype, size_t n)

@@ -55,6 +55,10 @@ void q8_split(int8_t *q, uint16_t *d, const q8_block *src, size_t n);
  * with (integer tensors). */
 const dtype_traits *dtype_get(int dtype);
 
+/* The weight dtype named name ("f32", "F16", "bf16", "q8": any case), or
+ * -1: how options and files name the table's rows. */
+int dtype_parse(const char *name);
+
 /* Bytes of n elements of a weight dtype (n a multiple of its block). */
 size_t dtype_bytes(int dtype, size_t n);
 

@@ -582,16 +582,11 @@ static int conv_cast(const conv *v, const st_table *t, int dtype, st_table **out
 /* The dtype named by params (NULL: as stored, -1). */
 static int conv_dtype(const conv *v, int *dtype)
 {
-    static const char *const names[] = { "f32", "f16", "bf16", "q8" };
-    static const int dtypes[] = { ST_F32, ST_F16, ST_BF16, ST_Q8 };
     *dtype = -1;
     if (!v->p->dtype)
         return DIT_OK;
-    for (int i = 0; i < 4; i++)
-        if (!strcmp(v->p->dtype, names[i])) {
-            *dtype = dtypes[i];
-            return DIT_OK;
-        }
+    if ((*dtype = dtype_parse(v->p->dtype)) >= 0)
+        return DIT_OK;
     return cfail(v, DIT_E_INVAL, "dtype (--dtype): '%s' is not one of f32, f16, bf16, q8",
                  v->p->dtype);
 }

@@ -425,17 +425,6 @@ static int synth_build(dit_model *m, const char *what, int dtype, uint64_t seed)
     return rc;
 }
 
-/* The enum st_dtype of a synthetic model's matrices, or -1. */
-static int synth_dtype(const char *name)
-{
-    static const char *const names[] = { "f32", "f16", "bf16", "q8" };
-    static const int dtypes[] = { ST_F32, ST_F16, ST_BF16, ST_Q8 };
-    for (int i = 0; i < 4; i++)
-        if (!strcmp(name ? name : "f32", names[i]))
-            return dtypes[i];
-    return -1;
-}
-
 /* The config of a synthetic model: a preset's, or a config.json file (or a
  * directory holding one) for custom shapes. */
 static int synth_config(dit_model *m, const char *what, char *err, size_t errlen)
@@ -466,7 +455,7 @@ int dit_model_synthetic(dit_model **out, const char *preset, const char *dtype, 
     if (!out)
         return DIT_E_INVAL;
     *out = NULL;
-    int dt = synth_dtype(dtype);
+    int dt = dtype_parse(dtype ? dtype : "f32");
     if (dt < 0) {
         snprintf(err, errlen, "dtype '%s' is not one of f32, f16, bf16, q8", dtype);
         return DIT_E_INVAL;
