@@ -22,9 +22,14 @@
  * clients must accept 1xx answers at any time, RFC 9110 section 15.2): a
  * client that closed entirely answers it with a reset, and is gone; one
  * that half-closed reads it and keeps waiting. (HTTP/1.0 has no 1xx, and
- * an event stream has begun its response: there end-of-file is gone.) The sweeper also resumes a suspended
- * stream whose writer asked to be called again at a time (srv_req.
- * resume_at: the events' keep-alive comments).
+ * an event stream has begun its response: there end-of-file is gone.)
+ * libmicrohttpd itself would abort a waiting request on reading that
+ * end-of-file when resumed, so a request is put behind the relay (relay.c)
+ * before it first waits: the daemon then writes into a socketpair, and the
+ * sweeper peeks at the client's socket, which the relay keeps (client_fd).
+ * The sweeper also resumes a suspended stream whose writer asked to be
+ * called again at a time (srv_req.resume_at: the events' keep-alive
+ * comments).
  *
  * Connections come from the accept gate (gate.c), which hands over only
  * those whose request has arrived; every response says Connection: close,
@@ -52,6 +57,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +68,7 @@
 #include "client_ip.h"
 #include "gate.h"
 #include "metrics.h"
+#include "relay.h"
 #include "routes.h"
 
 #define SWEEP_MS 100
@@ -74,6 +81,7 @@ struct http_server {
     srv *s;
     struct MHD_Daemon *d;
     gate *gate;
+    relay *relay;
     int port;
     pthread_mutex_t mu;
     pthread_cond_t cond;
@@ -96,7 +104,9 @@ struct http_req {
     size_t seen;               /* body bytes received, kept or not */
     int too_large;
     int http11;                /* an HTTP/1.1 request (1xx answers allowed) */
-    int fd;                    /* the socket, for the sweeper's peek */
+    int fd;                    /* the daemon's socket */
+    int client_fd;             /* the client's, for the sweeper's peek: fd until relayed */
+    int relayed;               /* relay_take was tried */
     double t0;
     int status;                /* sent, for the log; 0: none */
     /* (h->mu) */
@@ -171,17 +181,17 @@ static int client_gone(http_req *q)
 {
     static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
     char c;
-    ssize_t n = recv(q->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    ssize_t n = recv(q->client_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
         return 0;
     if (n < 0 || !q->http11 || q->status) /* no 1xx once a response has begun (streams) */
         return 1;
     if (!q->probed) {
         q->probed = 1;
-        return send(q->fd, probe, sizeof probe - 1, MSG_NOSIGNAL | MSG_DONTWAIT) !=
+        return send(q->client_fd, probe, sizeof probe - 1, MSG_NOSIGNAL | MSG_DONTWAIT) !=
                (ssize_t)(sizeof probe - 1);
     }
-    return tcp_state(q->fd) == TCP_CLOSE;
+    return tcp_state(q->client_fd) == TCP_CLOSE;
 }
 
 /* Resumes suspended requests whose client has gone, and streams whose
@@ -247,6 +257,7 @@ static http_req *req_new(http_server *h, struct MHD_Connection *conn, const char
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (ci)
         q->fd = ci->connect_fd;
+    q->client_fd = q->fd;
     ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     const char *fwd = c->client_ip_header[0] ?
         MHD_lookup_connection_value(conn, MHD_HEADER_KIND, c->client_ip_header) : NULL;
@@ -388,6 +399,11 @@ static enum MHD_Result dispatch(http_req *q)
             return send_reply(q, &rep); /* 499: nginx's "client closed request" */
         }
         srv_reply_free(&rep);
+        if (!q->relayed && q->fd >= 0) { /* see relay.c */
+            int c = relay_take(h->relay, q->fd);
+            q->client_fd = c >= 0 ? c : q->fd;
+            q->relayed = 1;
+        }
         if (http_suspend(q))
             return MHD_YES;
         /* woken before we could suspend: look again */
@@ -501,6 +517,21 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 /* ---- daemon ---------------------------------------------------------------- */
 
+/* libmicrohttpd's messages, to stderr as its own logger writes them, less
+ * those about TCP options (Nagle, corking) and pushing data out: it tries
+ * them on every socket, and on a relayed connection's socketpair end
+ * (relay.c) they fail, meaning nothing. */
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    static const char *const quiet[] = {"Setting %s option to %s state failed",
+                                        "Failed to push the data", "Zero-send failed"};
+    (void)cls;
+    for (size_t i = 0; i < sizeof quiet / sizeof *quiet; i++)
+        if (!strncmp(fmt, quiet[i], strlen(quiet[i])))
+            return;
+    vfprintf(stderr, fmt, ap);
+}
+
 static int bind_address(const char *listen, int port, struct sockaddr_storage *ss, int *v6,
                         char *err, size_t errlen)
 {
@@ -584,6 +615,7 @@ int http_start(http_server **out, srv *s, char *err, size_t errlen)
     unsigned flags = MHD_USE_POLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
                      MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC;
     h->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first, as it asks */
                             MHD_OPTION_THREAD_POOL_SIZE, (unsigned)c->http_threads,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)c->max_connections,
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)c->max_per_ip,
@@ -592,6 +624,10 @@ int http_start(http_server **out, srv *s, char *err, size_t errlen)
                             MHD_OPTION_END);
     if (!h->d) {
         snprintf(err, errlen, "cannot start libmicrohttpd's threads");
+        close(lfd);
+        goto fail;
+    }
+    if (relay_start(&h->relay, err, errlen)) {
         close(lfd);
         goto fail;
     }
@@ -608,6 +644,7 @@ fail:
     gate_free(h->gate);
     if (h->d)
         MHD_stop_daemon(h->d);
+    relay_free(h->relay, 0);
     pthread_cond_destroy(&h->cond);
     pthread_mutex_destroy(&h->mu);
     free(h);
@@ -653,6 +690,7 @@ void http_stop(http_server *h, double grace_s)
         pthread_join(h->sweeper, NULL);
     gate_free(h->gate); /* no more MHD_add_connection */
     MHD_stop_daemon(h->d);
+    relay_free(h->relay, grace_s); /* after the daemon: no more relay_take */
     pthread_cond_destroy(&h->cond);
     pthread_mutex_destroy(&h->mu);
     free(h);

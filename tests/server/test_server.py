@@ -27,6 +27,8 @@ small random-weight model (make_model.py) and checks one area:
   healthcheck  ditmoe-server --healthcheck [URL]
   install    meson install: web/, the model and the class names land in
              PREFIX/share/ditmoe, and the installed binary finds them
+  hostile    malformed framing, FIFOs, forged log lines, odd bodies
+  halfclose  clients that shut down their sending side and wait
 """
 import argparse
 import base64
@@ -943,7 +945,8 @@ def split_response(data):
 def test_hostile():
     """What a hostile or unusual client tried: framing (RFC 9112), a FIFO
     in the web root, forged log lines, error bodies cut mid-character, a
-    NUL in a key, a half-closed request, an 8 MiB body sent at once."""
+    NUL in a key, an 8 MiB body sent at once (half-closed requests: the
+    halfclose group)."""
     web = tempfile.mkdtemp(prefix="ditmoe-web-")
     with open(os.path.join(web, "index.html"), "w") as f:
         f.write("page")
@@ -1014,12 +1017,6 @@ def test_hostile():
         r = s.post("/jobs", b'{"class_label": 1, "steps": 2, "x": "\\\\u0000"}')
         is_error(r, 400, "x: unknown field")  # an escaped backslash, then text: no NUL
 
-        # a client that half-closes after its request still gets its answer
-        # (one answered at once; libmicrohttpd 0.9.75 itself aborts a
-        # request whose end-of-input it reads before the answer is queued)
-        data = exchange(s, b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
-                        % (len(body), body), shut=True, timeout=30)
-        check(split_response(data)[0] == 202, f"half-closed /jobs: {data[:120]!r}")
         # an 8 MiB body sent without waiting for 100-continue: the 413 arrives
         import http.client
         c = http.client.HTTPConnection(s.host, s.port, timeout=60)
@@ -1042,6 +1039,112 @@ def test_hostile():
     finally:
         s.close()
         shutil.rmtree(web, ignore_errors=True)
+
+
+# ---- half-close ----------------------------------------------------------------------
+
+def raw_request(method, path, body=None, headers=b""):
+    """The bytes of one HTTP/1.1 request (a JSON body if body)."""
+    if body is None:
+        return b"%s %s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (method, path, headers)
+    data = json.dumps(body).encode()
+    return (b"%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s"
+            b"Content-Length: %d\r\n\r\n%s" % (method, path, headers, len(data), data))
+
+
+def final_response(data):
+    """(interim 1xx status lines, status, headers, body) of raw bytes."""
+    interim = []
+    while re.match(rb"HTTP/1\.[01] 1\d\d ", data):
+        head, _, data = data.partition(b"\r\n\r\n")
+        interim.append(head.decode("latin-1"))
+    return (interim,) + split_response(data)
+
+
+def png_answer(what, got, size):
+    """got (final_response) is a whole 200 PNG of size (w, h, channels)."""
+    _, st, hdr, body = got
+    ok = st == 200 and hdr.get("content-type") == "image/png" and \
+        len(body) == int(hdr.get("content-length", -1))
+    try:
+        ok = ok and png_decode(body)[:3] == size
+    except Exception as e:  # a cut or absent PNG
+        ok = False
+        body = repr(e).encode()
+    return check(ok, f"{what}: a whole 200 PNG, got {st} {hdr} {body[:80]!r}")
+
+
+def test_halfclose():
+    """A client may shut down its sending side after a complete request
+    (shutdown(SHUT_WR)) and wait: it gets its whole answer, both those given
+    at once (POST /jobs, GETs, static files) and those given after a wait
+    (/generate, OpenAI's route: relay.c), also when the wait is long enough
+    for the interim 100 Continue that tells it from a client that left (a
+    client that closes entirely still cancels its job: the queue group)."""
+    s = start("--batching", "false", slow=True)
+    size = (32, 32, 1)  # the slow model's images
+    try:
+        fives = five_hundreds(s)  # /ready while loading
+        gen = {"class_label": 1, "steps": 2}
+        png_answer("half-closed /generate", final_response(
+            exchange(s, raw_request(b"POST", b"/generate", gen), shut=True, timeout=120)), size)
+        _, st, hdr, body = final_response(exchange(
+            s, raw_request(b"POST", b"/generate", gen, b"Accept: application/json\r\n"),
+            shut=True, timeout=120))
+        try:
+            ok = st == 200 and png_decode(base64.b64decode(
+                json.loads(body)["data"][0]["b64_json"]))[:3] == size
+        except (ValueError, KeyError, IndexError, TypeError):
+            ok = False
+        check(ok, f"half-closed /generate, JSON: {st} {body[:120]!r}")
+        _, st, hdr, body = final_response(exchange(
+            s, raw_request(b"POST", OPENAI.encode(), {"prompt": "Trouser", "steps": 2}),
+            shut=True, timeout=120))
+        check(st == 200 and b'"b64_json"' in body, f"half-closed {OPENAI}: {st} {body[:120]!r}")
+
+        # answered at once
+        _, st, hdr, body = final_response(exchange(
+            s, raw_request(b"POST", b"/jobs", gen), shut=True, timeout=120))
+        check(st == 202, f"half-closed POST /jobs: {st} {body[:120]!r}")
+        jid = json.loads(body)["id"] if st == 202 else ""
+        wait_for(lambda: status(s, jid) == "done", 60, "the half-closed client's job done")
+        _, st, hdr, body = final_response(exchange(
+            s, raw_request(b"GET", b"/jobs/" + jid.encode()), shut=True))
+        check(st == 200 and json.loads(body or b"{}").get("id") == jid,
+              f"half-closed GET /jobs/ID: {st} {body[:120]!r}")
+        png_answer("half-closed GET /jobs/ID/image", final_response(
+            exchange(s, raw_request(b"GET", b"/jobs/%s/image" % jid.encode()), shut=True)), size)
+        for path, ctype in [(b"/health", "application/json"), (b"/", "text/html")]:
+            _, st, hdr, body = final_response(exchange(s, raw_request(b"GET", path), shut=True))
+            check(st == 200 and hdr.get("content-type", "").startswith(ctype) and
+                  len(body) == int(hdr.get("content-length", -1)),
+                  f"half-closed GET {path.decode()}: {st} {hdr}")
+
+        # a long wait: the half-closed client reads the interim 100
+        # Continue (a client that left would have answered it with a reset),
+        # then its answer
+        blocker = s.post("/jobs", LONG).json()["id"]
+        wait_for(lambda: status(s, blocker) == "running", 30, "the blocking job running")
+        sock = s.raw(raw_request(b"POST", b"/generate", gen), timeout=120)
+        sock.shutdown(socket.SHUT_WR)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        check(head.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"),
+              f"the waiting half-closed client is sent 100 Continue: {head[:80]!r}")
+        check(status(s, blocker) == "running", "the blocking job still running")
+        s.request("DELETE", f"/jobs/{blocker}")
+        got = final_response(head + recv_all(sock))
+        sock.close()
+        png_answer("half-closed /generate after a wait", got, size)
+        check(got[0] == ["HTTP/1.1 100 Continue"], f"one interim answer: {got[0]}")
+
+        check(five_hundreds(s) == fives, "no 5xx")
+    finally:
+        s.close()
 
 
 # ---- attack ------------------------------------------------------------------------
@@ -1674,7 +1777,8 @@ GROUPS = {"api": test_api, "openai": test_openai, "batching": test_batching,
           "shutdown": test_shutdown, "limits": test_limits, "config": test_config,
           "soak": test_soak, "decode": test_decode, "decode_latent": test_decode_latent,
           "instance": test_instance, "keepalive": test_keepalive, "healthcheck": test_healthcheck,
-          "install": test_install, "hostile": test_hostile, "attack": test_attack,
+          "install": test_install, "hostile": test_hostile, "halfclose": test_halfclose,
+          "attack": test_attack,
           "clientlimit": test_clientlimit}
 
 
