@@ -21,8 +21,10 @@
  * So on end-of-file the sweeper writes an interim "100 Continue" (HTTP/1.1
  * clients must accept 1xx answers at any time, RFC 9110 section 15.2): a
  * client that closed entirely answers it with a reset, and is gone; one
- * that half-closed reads it and keeps waiting. (HTTP/1.0 has no 1xx, and
- * an event stream has begun its response: there end-of-file is gone.)
+ * that half-closed reads it and keeps waiting. An event stream has begun
+ * its response, so its writer is asked to write something instead (a
+ * keep-alive comment: srv_req.ping), the same probe. (HTTP/1.0 has no 1xx:
+ * there end-of-file is gone.)
  * libmicrohttpd itself would abort a waiting request on reading that
  * end-of-file when resumed, so a request is put behind the relay (relay.c)
  * before it first waits: the daemon then writes into a socketpair, and the
@@ -111,7 +113,8 @@ struct http_req {
     int status;                /* sent, for the log; 0: none */
     /* (h->mu) */
     int is_suspended, wake_pending, gone;
-    int probed;                /* the sweeper sent its 100 Continue */
+    int probed;                /* the sweeper sent its 100 Continue, or asked for a ping */
+    int ping;                  /* a stream's writer is to write something now */
     double resume_at;          /* the sweeper resumes a suspended stream then */
     http_req *prev, *next;
 };
@@ -176,38 +179,46 @@ static int tcp_state(int fd)
     return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) ? -1 : ti.tcpi_state;
 }
 
-/* 1 when a suspended request's client has gone (see the opening comment). */
-static int client_gone(http_req *q)
+/* What the sweeper finds at a suspended request's client. */
+enum { CLIENT_HERE, CLIENT_GONE, CLIENT_PING };
+
+/* Looks at a suspended request's client (see the opening comment):
+ * CLIENT_PING asks a stream to write something, the probe there. */
+static int client_check(http_req *q)
 {
     static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
     char c;
     ssize_t n = recv(q->client_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
-        return 0;
-    if (n < 0 || !q->http11 || q->status) /* no 1xx once a response has begun (streams) */
-        return 1;
-    if (!q->probed) {
-        q->probed = 1;
-        return send(q->client_fd, probe, sizeof probe - 1, MSG_NOSIGNAL | MSG_DONTWAIT) !=
-               (ssize_t)(sizeof probe - 1);
-    }
-    return tcp_state(q->client_fd) == TCP_CLOSE;
+        return CLIENT_HERE;
+    if (n < 0)
+        return CLIENT_GONE;
+    if (q->probed) /* end-of-input: a reset since the probe is a client that left */
+        return tcp_state(q->client_fd) == TCP_CLOSE ? CLIENT_GONE : CLIENT_HERE;
+    q->probed = 1;
+    if (q->status) /* a stream: no 1xx once a response has begun */
+        return CLIENT_PING;
+    if (!q->http11)
+        return CLIENT_GONE;
+    return send(q->client_fd, probe, sizeof probe - 1, MSG_NOSIGNAL | MSG_DONTWAIT) ==
+           (ssize_t)(sizeof probe - 1) ? CLIENT_HERE : CLIENT_GONE;
 }
 
-/* Resumes suspended requests whose client has gone, and streams whose
- * resume_at has come. */
+/* Resumes suspended requests whose client has gone or is to be pinged,
+ * and streams whose resume_at has come. */
 static void sweep_locked(http_server *h)
 {
     http_req *q = h->suspended;
     double now = srv_now();
     while (q) {
         http_req *next = q->next;
-        if (client_gone(q)) {
+        int c = client_check(q);
+        if (c == CLIENT_GONE)
             q->gone = 1;
+        else if (c == CLIENT_PING)
+            q->ping = 1;
+        if (c != CLIENT_HERE || (q->resume_at > 0 && now >= q->resume_at))
             resume_locked(h, q);
-        } else if (q->resume_at > 0 && now >= q->resume_at) {
-            resume_locked(h, q);
-        }
         q = next;
     }
 }
@@ -320,6 +331,8 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
     (void)pos;
     pthread_mutex_lock(&q->h->mu);
     int gone = q->gone, stopping = q->h->stopping;
+    q->r.ping = q->ping;
+    q->ping = 0;
     pthread_mutex_unlock(&q->h->mu);
     if (gone)
         return MHD_CONTENT_READER_END_WITH_ERROR;

@@ -64,6 +64,10 @@ struct srv_req {
     /* a stream with nothing to send is suspended until woken, or until this
      * srv_now() time if set (for keep-alive comments); set by the writer */
     double resume_at;
+    /* set by http.c before calling stream: write something now, even with
+     * nothing new (a keep-alive comment): the client's end-of-input came,
+     * and only a write tells one that left from one that half-closed */
+    int ping;
     /* for the access log: the job this request made or read, if any */
     char job_id[SRV_JOB_ID_MAX];
 };

@@ -468,12 +468,13 @@ static void sse_collect(gen_state *g)
 
 /* A ": keep-alive" comment line when the stream has been silent for
  * sse_keepalive_s, so proxies with read timeouts keep it open while the
- * job waits in the queue or between slow steps. EventSource ignores it. */
+ * job waits in the queue or between slow steps, or when http.c asks for a
+ * ping (srv_req.ping). EventSource ignores it. */
 static void sse_keepalive(gen_state *g, double now)
 {
     static const char line[] = ": keep-alive\n\n";
     int ka = g->s->cfg->sse_keepalive_s;
-    if (ka && now >= g->last_out + ka && !sse_reserve(g, sizeof line)) {
+    if ((g->req->ping || (ka && now >= g->last_out + ka)) && !sse_reserve(g, sizeof line)) {
         memcpy(g->buf + g->len, line, sizeof line - 1);
         g->len += sizeof line - 1;
     }

@@ -1061,6 +1061,17 @@ def final_response(data):
     return (interim,) + split_response(data)
 
 
+def recv_until(sock, marker):
+    """What sock receives until marker (or the end)."""
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def png_answer(what, got, size):
     """got (final_response) is a whole 200 PNG of size (w, h, channels)."""
     _, st, hdr, body = got
@@ -1080,7 +1091,8 @@ def test_halfclose():
     at once (POST /jobs, GETs, static files) and those given after a wait
     (/generate, OpenAI's route: relay.c), also when the wait is long enough
     for the interim 100 Continue that tells it from a client that left (a
-    client that closes entirely still cancels its job: the queue group)."""
+    client that closes entirely still cancels its job: the queue group); an
+    event stream likewise, its probe a keep-alive comment."""
     s = start("--batching", "false", slow=True)
     size = (32, 32, 1)  # the slow model's images
     try:
@@ -1127,12 +1139,7 @@ def test_halfclose():
         wait_for(lambda: status(s, blocker) == "running", 30, "the blocking job running")
         sock = s.raw(raw_request(b"POST", b"/generate", gen), timeout=120)
         sock.shutdown(socket.SHUT_WR)
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            head += chunk
+        head = recv_until(sock, b"\r\n\r\n")
         check(head.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"),
               f"the waiting half-closed client is sent 100 Continue: {head[:80]!r}")
         check(status(s, blocker) == "running", "the blocking job still running")
@@ -1141,6 +1148,24 @@ def test_halfclose():
         sock.close()
         png_answer("half-closed /generate after a wait", got, size)
         check(got[0] == ["HTTP/1.1 100 Continue"], f"one interim answer: {got[0]}")
+
+        # an event stream: at end-of-input (quiet, its job queued) it gets a
+        # ': keep-alive' comment at once, the same probe, then its events to
+        # the end
+        wait_for(lambda: status(s, blocker) == "cancelled", 30, "the blocking job cancelled")
+        blocker = s.post("/jobs", LONG).json()["id"]
+        wait_for(lambda: status(s, blocker) == "running", 30, "the blocking job running")
+        jid = s.post("/jobs", gen).json()["id"]
+        sock = s.raw(raw_request(b"GET", b"/jobs/%s/events" % jid.encode()), timeout=120)
+        sock.shutdown(socket.SHUT_WR)
+        data = recv_until(sock, b": keep-alive")
+        check(b": keep-alive" in data and status(s, jid) == "queued",
+              f"the half-closed event stream is pinged while its job waits: {data[-120:]!r}")
+        s.request("DELETE", f"/jobs/{blocker}")
+        _, st, hdr, body = final_response(data + recv_all(sock))
+        sock.close()
+        check(st == 200 and b"event: queued" in body and b"event: done" in body,
+              f"the half-closed event stream runs to the end: {st} {body[-200:]!r}")
 
         check(five_hundreds(s) == fives, "no 5xx")
     finally:
