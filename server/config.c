@@ -55,7 +55,7 @@ static const field FIELDS[] = {
     I(max_rows, 1, 4096, NULL, "most rows (images + CFG rows) in one denoising step"),
     B(batching, "true: all running jobs share each step; false: one job at a time"),
     B(pack_weights, "true: weights repacked at load, in their precision, for the engine's "
-      "AVX-512 GEMM kernel; false: kept as stored and run through BLAS (slower)"),
+      "GEMM kernel entry (avx512, avx2, neon or c); false: kept as stored and run through BLAS (slower)"),
     S(compute, NULL, "'f32': every product in F32 (8-bit weights widened); 'int8': 8-bit "
       "products on VNNI CPUs (refused at start elsewhere)"),
     I(queue_capacity, 1, 1000000, NULL, "queued jobs before 429"),

@@ -98,7 +98,7 @@ const char *dit_blas_warning(char *buf, size_t len)
         if (!strcasecmp(core, known[i]))
             return NULL;
     snprintf(buf, len, "OpenBLAS runs its generic '%s' kernels on this %s CPU (it does not "
-             "know the model): everything still on BLAS (--no-pack, the VAE's attention) "
+             "know the model): everything still on BLAS (--no-pack) "
              "runs several times slower; set OPENBLAS_CORETYPE=%s", core ? core : "?",
              avx512 ? "AVX-512" : "AVX2", avx512 ? "SkylakeX" : "Haswell");
     return buf;

@@ -43,10 +43,9 @@ static size_t ctx_layout(dit_ctx *c, char *base)
     size_t N = (size_t)c->set.max_rows, T = (size_t)g->num_tokens;
     size_t D = (size_t)g->hidden_size, E = (size_t)g->num_experts;
     size_t K = (size_t)g->num_experts_per_tok, M = N * T;
-    size_t H = (size_t)(g->expert_hidden > g->shared_hidden ? g->expert_hidden : g->shared_hidden);
+    size_t He = (size_t)g->expert_hidden, Hs = (size_t)g->shared_hidden;
     size_t P2 = (size_t)g->patch_size * (size_t)g->patch_size;
     size_t th = (size_t)c->set.n_threads, pos = 0;
-    size_t rows = M * K > M ? M * K : M; /* the shared expert uses M rows */
     c->x = carve(base, &pos, M * D, sizeof(float));
     c->xn = carve(base, &pos, M * D, sizeof(float));
     c->qkv = carve(base, &pos, M * 3 * D, sizeof(float));
@@ -66,10 +65,12 @@ static size_t ctx_layout(dit_ctx *c, char *base)
     c->disp_off = carve(base, &pos, E + 1, sizeof(int));
     c->disp_fill = carve(base, &pos, E, sizeof(int));
     c->slot_row = carve(base, &pos, M * K, sizeof(int));
-    c->etasks = carve(base, &pos, 3 * (E + M * K / 64 + 1), sizeof(int));
+    c->etasks = carve(base, &pos, 3 * (E + M * K / 64 + M / 64 + 2), sizeof(int));
     c->xe = carve(base, &pos, M * K * D, sizeof(float));
-    c->hg = carve(base, &pos, rows * H, sizeof(float));
-    c->hu = carve(base, &pos, c->m->packed ? 0 : rows * H, sizeof(float)); /* BLAS path only */
+    c->hg = carve(base, &pos, M * K * He, sizeof(float));
+    c->hu = carve(base, &pos, c->m->packed ? 0 : M * K * He, sizeof(float)); /* BLAS path only */
+    c->hs = carve(base, &pos, M * Hs, sizeof(float));
+    c->hsu = carve(base, &pos, c->m->packed ? 0 : M * Hs, sizeof(float));   /* BLAS path only */
     c->ye = carve(base, &pos, M * K * D, sizeof(float));
     c->patches = carve(base, &pos, M * (size_t)g->in_channels * P2, sizeof(float));
     c->fout = carve(base, &pos, M * (size_t)g->out_channels * P2, sizeof(float));

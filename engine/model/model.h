@@ -107,10 +107,12 @@ struct dit_ctx {
     int *disp_off;    /* (E + 1) */
     int *disp_fill;   /* (E) fill cursors of the dispatch */
     int *slot_row;    /* (N*T*K) where each slot's result sits in ye */
-    int *etasks;      /* (E + N*T*K/64 + 1, 3) expert tasks: expert, r0, r1 */
+    int *etasks;      /* (E + N*T*K/64 + N*T/64 + 2, 3) tasks: expert, r0, r1: expert, r0, r1 */
     float *xe;        /* (N*T*K, D) tokens gathered, grouped by expert */
-    float *hg;        /* (N*T*K, Hmax) gate activations */
-    float *hu;        /* (N*T*K, Hmax) up activations */
+    float *hg;        /* (N*T*K, He) gate activations */
+    float *hu;        /* (N*T*K, He) up activations (BLAS path) */
+    float *hs;        /* (N*T, Hs) the shared expert's gate activations */
+    float *hsu;       /* (N*T, Hs) its up activations (BLAS path) */
     float *ye;        /* (N*T*K, D) expert outputs, grouped by expert */
     float *patches;   /* (N, T, C*P*P) */
     float *fout;      /* (N, T, P*P*Cout) */

@@ -3,7 +3,8 @@
  * Loading reads config.json with the engine's JSON reader, derives every
  * decoder tensor's name and shape from it and copies them, as F32 (F16 and
  * BF16 widened) into one array the model owns, 3x3 kernels reordered to
- * rows of (tap, cin) for vae_conv3x3_forward; the file is closed after. Names follow
+ * rows of (tap, cin) for vae_conv3x3_forward, the attention's matrices
+ * packed for the kernel entry; the file is closed after. Names follow
  * diffusers' AutoencoderKL (post_quant_conv.*, decoder.*); the mid block's
  * attention is found under either of the two namings published files use.
  * Any decoder tensor left over after binding means config and weights
@@ -65,6 +66,7 @@ typedef struct vae_resnet {
 typedef struct vae_attn {
     vae_norm n;
     const float *w[4], *b[4]; /* q, k, v, out: (C, C), (C) */
+    klinear qkv, out;         /* packed for the kernel entry (attn_pack) */
 } vae_attn;
 
 typedef struct vae_up {
@@ -78,6 +80,8 @@ struct vae_model {
     st_table *st;  /* open while loading */
     float *w;      /* every weight, F32 */
     size_t w_len, w_used;
+    void *attn_pk; /* the attention's packs and q, k, v's stacked bias */
+    size_t attn_pk_bytes;
     vae_conv post_quant, conv_in, conv_out;
     vae_resnet mid[2];
     vae_attn attn;
@@ -381,6 +385,41 @@ static int bind_all(binder *b)
     return rc;
 }
 
+/* The attention's q, k, v stacked into one (3C, C) matrix (one product
+ * makes every position's q, k and v) and its output projection, packed for
+ * the kernel entry, as the transformer's linear layers are. */
+static int attn_pack(vae_model *m, char *err, size_t errlen)
+{
+    const gemm_kernel *gk = m->gk;
+    vae_attn *a = &m->attn;
+    int C = a->n.c;
+    size_t cc = (size_t)C * C, bq = gk->pack_bytes(gk, 3 * C, C, 0, ST_F32);
+    size_t bo = gk->pack_bytes(gk, C, C, 0, ST_F32);
+    m->attn_pk_bytes = bq + bo + (3 * (size_t)C * sizeof(float) + 63) / 64 * 64;
+    m->attn_pk = aligned_alloc(64, m->attn_pk_bytes);
+    float *stack = malloc(3 * cc * sizeof(float)), *row = malloc((size_t)C * sizeof(float));
+    if (!m->attn_pk || !stack || !row) {
+        free(stack);
+        free(row);
+        return ERR(DIT_E_NOMEM, "out of memory packing the VAE's attention (%zu bytes)",
+                   m->attn_pk_bytes);
+    }
+    char *pk = m->attn_pk;
+    float *bias = (float *)(void *)(pk + bq + bo);
+    for (int i = 0; i < 3; i++) {
+        memcpy(stack + i * cc, a->w[i], cc * sizeof(float));
+        memcpy(bias + (size_t)i * C, a->b[i], (size_t)C * sizeof(float));
+    }
+    a->qkv = (klinear){ { ST_F32, stack, 3 * C, C, pk, ST_F32 }, bias };
+    a->out = (klinear){ { ST_F32, a->w[3], C, C, pk + bq, ST_F32 }, a->b[3] };
+    gk->pack(gk, pk, ST_F32, &a->qkv.w, row);
+    gk->pack(gk, pk + bq, ST_F32, &a->out.w, row);
+    a->qkv.w.data = a->out.w.data = NULL; /* packed: the kernel reads only pk */
+    free(stack);
+    free(row);
+    return DIT_OK;
+}
+
 /* A decoder tensor nothing bound: the config describes another decoder. */
 static int check_leftovers(binder *b)
 {
@@ -450,6 +489,8 @@ int vae_load(vae_model **out, const char *dir, const gemm_kernel *gk, char *err,
         rc = bind_all(&b);
     if (rc == DIT_OK)
         rc = check_leftovers(&b);
+    if (rc == DIT_OK && m->cfg.mid_attn)
+        rc = attn_pack(m, err, errlen);
     free(b.used);
     free(b.tmp);
     st_close(m->st); /* everything needed is copied */
@@ -468,21 +509,26 @@ void vae_free(vae_model *m)
         return;
     st_close(m->st);
     free(m->w);
+    free(m->attn_pk);
     free(m);
 }
 
 int vae_latent_channels(const vae_model *m) { return m->cfg.latent; }
 int vae_out_channels(const vae_model *m) { return m->cfg.out; }
 int vae_upscale(const vae_model *m) { return 1 << (m->cfg.nblocks - 1); }
-size_t vae_weight_bytes(const vae_model *m) { return m->w_used * sizeof(float); }
+size_t vae_weight_bytes(const vae_model *m)
+{
+    return m->w_used * sizeof(float) + m->attn_pk_bytes;
+}
 
 /* ---- plan: buffer sizes and FLOPs of one image ------------------------- */
 
 typedef struct vae_plan {
     size_t act;   /* floats of cur and of alt, each: pitched activations */
     size_t pad;   /* the padded input of a 3x3 conv */
-    size_t att;   /* (C, T) attention buffers, four of them */
-    size_t score; /* (tq, T) */
+    size_t att;   /* (T, C): attention's xt, and its qkv is three of them */
+    size_t kv;    /* attention's K and V^T packs */
+    size_t score; /* (tq, T) per thread */
     size_t maxc;  /* widest layer: the GroupNorm coefficients */
     int kmax;     /* most inputs per output of a conv: taps * cin */
     int tq;
@@ -511,7 +557,8 @@ static void plan_resnet(vae_plan *p, const vae_resnet *r, int h, int w)
         plan_conv(p, &r->sc, h, w);
 }
 
-static void plan_walk(const vae_model *m, int h, int w, vae_plan *p)
+/* Sizes for decoding an h x w latent on `threads` threads. */
+static void plan_walk(const vae_model *m, int h, int w, int threads, vae_plan *p)
 {
     const vae_cfg *c = &m->cfg;
     memset(p, 0, sizeof *p);
@@ -522,8 +569,9 @@ static void plan_walk(const vae_model *m, int h, int w, vae_plan *p)
     plan_resnet(p, &m->mid[1], h, w);
     if (c->mid_attn) {
         size_t C = (size_t)c->ch[c->nblocks - 1], T = (size_t)h * w;
-        p->tq = vae_attention_tile((int)T);
+        p->tq = vae_attention_tile((int)T, threads);
         p->att = C * T;
+        p->kv = vae_attention_pack_floats(m->gk, (int)C, (int)T);
         p->score = (size_t)p->tq * T;
         p->flops += 8.0 * C * C * T + 4.0 * C * T * T;
     }
@@ -547,9 +595,9 @@ size_t vae_workspace_bytes(const vae_model *m, int threads, int n, int h, int w)
         w > VAE_MAX_SIDE / vae_upscale(m))
         return 0;
     vae_plan p;
-    plan_walk(m, h, w, &p);
-    size_t f = 2 * lines(p.act) + lines(p.pad) + 4 * lines(p.att) +
-               lines(p.score) + 2 * lines(p.maxc) +
+    plan_walk(m, h, w, threads, &p);
+    size_t f = 2 * lines(p.act) + lines(p.pad) + lines(p.att) + lines(3 * p.att) +
+               lines(p.kv) + (size_t)threads * lines(p.score) + 2 * lines(p.maxc) +
                (size_t)threads * lines(vae_pack_floats(m->gk, p.kmax));
     return f * sizeof(float) + 64; /* + 64: aligning the caller's pointer */
 }
@@ -557,7 +605,7 @@ size_t vae_workspace_bytes(const vae_model *m, int threads, int n, int h, int w)
 double vae_decode_flops(const vae_model *m, int h, int w)
 {
     vae_plan p;
-    plan_walk(m, h, w, &p);
+    plan_walk(m, h, w, 1, &p);
     return p.flops;
 }
 
@@ -593,11 +641,10 @@ static void ws_carve(vae_ws *s, const vae_model *m, const vae_plan *p, void *ws,
     s->pad = carve(&at, p->pad);
     s->scale = carve(&at, p->maxc);
     s->shift = carve(&at, p->maxc);
-    s->att.xn = carve(&at, p->att);
-    s->att.q = carve(&at, p->att);
-    s->att.k = carve(&at, p->att);
-    s->att.v = carve(&at, p->att);
-    s->att.s = carve(&at, p->score);
+    s->att.xt = carve(&at, p->att);
+    s->att.qkv = carve(&at, 3 * p->att);
+    s->att.kv = carve(&at, p->kv);
+    s->att.s = carve(&at, lines(p->score) * (size_t)op_pool_threads(pool));
     s->att.tq = p->tq;
     s->groups = m->cfg.groups;
 }
@@ -659,8 +706,8 @@ static void decode_one(const vae_model *m, vae_ws *s, int h, int w,
     resnet_forward(s, &m->mid[0], h, w);
     if (c->mid_attn) {
         norm_coef(s, &m->attn.n, s->cur, h, w);
-        vae_attention_forward(&s->env, s->cur, m->attn.w, m->attn.b, s->scale, s->shift,
-                              m->attn.n.c, h, w, VAE_PITCH(w), &s->att);
+        vae_attention_forward(&s->env, s->cur, &m->attn.qkv, &m->attn.out, s->scale,
+                              s->shift, m->attn.n.c, h, w, VAE_PITCH(w), &s->att);
     }
     resnet_forward(s, &m->mid[1], h, w);
     for (int i = 0; i < c->nblocks; i++) {
@@ -687,7 +734,7 @@ int vae_decode(const vae_model *m, struct op_pool *pool, void *ws,
         return DIT_E_INVAL;
     vae_plan p;
     vae_ws s;
-    plan_walk(m, h, w, &p);
+    plan_walk(m, h, w, op_pool_threads(pool), &p);
     ws_carve(&s, m, &p, ws, pool);
     int up = vae_upscale(m);
     size_t zin = (size_t)m->cfg.latent * h * w;

@@ -71,8 +71,8 @@ double vae_decode_flops(const vae_model *m, int h, int w);
  * (up = vae_upscale). `ws` holds ws_bytes >= vae_workspace_bytes(m, n, h, w)
  * bytes of scratch the caller owns (any alignment; threads =
  * op_pool_threads(pool)); nothing is allocated. With a pool (ops.h; the
- * engine context's), the convolutions are split over its threads; the mid
- * block's attention products are single sgemms on the calling thread.
+ * engine context's), the convolutions and the mid block's attention (by
+ * query tiles) are split over its threads.
  * Returns DIT_E_INVAL for bad arguments or a workspace too small. */
 int vae_decode(const vae_model *m, struct op_pool *pool, void *ws,
                size_t ws_bytes, int n, int h, int w, const float *z, float *rgb);

@@ -13,18 +13,20 @@
  * runs the kernel over every output channel with acc set. Bands are sized
  * so the pack stays in L2 while every row tile of weights streams past.
  *
+ * The mid block's attention (one head over every position) runs token-major
+ * like the transformer's: q, k and v come out of one packed product on the
+ * transposed normalised input, K and V^T are packed once into shared
+ * scratch (split over the pool), and tasks of a few dozen queries each run
+ * the two products and the softmax in between on their thread's scores.
+ *
  * Nothing here allocates; the caller passes every scratch buffer.
  */
-#include <cblas.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "ops.h"
 #include "vae_ops.h"
-
-/* Floats of attention scores per query tile (4 MiB). */
-#define VAE_ATT_BUDGET ((size_t)1 << 20)
 
 /* ---- elementwise ------------------------------------------------------- */
 
@@ -120,42 +122,6 @@ void vae_unpitch_forward(float *out, const float *in, int C, int H, int W,
 {
     for (size_t r = 0; r < (size_t)C * H; r++)
         memcpy(out + r * W, in + r * pitch, sizeof(float) * (size_t)W);
-}
-
-void vae_softmax_forward(float *x, float alpha, int M, int N)
-{
-    for (int i = 0; i < M; i++) {
-        float *r = x + (size_t)i * N;
-        float mx = r[0], lmax[16];
-        int j = 0;
-        for (int l = 0; l < 16; l++)
-            lmax[l] = r[0];
-        for (; j + 16 <= N; j += 16)
-            for (int l = 0; l < 16; l++)
-                lmax[l] = r[j + l] > lmax[l] ? r[j + l] : lmax[l];
-        for (; j < N; j++)
-            mx = r[j] > mx ? r[j] : mx;
-        for (int l = 0; l < 16; l++)
-            mx = lmax[l] > mx ? lmax[l] : mx;
-        float lane[16] = {0};
-        j = 0;
-        for (; j + 16 <= N; j += 16)
-            for (int l = 0; l < 16; l++) {
-                float e = op_exp((r[j + l] - mx) * alpha);
-                r[j + l] = e;
-                lane[l] += e;
-            }
-        double sum = 0.0;
-        for (; j < N; j++) {
-            r[j] = op_exp((r[j] - mx) * alpha);
-            sum += r[j];
-        }
-        for (int l = 0; l < 16; l++)
-            sum += lane[l];
-        float inv = (float)(1.0 / sum);
-        for (j = 0; j < N; j++)
-            r[j] *= inv;
-    }
 }
 
 /* ---- convolution ------------------------------------------------------- */
@@ -304,37 +270,122 @@ void vae_conv1x1_forward(const vae_env *e, float *out, const float *in,
 
 /* ---- attention --------------------------------------------------------- */
 
-int vae_attention_tile(int T)
+#define VAE_ATT_BUDGET ((size_t)1 << 18) /* score floats of a task: 1 MiB at most */
+#define VAE_ATT_ROWS 12  /* tiles of queries: a multiple of every entry's mr */
+#define VAE_ATT_MIN 48   /* queries per task at least: each pass over K's and
+                          * V's packs does 2 * 48 flops per packed float */
+
+int vae_attention_tile(int T, int threads)
 {
-    size_t r = VAE_ATT_BUDGET / (size_t)T;
-    return (int)(r < 1 ? 1 : r > (size_t)T ? (size_t)T : r);
+    size_t hi = VAE_ATT_BUDGET / (size_t)T, lo = VAE_ATT_MIN;
+    size_t tq = ((size_t)T + 4 * (size_t)threads - 1) / (4 * (size_t)threads);
+    tq = (tq + VAE_ATT_ROWS - 1) / VAE_ATT_ROWS * VAE_ATT_ROWS;
+    hi = hi < 1 ? 1 : hi;
+    lo = lo < hi ? lo : hi;
+    tq = tq < lo ? lo : tq > hi ? hi : tq;
+    return (int)(tq < (size_t)T ? tq : (size_t)T);
 }
 
-void vae_attention_forward(const vae_env *e, float *x,
-                           const float *const w[4], const float *const b[4],
-                           const float *scale, const float *shift, int C, int H,
-                           int W, int pitch, const vae_attn_scratch *sc)
+size_t vae_attention_pack_floats(const gemm_kernel *gk, int C, int T)
+{
+    return (gk->pack_bytes(gk, T, C, 0, ST_F32) + gk->pack_bytes(gk, C, T, 0, ST_F32)) /
+           sizeof(float);
+}
+
+/* The attention's passes as tasks over the pool (see vae_attention_forward). */
+typedef struct att_job {
+    const gemm_kernel *gk;
+    const vae_attn_scratch *sc;
+    float *x, *vp;
+    const float *scale, *shift;
+    int C, H, W, pitch, T, tasks;
+} att_job;
+
+/* Image rows of task i of `tasks` over n. */
+static void task_range(int i, int tasks, int n, int *a, int *b)
+{
+    *a = (int)((long)n * i / tasks);
+    *b = (int)((long)n * (i + 1) / tasks);
+}
+
+/* xt (T, C) = GN(x)^T over a band of image rows */
+static void att_in_task(void *arg, int task, int thread)
+{
+    const att_job *j = arg;
+    int y0, y1, C = j->C, W = j->W;
+    (void)thread;
+    task_range(task, j->tasks, j->H, &y0, &y1);
+    for (int c = 0; c < C; c++)
+        for (int y = y0; y < y1; y++) {
+            const float *r = j->x + ((size_t)c * j->H + y) * j->pitch;
+            float *o = j->sc->xt + (size_t)y * W * C + c, s = j->scale[c], t = j->shift[c];
+            for (int i = 0; i < W; i++)
+                o[(size_t)i * C] = r[i] * s + t;
+        }
+}
+
+/* Tasks [0, tasks): rows of K's pack (channels); [tasks, 2 tasks): rows of
+ * V^T's (positions). K (T, C) and V^T (C, T) are read in place from qkv. */
+static void att_pack_task(void *arg, int task, int thread)
+{
+    const att_job *j = arg;
+    int C = j->C, T = j->T, a, b, v = task >= j->tasks;
+    const float *qkv = j->sc->qkv;
+    (void)thread;
+    task_range(task % j->tasks, j->tasks, v ? T : C, &a, &b);
+    if (v) // V^T[c][t] = qkv[t][2C + c]
+        j->gk->pack_f32(j->gk, j->vp, C, T, a, b - a, qkv + (size_t)a * 3 * C + 2 * C, 1,
+                        3 * C, 1.0f);
+    else   // K[t][c] = qkv[t][C + c] / sqrt(C)
+        j->gk->pack_f32(j->gk, j->sc->kv, T, C, a, b - a, qkv + C + a, 3 * C, 1,
+                        (float)(1.0 / sqrt((double)C)));
+}
+
+/* Queries [t0, t0 + tq): s = q K^T / sqrt(C), softmax, xt rows = s V */
+static void att_query_task(void *arg, int task, int thread)
+{
+    const att_job *j = arg;
+    const vae_attn_scratch *sc = j->sc;
+    int C = j->C, T = j->T, t0 = task * sc->tq, nq = T - t0 < sc->tq ? T - t0 : sc->tq;
+    float *s = sc->s + (size_t)thread * sc->tq * T;
+    gemm_args qk = { s, sc->qkv + (size_t)t0 * 3 * C, NULL, sc->kv, ST_F32, T, 3 * C, T, C,
+                     0, 0 };
+    gemm_run(j->gk, &qk, nq);                                // s (nq, T)
+    op_softmax_forward(s, nq, T);
+    gemm_args sv = { sc->xt + (size_t)t0 * C, s, NULL, j->vp, ST_F32, C, T, C, T, 0, 0 };
+    gemm_run(j->gk, &sv, nq);                                // xt rows (nq, C)
+}
+
+/* x (C, H, pitch) += y^T over a block of channels, y (T, C) in qkv */
+static void att_out_task(void *arg, int task, int thread)
+{
+    const att_job *j = arg;
+    int c0, c1, C = j->C, W = j->W;
+    (void)thread;
+    task_range(task, j->tasks, C, &c0, &c1);
+    for (int c = c0; c < c1; c++)
+        for (int y = 0; y < j->H; y++) {
+            float *r = j->x + ((size_t)c * j->H + y) * j->pitch;
+            const float *i0 = j->sc->qkv + (size_t)y * W * C + c;
+            for (int i = 0; i < W; i++)
+                r[i] += i0[(size_t)i * C];
+        }
+}
+
+void vae_attention_forward(const vae_env *e, float *x, const klinear *qkv,
+                           const klinear *out, const float *scale, const float *shift,
+                           int C, int H, int W, int pitch, const vae_attn_scratch *sc)
 {
     int T = H * W;
-    for (size_t r = 0; r < (size_t)C * H; r++) // xn (C, T) = GN(x)
-        affine_row(sc->xn + r * W, x + r * pitch, scale[r / H], shift[r / H], W, 0);
-    vae_conv1x1_forward(e, sc->q, sc->xn, w[0], b[0], C, C, T); // (C, T)
-    vae_conv1x1_forward(e, sc->k, sc->xn, w[1], b[1], C, C, T); // (C, T)
-    vae_conv1x1_forward(e, sc->v, sc->xn, w[2], b[2], C, C, T); // (C, T)
-    float *o = sc->xn; /* xn is spent: the head's output goes there */
-    for (int t0 = 0; t0 < T; t0 += sc->tq) {
-        int nq = T - t0 < sc->tq ? T - t0 : sc->tq;
-        // s (nq, T) = q[:, t0:t0+nq]^T k
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nq, T, C, 1.0f,
-                    sc->q + t0, T, sc->k, T, 0.0f, sc->s, T);
-        vae_softmax_forward(sc->s, (float)(1.0 / sqrt((double)C)), nq, T);
-        // o[:, t0:t0+nq] (C, nq) = v (C, T) s^T
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, nq, T, 1.0f,
-                    sc->v, T, sc->s, T, 0.0f, o + t0, T);
-    }
-    float *y = sc->q; /* q is spent too */
-    vae_conv1x1_forward(e, y, o, w[3], b[3], C, C, T);          // (C, T)
-    for (size_t r = 0; r < (size_t)C * H; r++) // x += y, pitched
-        for (int i = 0; i < W; i++)
-            x[r * pitch + i] += y[r * W + i];
+    op_env oe = { e->pool, NULL, 0, e->gk };
+    att_job j = { e->gk, sc, x, sc->kv + e->gk->pack_bytes(e->gk, T, C, 0, ST_F32) / sizeof(float),
+                  scale, shift, C, H, W, pitch, T, split(e->pool, H) };
+    op_pool_run(e->pool, j.tasks, att_in_task, &j);          // xt (T, C)
+    op_linear_forward(&oe, sc->qkv, sc->xt, qkv, T);          // qkv (T, 3C)
+    j.tasks = split(e->pool, C < T ? C : T);
+    op_pool_run(e->pool, 2 * j.tasks, att_pack_task, &j);    // K, V^T packed
+    op_pool_run(e->pool, (T + sc->tq - 1) / sc->tq, att_query_task, &j); // xt (T, C)
+    op_linear_forward(&oe, sc->qkv, sc->xt, out, T);          // y (T, C) in qkv
+    j.tasks = split(e->pool, C);
+    op_pool_run(e->pool, j.tasks, att_out_task, &j);         // x += y^T
 }

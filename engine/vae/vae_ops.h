@@ -26,7 +26,8 @@
  *
  * Threads: ops taking a pool (ops.h; NULL runs inline) split their work
  * into tasks over it: convolutions into bands of positions, each packed
- * and multiplied by one thread, GroupNorm by group, padding by channel.
+ * and multiplied by one thread, GroupNorm by group, padding by channel,
+ * attention by tiles of queries.
  */
 #ifndef DIT_VAE_OPS_H
 #define DIT_VAE_OPS_H
@@ -88,25 +89,31 @@ void vae_groupnorm_coef_forward(struct op_pool *pool, float *scale, float *shift
 void vae_unpitch_forward(float *out, const float *in, int C, int H, int W,
                          int pitch);
 
-/* Row-wise softmax(x * alpha) of x (M, N) in place. */
-void vae_softmax_forward(float *x, float alpha, int M, int N);
-
 /* Single-head attention of the decoder's mid block, the residual included:
  *   x += Wo softmax((Wq xn + bq)^T (Wk xn + bk) / sqrt(C)) (Wv xn + bv) + bo
  * over all T = H * W positions, with x (C, H, pitch) and xn = GroupNorm(x)
- * (its folded affine in scale, shift). w[0..3] (C, C) and b[0..3] (C) are
- * q, k, v, out. Scratch: xn, q, k, v (C, T) each and s (tq, T), tq queries
- * at a time (vae_attention_tile). */
+ * (its folded affine in scale, shift), token-major like the transformer's
+ * attention: qkv (3C rows: q, k, v stacked, bias 3C) and out (C, C) are
+ * packed for e->gk (vae.c does it at load). Scratch from
+ * vae_attention_floats, 64-byte aligned. */
 typedef struct vae_attn_scratch {
-    float *xn, *q, *k, *v, *s;
-    int tq;
+    float *xt;    /* (T, C) GroupNorm(x) transposed, then the heads' output */
+    float *qkv;   /* (T, 3C) q, k, v per position, then the projection's */
+    float *kv;    /* K (T, C) packed, 1/sqrt(C) folded in, then V^T (C, T)
+                   * packed: vae_attention_pack_floats */
+    float *s;     /* (threads, tq, T) scores of tq queries per task */
+    int tq;       /* queries per task (vae_attention_tile) */
 } vae_attn_scratch;
-void vae_attention_forward(const vae_env *e, float *x,
-                           const float *const w[4], const float *const b[4],
-                           const float *scale, const float *shift, int C, int H,
-                           int W, int pitch, const vae_attn_scratch *sc);
+void vae_attention_forward(const vae_env *e, float *x, const klinear *qkv,
+                           const klinear *out, const float *scale, const float *shift,
+                           int C, int H, int W, int pitch, const vae_attn_scratch *sc);
 
-/* Query rows per score tile for T positions (so scores stay a few MiB). */
-int vae_attention_tile(int T);
+/* Queries per task for T positions on `threads` threads: a few tasks per
+ * thread, each a whole number of row tiles of any kernel entry. */
+int vae_attention_tile(int T, int threads);
+
+/* Floats of the K and V^T packs of vae_attn_scratch together (a multiple
+ * of 16). */
+size_t vae_attention_pack_floats(const gemm_kernel *gk, int C, int T);
 
 #endif

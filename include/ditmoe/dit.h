@@ -447,7 +447,7 @@ DIT_API double dit_vae_flops(const dit_vae *v, int h, int w);
 
 /* Sets the BLAS library's thread count (process-wide: call once at start).
  * The engine's own pool owns the cores: BLAS, where it is still called
- * (--no-pack, the VAE's attention), should run 1 thread inside it. */
+ * (--no-pack), should run 1 thread inside it. */
 DIT_API void dit_set_blas_threads(int n);
 
 /* ---- CPU --------------------------------------------------------------- */
