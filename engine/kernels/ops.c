@@ -326,11 +326,18 @@ void op_softmax_forward(float *x, int M, int E)
     }
 }
 
+/* The scores' floats rounded up to 64 bytes: the packs after them must
+ * start on a cache line, as kernels load panels with aligned loads (an
+ * odd T, as the default model's 49 tokens, would misalign them). */
+static size_t scores_floats(int T)
+{
+    return ((size_t)T * T + 15) & ~(size_t)15;
+}
+
 size_t op_attention_floats(const gemm_kernel *k, int T, int hd)
 {
-    size_t f = (size_t)T * T + (k->pack_bytes(k, T, hd, 0, ST_F32) +
-                                k->pack_bytes(k, hd, T, 0, ST_F32)) / sizeof(float);
-    return (f + 15) & ~(size_t)15;
+    return scores_floats(T) + (k->pack_bytes(k, T, hd, 0, ST_F32) +
+                               k->pack_bytes(k, hd, T, 0, ST_F32)) / sizeof(float);
 }
 
 typedef struct attn_job {
@@ -353,7 +360,7 @@ static void attn_task(void *arg, int task, int thread)
     const float *q = j->qkv + (size_t)n * T * 3 * D + (size_t)h * hd;
     const float *k = q + D, *v = q + 2 * D;
     float *s = j->scratch + (size_t)thread * j->per_thread;          // (T, T)
-    float *kp = s + (size_t)T * T;                                    // K (T, hd) packed
+    float *kp = s + scores_floats(T);                                 // K (T, hd) packed
     float *vp = kp + gk->pack_bytes(gk, T, hd, 0, ST_F32) / sizeof(float); // V^T (hd, T)
     float *o = j->att + (size_t)n * T * D + (size_t)h * hd;
     gk->pack_f32(gk, kp, T, hd, 0, hd, k, 3 * D, 1, 1.0f / sqrtf((float)hd));

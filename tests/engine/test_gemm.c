@@ -245,6 +245,54 @@ static void run_pack_f32(int N, int K)
     free(src), free(tr), free(dense), free(p1), free(p2), free(p3);
 }
 
+/* Multi-head attention on kern (op_attention_forward: scores and P.V on
+ * the entry, K and V^T packed into per-thread scratch) against a double
+ * reference, for token counts whose T*T is not a multiple of 16 (the
+ * default model's 49 tokens): the packs after the scores must stay
+ * 64-byte aligned for the entries' aligned panel loads. */
+static void run_attention(int N, int T, int D, int heads, int threads)
+{
+    int hd = D / heads;
+    size_t per = op_attention_floats(kern, T, hd);
+    float *qkv = malloc(sizeof(float) * (size_t)N * T * 3 * D);  // (N, T, 3D)
+    float *att = malloc(sizeof(float) * (size_t)N * T * D);      // (N, T, D)
+    float *scratch = aligned_alloc(64, sizeof(float) * per * threads);
+    double *p = malloc(sizeof(double) * T);
+    for (size_t i = 0; i < (size_t)N * T * 3 * D; i++)
+        qkv[i] = rnd();
+    op_env e = { op_pool_new(threads), NULL, 0, kern };
+    op_attention_forward(&e, scratch, att, qkv, N, T, D, heads);
+    double worst = 0;
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < heads; h++)
+            for (int i = 0; i < T; i++) {
+                const float *q = qkv + ((size_t)n * T + i) * 3 * D + h * hd;
+                double mx = -1e300, sum = 0;
+                for (int j = 0; j < T; j++) {
+                    const float *k = qkv + ((size_t)n * T + j) * 3 * D + D + h * hd;
+                    double d = 0;
+                    for (int c = 0; c < hd; c++)
+                        d += (double)q[c] * k[c];
+                    p[j] = d / sqrt((double)hd);
+                    mx = p[j] > mx ? p[j] : mx;
+                }
+                for (int j = 0; j < T; j++)
+                    sum += p[j] = exp(p[j] - mx);
+                for (int c = 0; c < hd; c++) {
+                    double o = 0;
+                    for (int j = 0; j < T; j++)
+                        o += p[j] / sum * qkv[((size_t)n * T + j) * 3 * D + 2 * D + h * hd + c];
+                    double d = fabs(o - att[((size_t)n * T + i) * D + h * hd + c]);
+                    worst = d > worst ? d : worst;
+                }
+            }
+    CHECK(worst < 1e-4, "%s attention N %d T %d D %d heads %d threads %d: max error %g",
+          kern->name, N, T, D, heads, threads, worst);
+    cases++;
+    op_pool_free(e.pool);
+    free(qkv), free(att), free(scratch), free(p);
+}
+
 /* Every case on the entry kern. */
 static void run_entry(void)
 {
@@ -272,6 +320,9 @@ static void run_entry(void)
     run_case(ST_BF16, 40, 300, 1200, 0, 1);
     for (size_t j = 0; j < sizeof Ns / sizeof *Ns; j++)
         run_pack_f32(Ns[j], 67);
+    run_attention(2, 49, 128, 4, 2); /* the default model's shape */
+    run_attention(1, 7, 24, 3, 1);
+    run_attention(3, 64, 64, 2, 2);
 }
 
 /* The choice: auto takes a supported entry; unknown names and entries
