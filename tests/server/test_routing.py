@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """test_routing.py --server EXE --cache DIR: GET /stats/routing end to end.
 
-A fresh server (the small random model of make_model.py: 2 layers of 4
+A fresh server (the small random model of srvtest.make_model: 2 layers of 4
 experts, top-2, 16 tokens) first reports no classes and null measures; then
 runs three known jobs (classes 1, 4 and 6; one without guidance) and must
 report exactly those classes, with counts that add up to what the jobs
