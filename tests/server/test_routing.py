@@ -104,14 +104,16 @@ def check_period(p, name, job_counts):
             check(c["cover90"][l] == cover(row), f"{name} class {c['class']} layer {l} 90% set")
 
 
-def check_metrics(s, p):
+def check_metrics(s, d):
+    """Both gauges of every layer and period equal the report's measures."""
     body = s.get("/metrics").body.decode()
-    for l, lay in enumerate(p["layers"]):
-        for gauge, key in (("class", "mi_class_bits"), ("noise", "mi_noise_bits")):
-            name = f'ditmoe_routing_{gauge}_information_bits{{layer="{l}",period="since_start"}}'
-            v = [float(x.split()[-1]) for x in body.splitlines() if x.startswith(name + " ")]
-            check(len(v) == 1 and math.isclose(v[0], lay[key], rel_tol=1e-5, abs_tol=1e-9),
-                  f"/metrics {name} {v} = {lay[key]}")
+    for period in ("since_start", "window"):
+        for l, lay in enumerate(d[period]["layers"]):
+            for gauge, key in (("class", "mi_class_bits"), ("noise", "mi_noise_bits")):
+                name = f'ditmoe_routing_{gauge}_information_bits{{layer="{l}",period="{period}"}}'
+                v = [float(x.split()[-1]) for x in body.splitlines() if x.startswith(name + " ")]
+                check(len(v) == 1 and math.isclose(v[0], lay[key], rel_tol=1e-5, abs_tol=1e-9),
+                      f"/metrics {name} {v} = {lay[key]}")
 
 
 def main():
@@ -127,7 +129,7 @@ def main():
         check(d["window_s"] == 60, "window_s")
         for period in ("since_start", "window"):  # the jobs took seconds: all in the window
             check_period(d[period], period, jobs)
-        check_metrics(s, d["since_start"])
+        check_metrics(s, d)
         st = s.stats()
         check(sorted(c["class"] for c in st["by_class"]) == [1, 4, 6, K],
               "/stats by_class: the three classes and the unconditional rows")
