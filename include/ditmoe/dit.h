@@ -98,6 +98,25 @@ typedef struct dit_cache_params {
 /* "off", "fixed", "adaptive" -> enum dit_cache_mode, or -1. */
 DIT_API int dit_cache_mode_parse(const char *name);
 
+/* The JSON spellings of the sampling options a model's config.json
+ * "sampling" and the server's request bodies share (one reader, so both
+ * accept the same values). Each reads value v (a dit_json, dit_json.h),
+ * writes what it says and returns DIT_OK, or returns DIT_E_INVAL and
+ * leaves the output alone, with err opening with the field's name
+ * ("cache.interval: ...") and saying what is allowed.
+ *   spacing       "default", "uniform", "logsnr" (case-insensitive)
+ *   cfg_interval  [lo, hi], two numbers with 0 <= lo <= hi <= 1
+ *   cache         "off", "fixed", "adaptive" (interval 2, threshold 0.1),
+ *                 or {"mode": ..., "interval": 2..100, "threshold": (0, 10]}
+ *                 ("mode" required); fills every member of *c. */
+struct dit_json;
+DIT_API int dit_spacing_from_json(const struct dit_json *v, int *spacing, char *err,
+                                  size_t errlen);
+DIT_API int dit_cfg_interval_from_json(const struct dit_json *v, double iv[2], char *err,
+                                       size_t errlen);
+DIT_API int dit_cache_from_json(const struct dit_json *v, dit_cache_params *c, char *err,
+                                size_t errlen);
+
 /* DEFAULT: a fast counter-based generator, one stream per image, so an
  * image does not depend on what it was batched with. TORCH: draws exactly
  * what torch.manual_seed(seed); torch.randn(...) draws on the CPU, in the
