@@ -146,10 +146,18 @@ typedef struct dit_config {
     int num_tokens;          /* T = grid * grid */
     int expert_hidden;       /* mlp_ratio * D */
     int shared_hidden;       /* n_shared_experts * D */
-    /* sampling defaults: config.json "sampling" or the preset's upstream ones */
+    /* sampling defaults: config.json "sampling" or the preset's upstream
+     * ones; dit_sample_params_default hands them out */
     int default_sampler;     /* enum dit_sampler_kind */
     int default_steps;
     double default_cfg_scale;
+    int default_spacing;     /* enum dit_spacing, of default_sampler only: a run
+                              * of another sampler takes DEFAULT (see
+                              * dit_model_default_spacing); DEFAULT unless the
+                              * sampler takes a spacing */
+    double default_cfg_interval[2]; /* noise levels [lo, hi] where guidance runs;
+                              * {0, 1} when config.json says none */
+    dit_cache_params default_cache; /* mode OFF when config.json says none */
     /* latent models: the VAE that decodes them (NULL for pixel models) */
     const char *vae_dir;
     double latent_scale;     /* latents are divided by this before decoding */
@@ -340,8 +348,18 @@ typedef struct dit_sample_params {
     dit_cache_params cache; /* default: off */
 } dit_sample_params;
 
-/* Fills p with the model's defaults (class 0, one image, seed 0). */
+/* Fills p with the model's defaults (class 0, one image, seed 0; sampler,
+ * steps, cfg_scale, spacing, cfg_interval and cache from its dit_config). */
 DIT_API void dit_sample_params_default(const dit_model *m, dit_sample_params *p);
+
+/* The spacing a run of `sampler` on m takes when its caller names none:
+ * the model's default_spacing when sampler is its default_sampler, else
+ * DIT_SPACING_DEFAULT (the solver's own). A spacing is chosen for one
+ * solver (and euler, ddpm, ddim take none), so a caller that changes the
+ * sampler in dit_sample_params_default's p sets p.spacing from this. The
+ * guidance interval and the cache mean the same for every sampler, so
+ * they stay the model's. */
+DIT_API int dit_model_default_spacing(const dit_model *m, int sampler);
 
 /* Checks p against the model and makes a sampler: allocates all its state
  * now, nothing later. On error err names the field and the allowed range. */
