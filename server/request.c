@@ -323,14 +323,22 @@ static int parse_fields(const dit_json *root, const srv_limits *lim, int dialect
     return 0;
 }
 
+void srv_req_defaults(const srv_limits *lim, srv_gen_req *r)
+{
+    *r = (srv_gen_req){
+        .steps = lim->default_steps, .cfg_scale = lim->default_cfg,
+        .sampler = lim->default_sampler, .num_images = 1, .spacing = lim->default_spacing,
+        .cfg_interval = {lim->default_cfg_interval[0], lim->default_cfg_interval[1]},
+        .cache = lim->default_cache,
+    };
+}
+
 int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, int dialect,
                        srv_gen_req *out, char *err, size_t errlen)
 {
-    srv_gen_req r = {
-        .steps = lim->default_steps, .cfg_scale = lim->default_cfg,
-        .sampler = lim->default_sampler, .num_images = 1,
-        .cfg_interval = {0.0, 1.0}, .cache = {DIT_CACHE_OFF, 2, 0.1},
-    };
+    srv_gen_req r;
+    srv_req_defaults(lim, &r);
+    r.spacing = -1; /* until the body names one: resolved once the sampler is known */
     if (dialect != SRV_NATIVE && dialect != SRV_OPENAI) {
         snprintf(err, errlen, "srv_parse_generate: unknown dialect %d", dialect);
         return SRV_PARSE_JSON;
@@ -363,6 +371,11 @@ int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, int 
     dit_json_free(doc);
     if (rc)
         return SRV_PARSE_FIELD;
+    /* no spacing given: the model's goes with the model's sampler only, as
+     * dit_model_default_spacing says (another solver gets its own) */
+    if (r.spacing < 0)
+        r.spacing = r.sampler == lim->default_sampler ? lim->default_spacing
+                                                      : DIT_SPACING_DEFAULT;
     *out = r;
     return SRV_PARSE_OK;
 }
