@@ -338,14 +338,17 @@ typedef struct dit_sample_params {
     int cfg_mode;       /* enum dit_cfg_mode; default UPSTREAM */
     int rng;            /* enum dit_rng_kind; default DEFAULT */
     const float *noise; /* optional initial noise (num_images, C, H, W), copied */
-    int spacing;        /* enum dit_spacing; default DEFAULT */
+    int spacing;        /* enum dit_spacing; default: the model's (DEFAULT, the
+                         * solver's own, unless config.json says one) */
     /* Guidance runs only on evaluations whose noise level (as
      * dit_sampler_noise_level reports it: t for rectified flow,
      * sqrt(1 - alpha_bar) for epsilon models) lies in [lo, hi]; outside, the
      * null-class rows are not run at all and the conditional prediction is
-     * used as is. Default {0, 1}: every evaluation. */
+     * used as is. Default: the model's ({0, 1}, every evaluation, unless
+     * config.json says otherwise). */
     double cfg_interval[2];
-    dit_cache_params cache; /* default: off */
+    dit_cache_params cache; /* default: the model's (off unless config.json
+                             * says otherwise) */
 } dit_sample_params;
 
 /* Fills p with the model's defaults (class 0, one image, seed 0; sampler,
