@@ -17,8 +17,10 @@ Two modes:
 
   Settings are separated by ';'. A setting is SAMPLER:STEPS[:EXTRA] where EXTRA is more generate options,
   joined by spaces, '=' between option and value (e.g.
-  "dpm++2m:10:--spacing=logsnr --cache=fixed:2"). --cfg sets the guidance
-  scale of all (default: the model's).
+  "dpm++2m:10:--spacing=logsnr --cache=fixed:2"); what EXTRA leaves out is
+  the solver's own spacing, guidance on every evaluation and no cache, not
+  the model's config.json defaults. --cfg sets the guidance scale of all
+  (default: the model's).
 
   s2 (--s2): the wall time on the published S/2 shape (random weights, a
   random sd-vae-ft-mse-shaped decoder, --rng torch, guidance 4, one image)
@@ -52,11 +54,17 @@ def parse_setting(text):
     return {"name": text, "sampler": parts[0], "steps": int(parts[1]), "extra": extra}
 
 
+# A setting says all it runs: the solver's own spacing, guidance on every
+# evaluation and no cache unless its EXTRA says otherwise (later options
+# win), whatever the model's config.json defaults are.
+NEUTRAL = ["--spacing", "default", "--cfg-interval", "0,1", "--cache", "off"]
+
+
 def generate(a, model, st, label, n, seed, out, more=()):
     """One `ditmoe generate --stats` run -> its stats line as a dict."""
     cmd = [a.ditmoe, "generate", "--model", model, "--class", str(label), "--num-images",
            str(n), "--seed", str(seed), "--sampler", st["sampler"], "--steps", str(st["steps"]),
-           "--threads", str(a.threads), "--stats"] + list(more) + st["extra"]
+           "--threads", str(a.threads), "--stats"] + NEUTRAL + list(more) + st["extra"]
     if a.cfg is not None:
         cmd += ["--cfg-scale", str(a.cfg)]
     r = subprocess.run(cmd + out, capture_output=True, text=True)

@@ -151,18 +151,13 @@ int routes_model(srv_req *req, srv_reply *out)
         cJSON_AddNumberToObject(held, info.held[i].dtype, (double)info.held[i].bytes);
     cJSON_AddNumberToObject(p, "resident_bytes", (double)info.resident_bytes);
     cJSON_AddStringToObject(p, "kernel", info.kernel ? info.kernel : "?");
-    cJSON *d = cJSON_AddObjectToObject(root, "sampling_defaults");
-    cJSON_AddStringToObject(d, "sampler", dit_sampler_name(c->default_sampler));
-    cJSON_AddNumberToObject(d, "steps", c->default_steps);
-    cJSON_AddNumberToObject(d, "cfg_scale", c->default_cfg_scale);
-    cJSON_AddNumberToObject(d, "num_images", 1);
-    cJSON_AddStringToObject(d, "cfg_mode", "upstream");
-    cJSON_AddStringToObject(d, "rng", "default");
-    cJSON_AddStringToObject(d, "spacing", "default");
-    cJSON *iv = cJSON_AddArrayToObject(d, "cfg_interval");
-    cJSON_AddItemToArray(iv, cJSON_CreateNumber(0));
-    cJSON_AddItemToArray(iv, cJSON_CreateNumber(1));
-    cJSON_AddStringToObject(d, "cache", "off");
+    /* what a body naming only its class runs with, from the same source
+     * the request parser starts from */
+    srv_limits lim;
+    srv_gen_req dflt;
+    routes_limits(s, &lim);
+    srv_req_defaults(&lim, &dflt);
+    routes_sampling_json(cJSON_AddObjectToObject(root, "sampling_defaults"), &dflt);
     add_samplers(root, c->prediction);
     add_limits(root, s);
     char *text = cJSON_PrintUnformatted(root);

@@ -209,78 +209,6 @@ static int get_sampler(const dit_json *v, int *out, char *err, size_t errlen)
     return 0;
 }
 
-/* "cfg_interval": [lo, hi], noise levels with 0 <= lo <= hi <= 1. */
-static int get_interval(const dit_json *v, double *iv, char *err, size_t errlen)
-{
-    const dit_json *lo = dit_json_at(v, 0), *hi = dit_json_at(v, 1);
-    if (dit_json_type(v) != DIT_JSON_ARRAY || dit_json_len(v) != 2 || !is_num(lo) ||
-        !is_num(hi)) {
-        snprintf(err, errlen, "cfg_interval: must be [lo, hi], two numbers (noise levels in "
-                 "[0, 1]), got %s", type_of(v));
-        return -1;
-    }
-    double l = dit_json_num(lo), h = dit_json_num(hi);
-    if (!(l >= 0 && l <= h && h <= 1)) {
-        snprintf(err, errlen, "cfg_interval: [%.17g, %.17g] is out of range: must satisfy "
-                 "0 <= lo <= hi <= 1", l, h);
-        return -1;
-    }
-    iv[0] = l;
-    iv[1] = h;
-    return 0;
-}
-
-/* The members of a "cache" object: mode (required), interval, threshold. */
-static int get_cache_fields(const dit_json *v, dit_cache_params *c, char *err,
-                            size_t errlen)
-{
-    static const char *const MODES[] = {"off", "fixed", "adaptive", NULL};
-    double d;
-    for (size_t i = 0; i < dit_json_len(v); i++) {
-        const dit_json *it = dit_json_at(v, i);
-        const char *k = dit_json_str(dit_json_key(v, i));
-        int rc;
-        if (!strcmp(k, "mode"))
-            rc = get_enum(it, "cache.mode", MODES, &c->mode, err, errlen);
-        else if (!strcmp(k, "interval")) {
-            rc = get_int(it, "cache.interval", 2, 100, &d, err, errlen);
-            if (!rc)
-                c->interval = (int)d;
-        }
-        else if (!strcmp(k, "threshold")) {
-            d = dit_json_num(it);
-            rc = !is_num(it) || !(d > 0 && d <= 10);
-            if (rc)
-                snprintf(err, errlen, "cache.threshold: must be a number in (0, 10]");
-            else
-                c->threshold = d;
-        } else {
-            snprintf(err, errlen, "cache: unknown member '%.*s': allowed are mode, interval, "
-                     "threshold", utf8_prefix(k, 32), k);
-            rc = -1;
-        }
-        if (rc)
-            return -1;
-    }
-    return 0;
-}
-
-/* "cache": "off" | "fixed" | "adaptive" (default interval 2, threshold
- * 0.1) or {"mode": ..., "interval": N, "threshold": T}. */
-static int get_cache(const dit_json *v, dit_cache_params *c, char *err, size_t errlen)
-{
-    static const char *const MODES[] = {"off", "fixed", "adaptive", NULL};
-    if (dit_json_type(v) == DIT_JSON_STRING)
-        return get_enum(v, "cache", MODES, &c->mode, err, errlen);
-    if (dit_json_type(v) != DIT_JSON_OBJECT || !dit_json_get(v, "mode")) {
-        snprintf(err, errlen, "cache: must be \"off\", \"fixed\", \"adaptive\" or an object "
-                 "with \"mode\" (and \"interval\" 2..100 or \"threshold\" (0, 10]), got %s",
-                 type_of(v));
-        return -1;
-    }
-    return get_cache_fields(v, c, err, errlen);
-}
-
 /* "size": "WxH", the one size the model makes. */
 static int get_size(const dit_json *v, const srv_limits *lim, char *err, size_t errlen)
 {
@@ -320,7 +248,6 @@ static int apply_field(const struct field *f, const dit_json *v, const srv_limit
     static const char *const CFG_MODES[] = {"upstream", "all", NULL};
     static const char *const RNGS[] = {"default", "torch", NULL};
     static const char *const FORMATS[] = {"b64_json", NULL}; /* no URLs: nothing is stored */
-    static const char *const SPACINGS[] = {"default", "uniform", "logsnr", NULL};
     int ignored;
     double d;
     switch (f->id) {
@@ -344,9 +271,10 @@ static int apply_field(const struct field *f, const dit_json *v, const srv_limit
     case F_RNG: return get_enum(v, "rng", RNGS, &r->rng, err, errlen);
     case F_SIZE: return get_size(v, lim, err, errlen);
     case F_FORMAT: return get_enum(v, "response_format", FORMATS, &ignored, err, errlen);
-    case F_SPACING: return get_enum(v, "spacing", SPACINGS, &r->spacing, err, errlen);
-    case F_INTERVAL: return get_interval(v, r->cfg_interval, err, errlen);
-    case F_CACHE: return get_cache(v, &r->cache, err, errlen);
+    /* the readers config.json's "sampling" shares (engine/sampling/params_json.c) */
+    case F_SPACING: return dit_spacing_from_json(v, &r->spacing, err, errlen) ? -1 : 0;
+    case F_INTERVAL: return dit_cfg_interval_from_json(v, r->cfg_interval, err, errlen) ? -1 : 0;
+    case F_CACHE: return dit_cache_from_json(v, &r->cache, err, errlen) ? -1 : 0;
     default:
         if (dit_json_type(v) == DIT_JSON_STRING || dit_json_type(v) == DIT_JSON_NULL)
             return 0;
@@ -395,14 +323,22 @@ static int parse_fields(const dit_json *root, const srv_limits *lim, int dialect
     return 0;
 }
 
+void srv_req_defaults(const srv_limits *lim, srv_gen_req *r)
+{
+    *r = (srv_gen_req){
+        .steps = lim->default_steps, .cfg_scale = lim->default_cfg,
+        .sampler = lim->default_sampler, .num_images = 1, .spacing = lim->default_spacing,
+        .cfg_interval = {lim->default_cfg_interval[0], lim->default_cfg_interval[1]},
+        .cache = lim->default_cache,
+    };
+}
+
 int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, int dialect,
                        srv_gen_req *out, char *err, size_t errlen)
 {
-    srv_gen_req r = {
-        .steps = lim->default_steps, .cfg_scale = lim->default_cfg,
-        .sampler = lim->default_sampler, .num_images = 1,
-        .cfg_interval = {0.0, 1.0}, .cache = {DIT_CACHE_OFF, 2, 0.1},
-    };
+    srv_gen_req r;
+    srv_req_defaults(lim, &r);
+    r.spacing = -1; /* until the body names one: resolved once the sampler is known */
     if (dialect != SRV_NATIVE && dialect != SRV_OPENAI) {
         snprintf(err, errlen, "srv_parse_generate: unknown dialect %d", dialect);
         return SRV_PARSE_JSON;
@@ -435,6 +371,11 @@ int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, int 
     dit_json_free(doc);
     if (rc)
         return SRV_PARSE_FIELD;
+    /* no spacing given: the model's goes with the model's sampler only, as
+     * dit_model_default_spacing says (another solver gets its own) */
+    if (r.spacing < 0)
+        r.spacing = r.sampler == lim->default_sampler ? lim->default_spacing
+                                                      : DIT_SPACING_DEFAULT;
     *out = r;
     return SRV_PARSE_OK;
 }

@@ -20,9 +20,15 @@ typedef struct srv_limits {
     int max_images;
     int max_rows;            /* num_images, doubled with guidance, must fit */
     double max_cfg;
+    /* the model's defaults (dit_config's), for the fields a body leaves out */
     int default_steps;
     int default_sampler;     /* enum dit_sampler_kind */
     double default_cfg;
+    int default_spacing;     /* enum dit_spacing, default_sampler's: a body that
+                              * names another sampler and no spacing gets
+                              * DIT_SPACING_DEFAULT (dit_model_default_spacing) */
+    double default_cfg_interval[2];
+    dit_cache_params default_cache;
     int image_w, image_h;    /* the size an OpenAI-style "size" must name */
     /* class name -> label or -1 (may be NULL: names are refused) */
     int (*find_class)(void *user, const char *name);
@@ -39,7 +45,7 @@ typedef struct srv_gen_req {
     int num_images;
     int cfg_mode;            /* enum dit_cfg_mode */
     int rng;                 /* enum dit_rng_kind */
-    int spacing;             /* enum dit_spacing */
+    int spacing;             /* enum dit_spacing (resolved: never "the model's") */
     double cfg_interval[2];  /* noise levels [lo, hi] where guidance runs */
     dit_cache_params cache;
 } srv_gen_req;
@@ -68,6 +74,11 @@ enum srv_dialect { SRV_NATIVE = 0, SRV_OPENAI = 1 };
  * outlives the call. */
 int srv_parse_generate(const char *body, size_t len, const srv_limits *lim, int dialect,
                        srv_gen_req *out, char *err, size_t errlen);
+
+/* What a body that names only its class gets: the model's defaults from
+ * lim (spacing: default_spacing, which goes with default_sampler), one
+ * image, cfg_mode upstream, rng default; class 0, no seed. */
+void srv_req_defaults(const srv_limits *lim, srv_gen_req *r);
 
 /* The engine's sampling parameters of a parsed request (over the model's
  * defaults, which dit_sample_params_default put in p first). */

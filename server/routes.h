@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "request.h"
 #include "srv.h"
 
 #define SRV_MAX_HEADERS 12
@@ -127,6 +128,14 @@ enum route_gen {
 };
 int routes_generate(srv_req *req, srv_reply *out, int how);
 int routes_job(srv_req *req, srv_reply *out, const char *id, const char *sub);
+/* The limits and model defaults request bodies are parsed against. */
+void routes_limits(const srv *s, srv_limits *lim);
+struct cJSON;
+/* Adds r's sampling settings (steps, cfg_scale, sampler, num_images,
+ * cfg_mode, rng, spacing, cfg_interval, cache) to the JSON object o, in
+ * the request's own spelling: a job's "params" and /v1/model's
+ * "sampling_defaults" both say them this way. */
+void routes_sampling_json(struct cJSON *o, const srv_gen_req *r);
 
 /* static.c: GET/HEAD of files under the web root. */
 int routes_static(srv_req *req, srv_reply *out);

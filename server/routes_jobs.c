@@ -86,19 +86,28 @@ static int find_class_cb(void *user, const char *name)
     return dit_model_find_class(user, name);
 }
 
+void routes_limits(const srv *s, srv_limits *lim)
+{
+    const srv_config *c = s->cfg;
+    const dit_config *m = s->mc;
+    *lim = (srv_limits){
+        .num_classes = m->num_classes, .max_steps = c->max_steps,
+        .max_images = c->max_images, .max_rows = c->max_rows, .max_cfg = c->max_cfg_scale,
+        .default_steps = m->default_steps, .default_sampler = m->default_sampler,
+        .default_cfg = m->default_cfg_scale, .default_spacing = m->default_spacing,
+        .default_cfg_interval = {m->default_cfg_interval[0], m->default_cfg_interval[1]},
+        .default_cache = m->default_cache, .image_w = s->img_w, .image_h = s->img_h,
+        .find_class = find_class_cb, .user = s->model,
+    };
+}
+
 /* Parses and checks the body (enum srv_dialect); on failure fills out
  * with a 400. */
 static int check_request(srv_req *req, int dialect, srv_gen_req *r, srv_reply *out)
 {
     srv *s = req->s;
-    const srv_config *c = s->cfg;
-    srv_limits lim = {
-        .num_classes = s->mc->num_classes, .max_steps = c->max_steps,
-        .max_images = c->max_images, .max_rows = c->max_rows, .max_cfg = c->max_cfg_scale,
-        .default_steps = s->mc->default_steps, .default_sampler = s->mc->default_sampler,
-        .default_cfg = s->mc->default_cfg_scale, .image_w = s->img_w, .image_h = s->img_h,
-        .find_class = find_class_cb, .user = s->model,
-    };
+    srv_limits lim;
+    routes_limits(s, &lim);
     char err[512];
     int rc = srv_parse_generate(req->body, req->body_len, &lim, dialect, r, err, sizeof err);
     if (rc) {
@@ -151,6 +160,27 @@ static cJSON *timings_json(const job_info *in)
     return t;
 }
 
+void routes_sampling_json(cJSON *o, const srv_gen_req *r)
+{
+    static const char *const CACHE[] = {"off", "fixed", "adaptive"};
+    cJSON_AddNumberToObject(o, "steps", r->steps);
+    cJSON_AddNumberToObject(o, "cfg_scale", r->cfg_scale);
+    cJSON_AddStringToObject(o, "sampler", dit_sampler_name(r->sampler));
+    cJSON_AddNumberToObject(o, "num_images", r->num_images);
+    cJSON_AddStringToObject(o, "cfg_mode", r->cfg_mode == DIT_CFG_ALL ? "all" : "upstream");
+    cJSON_AddStringToObject(o, "rng", r->rng == DIT_RNG_TORCH ? "torch" : "default");
+    cJSON_AddStringToObject(o, "spacing", dit_spacing_name(r->spacing));
+    cJSON *iv = cJSON_AddArrayToObject(o, "cfg_interval");
+    cJSON_AddItemToArray(iv, cJSON_CreateNumber(r->cfg_interval[0]));
+    cJSON_AddItemToArray(iv, cJSON_CreateNumber(r->cfg_interval[1]));
+    cJSON *c = cJSON_AddObjectToObject(o, "cache");
+    cJSON_AddStringToObject(c, "mode", CACHE[r->cache.mode]);
+    if (r->cache.mode == DIT_CACHE_FIXED)
+        cJSON_AddNumberToObject(c, "interval", r->cache.interval);
+    if (r->cache.mode == DIT_CACHE_ADAPTIVE)
+        cJSON_AddNumberToObject(c, "threshold", r->cache.threshold);
+}
+
 static cJSON *params_json(const srv *s, const job *j)
 {
     const srv_gen_req *r = &j->req;
@@ -160,23 +190,7 @@ static cJSON *params_json(const srv *s, const job *j)
     if (name)
         cJSON_AddStringToObject(p, "class_name", name);
     cJSON_AddNumberToObject(p, "seed", (double)r->seed);
-    cJSON_AddNumberToObject(p, "steps", r->steps);
-    cJSON_AddNumberToObject(p, "cfg_scale", r->cfg_scale);
-    cJSON_AddStringToObject(p, "sampler", dit_sampler_name(r->sampler));
-    cJSON_AddNumberToObject(p, "num_images", r->num_images);
-    cJSON_AddStringToObject(p, "cfg_mode", r->cfg_mode == DIT_CFG_ALL ? "all" : "upstream");
-    cJSON_AddStringToObject(p, "rng", r->rng == DIT_RNG_TORCH ? "torch" : "default");
-    cJSON_AddStringToObject(p, "spacing", dit_spacing_name(r->spacing));
-    cJSON *iv = cJSON_AddArrayToObject(p, "cfg_interval");
-    cJSON_AddItemToArray(iv, cJSON_CreateNumber(r->cfg_interval[0]));
-    cJSON_AddItemToArray(iv, cJSON_CreateNumber(r->cfg_interval[1]));
-    static const char *const CACHE[] = {"off", "fixed", "adaptive"};
-    cJSON *c = cJSON_AddObjectToObject(p, "cache");
-    cJSON_AddStringToObject(c, "mode", CACHE[r->cache.mode]);
-    if (r->cache.mode == DIT_CACHE_FIXED)
-        cJSON_AddNumberToObject(c, "interval", r->cache.interval);
-    if (r->cache.mode == DIT_CACHE_ADAPTIVE)
-        cJSON_AddNumberToObject(c, "threshold", r->cache.threshold);
+    routes_sampling_json(p, r);
     return p;
 }
 

@@ -150,7 +150,24 @@ function setupForm(m) {
   if (!names.includes(d.sampler)) names.unshift(d.sampler);
   const sel = $('sampler');
   sel.replaceChildren(...names.map((s) => new Option(s, s, s === d.sampler, s === d.sampler)));
+  samplerHint();
 }
+
+// What the server adds to the form's fields (GET /v1/model sampling_defaults):
+// the model's spacing goes with its own sampler only (another one runs its
+// own); the guidance interval and the cache stay whatever the sampler.
+function samplerHint() {
+  const d = state.model && state.model.sampling_defaults;
+  if (!d) return;
+  const parts = [];
+  if ($('sampler').value === d.sampler && d.spacing !== 'default') parts.push(`${d.spacing} spacing`);
+  const [lo, hi] = d.cfg_interval || [0, 1];
+  if (lo > 0 || hi < 1) parts.push(`guidance at noise levels ${lo}–${hi}`);
+  if (d.cache && d.cache.mode !== 'off') parts.push(`step cache ${d.cache.mode}`);
+  $('sampler-hint').textContent = parts.length ? `With the model's ${parts.join(', ')}.` : '';
+}
+
+$('sampler').addEventListener('change', samplerHint);
 
 $('dice').addEventListener('click', () => {
   $('seed').value = crypto.getRandomValues(new Uint32Array(1))[0];
@@ -172,6 +189,7 @@ function readForm() {
 function restoreForm(p) {
   picker.set(p.class_label);
   for (const f of fields) if (p[f] !== undefined) $(f).value = p[f];
+  samplerHint();
 }
 
 // ---- running a job ----------------------------------------------------------

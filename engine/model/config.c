@@ -3,9 +3,10 @@
  * config.json uses the upstream DiT constructor's names (input_size,
  * patch_size, ...) plus ditmoe's own keys: "prediction" (epsilon for
  * DDPM-trained models, velocity for rectified flow), "class_names",
- * "sampling" (the model's default sampler, steps and guidance), "vae" and
- * "latent_scale" for latent models. Unknown keys are refused by name, so a
- * typo never silently becomes a default. Presets describe the published
+ * "sampling" (the model's default request: sampler, steps, guidance, and
+ * the spacing, guidance interval and step cache, spelt as a request spells
+ * them), "vae" and "latent_scale" for latent models. Unknown keys are
+ * refused by name, so a typo never silently becomes a default. Presets describe the published
  * checkpoints, which come without a config: they are matched on tensor
  * shapes by model.c.
  */
@@ -62,6 +63,17 @@ const model_preset *preset_match(int depth, int hidden, int experts)
     return NULL;
 }
 
+void config_default_sampling(dit_config *c, int sampler, int steps, double cfg_scale)
+{
+    c->default_sampler = sampler;
+    c->default_steps = steps;
+    c->default_cfg_scale = cfg_scale;
+    c->default_spacing = DIT_SPACING_DEFAULT;
+    c->default_cfg_interval[0] = 0.0;
+    c->default_cfg_interval[1] = 1.0;
+    c->default_cache = (dit_cache_params){ DIT_CACHE_OFF, 2, 0.1 };
+}
+
 void preset_config(const model_preset *p, dit_config *c)
 {
     memset(c, 0, sizeof *c);
@@ -79,9 +91,7 @@ void preset_config(const model_preset *p, dit_config *c)
     c->learn_sigma = 1;
     c->class_dropout_prob = 0.1;
     c->prediction = p->prediction;
-    c->default_sampler = p->sampler;
-    c->default_steps = p->steps;
-    c->default_cfg_scale = p->cfg;
+    config_default_sampling(c, p->sampler, p->steps, p->cfg);
     c->latent_scale = 0.18215;
     c->preset = p->name;
 }
@@ -157,31 +167,89 @@ static int get_num(const dit_json *o, const char *key, double *out,
     return DIT_OK;
 }
 
+/* "a", "b", ...: the samplers (those that take a spacing, if spacing). */
+static void sampler_list(char *buf, size_t len, int spacing)
+{
+    buf[0] = 0;
+    for (int k = 0; k < dit_sampler_count(); k++)
+        if (!spacing || dit_sampler_info(k)->spacing) {
+            size_t l = strlen(buf);
+            snprintf(buf + l, len - l, "%s\"%s\"", l ? ", " : "", dit_sampler_name(k));
+        }
+}
+
+/* spacing, cfg_interval and cache: read as the server reads a request's
+ * (engine/sampling/params_json.c), so a default is spelt as a request. */
+static int parse_sampling_extras(dit_config *c, const dit_json *s, const char *path,
+                                 char *err, size_t errlen)
+{
+    char why[256];
+    const dit_json *v;
+    int rc = DIT_OK;
+    if ((v = dit_json_get(s, "spacing")))
+        rc = dit_spacing_from_json(v, &c->default_spacing, why, sizeof why);
+    if (rc == DIT_OK && (v = dit_json_get(s, "cfg_interval")))
+        rc = dit_cfg_interval_from_json(v, c->default_cfg_interval, why, sizeof why);
+    if (rc == DIT_OK && (v = dit_json_get(s, "cache")))
+        rc = dit_cache_from_json(v, &c->default_cache, why, sizeof why);
+    return rc == DIT_OK ? DIT_OK : ERR("%s: sampling.%s", path, why);
+}
+
 static int parse_sampling(dit_config *c, const dit_json *s, const char *path,
                           char *err, size_t errlen)
 {
+    static const char *const keys[] = {
+        "sampler", "steps", "cfg_scale", "spacing", "cfg_interval", "cache", NULL
+    };
+    char names[192];
     if (!s)
         return DIT_OK;
     if (dit_json_type(s) != DIT_JSON_OBJECT)
         return ERR("%s: \"sampling\" must be an object", path);
     for (size_t i = 0; i < dit_json_len(s); i++) {
         const char *k = dit_json_str(dit_json_key(s, i));
-        if (strcmp(k, "sampler") && strcmp(k, "steps") && strcmp(k, "cfg_scale"))
-            return ERR("%s: unknown key \"sampling.%s\" (known: sampler, steps, cfg_scale)", path, k);
+        int j = 0;
+        while (keys[j] && strcmp(k, keys[j]))
+            j++;
+        if (!keys[j])
+            return ERR("%s: unknown key \"sampling.%s\" (known: sampler, steps, cfg_scale, "
+                       "spacing, cfg_interval, cache)", path, k);
     }
     const dit_json *v = dit_json_get(s, "sampler");
     if (v && (c->default_sampler = dit_sampler_parse(dit_json_str(v))) < 0) {
-        char names[160] = "";
-        for (int k = 0; k < dit_sampler_count(); k++) {
-            size_t l = strlen(names);
-            snprintf(names + l, sizeof names - l, "%s\"%s\"", k ? ", " : "", dit_sampler_name(k));
-        }
+        sampler_list(names, sizeof names, 0);
         return ERR("%s: sampling.sampler must be one of %s", path, names);
     }
     int rc = get_int(s, "steps", 0, &c->default_steps, path, err, errlen);
     if (rc == DIT_OK)
         rc = get_num(s, "cfg_scale", &c->default_cfg_scale, path, err, errlen);
+    if (rc == DIT_OK)
+        rc = parse_sampling_extras(c, s, path, err, errlen);
     return rc;
+}
+
+/* The model's sampling defaults: by prediction, then config.json's. */
+static int config_sampling(dit_config *c, const dit_json *s, const char *path, char *err,
+                           size_t errlen)
+{
+    int rf = c->prediction == DIT_PRED_VELOCITY;
+    char names[192];
+    config_default_sampling(c, rf ? DIT_SAMPLER_EULER : DIT_SAMPLER_DDPM, rf ? 50 : 250, 4.0);
+    int rc = parse_sampling(c, s, path, err, errlen);
+    if (rc != DIT_OK)
+        return rc;
+    if (!dit_sampler_supports(c->default_sampler, c->prediction))
+        return ERR("%s: sampling.sampler \"%s\" does not support this model's prediction (%s)",
+                   path, dit_sampler_name(c->default_sampler), rf ? "velocity" : "epsilon");
+    if (c->default_spacing != DIT_SPACING_DEFAULT &&
+        !dit_sampler_info(c->default_sampler)->spacing) {
+        sampler_list(names, sizeof names, 1);
+        return ERR("%s: sampling.spacing \"%s\" does not fit sampling.sampler \"%s\", which "
+                   "keeps upstream's schedule (only \"default\"; a spacing needs one of %s)",
+                   path, dit_spacing_name(c->default_spacing),
+                   dit_sampler_name(c->default_sampler), names);
+    }
+    return DIT_OK;
 }
 
 static int parse_names(dit_model *m, const dit_json *v, const char *path,
@@ -280,17 +348,8 @@ int config_parse(dit_model *m, const char *text, size_t len, const char *path,
         rc = ERR("%s: \"prediction\" must be \"epsilon\" or \"velocity\"", path);
         goto out;
     }
-    int rf = c->prediction == DIT_PRED_VELOCITY;
-    c->default_sampler = rf ? DIT_SAMPLER_EULER : DIT_SAMPLER_DDPM;
-    c->default_steps = rf ? 50 : 250;
-    c->default_cfg_scale = 4.0;
-    if ((rc = parse_sampling(c, dit_json_get(root, "sampling"), path, err, errlen)) != DIT_OK)
+    if ((rc = config_sampling(c, dit_json_get(root, "sampling"), path, err, errlen)) != DIT_OK)
         goto out;
-    if (!dit_sampler_supports(c->default_sampler, c->prediction)) {
-        rc = ERR("%s: sampling.sampler \"%s\" does not support this model's prediction (%s)",
-                 path, dit_sampler_name(c->default_sampler), rf ? "velocity" : "epsilon");
-        goto out;
-    }
     const dit_json *vae = dit_json_get(root, "vae");
     if (vae && !dit_json_str(vae)) {
         rc = ERR("%s: \"vae\" must be a path (string)", path);

@@ -151,6 +151,10 @@ static void conv_from_base(const dit_config *b, dit_config *c)
     c->default_sampler = b->default_sampler;
     c->default_steps = b->default_steps;
     c->default_cfg_scale = b->default_cfg_scale;
+    c->default_spacing = b->default_spacing;
+    c->default_cfg_interval[0] = b->default_cfg_interval[0];
+    c->default_cfg_interval[1] = b->default_cfg_interval[1];
+    c->default_cache = b->default_cache;
     if (b->vae_dir) /* a pixel model's config has no use for one */
         c->latent_scale = b->latent_scale;
 }
@@ -164,16 +168,12 @@ static int conv_choices(const conv *v, const st_table *t, const dit_model *base,
     c->num_experts_per_tok = 2;
     c->class_dropout_prob = 0.1;
     c->prediction = DIT_PRED_EPSILON;
-    c->default_sampler = DIT_SAMPLER_DDPM;
-    c->default_steps = 250;
-    c->default_cfg_scale = 4.0;
+    config_default_sampling(c, DIT_SAMPLER_DDPM, 250, 4.0);
     c->latent_scale = c->in_channels == 4 ? 0.18215 : 0;
     if (p) {
         c->num_heads = p->heads;
         c->prediction = p->prediction;
-        c->default_sampler = p->sampler;
-        c->default_steps = p->steps;
-        c->default_cfg_scale = p->cfg;
+        config_default_sampling(c, p->sampler, p->steps, p->cfg);
         c->preset = p->name;
     }
     if (base)
@@ -199,10 +199,9 @@ static int conv_choices(const conv *v, const st_table *t, const dit_model *base,
         c->class_dropout_prob = o->class_dropout_prob;
     if (o->prediction >= 0) {
         c->prediction = o->prediction;
-        if (!p) {
-            c->default_sampler = c->prediction ? DIT_SAMPLER_EULER : DIT_SAMPLER_DDPM;
-            c->default_steps = c->prediction ? 50 : 250;
-        }
+        if (!p) /* a base config's spacing and interval were for its prediction */
+            config_default_sampling(c, c->prediction ? DIT_SAMPLER_EULER : DIT_SAMPLER_DDPM,
+                                    c->prediction ? 50 : 250, c->default_cfg_scale);
     } else if (!p && !base) {
         cnote(v, "no preset matches; assuming prediction epsilon (DDPM, as upstream "
               "train.py; --prediction velocity for rectified flow)");
@@ -278,6 +277,26 @@ static void conv_free_names(char **names)
     free(names);
 }
 
+/* The "sampling" member: sampler, steps and scale always, the spacing,
+ * guidance interval and cache where they differ from what their absence
+ * means, spelt as config.c (and a request) reads them. */
+static void write_sampling(FILE *f, const dit_config *c)
+{
+    const dit_cache_params *k = &c->default_cache;
+    fprintf(f, ",\n  \"sampling\": {\"sampler\": \"%s\", \"steps\": %d, \"cfg_scale\": %.17g",
+            dit_sampler_name(c->default_sampler), c->default_steps, c->default_cfg_scale);
+    if (c->default_spacing != DIT_SPACING_DEFAULT)
+        fprintf(f, ", \"spacing\": \"%s\"", dit_spacing_name(c->default_spacing));
+    if (c->default_cfg_interval[0] != 0.0 || c->default_cfg_interval[1] != 1.0)
+        fprintf(f, ", \"cfg_interval\": [%.17g, %.17g]", c->default_cfg_interval[0],
+                c->default_cfg_interval[1]);
+    if (k->mode == DIT_CACHE_FIXED)
+        fprintf(f, ", \"cache\": {\"mode\": \"fixed\", \"interval\": %d}", k->interval);
+    else if (k->mode == DIT_CACHE_ADAPTIVE)
+        fprintf(f, ", \"cache\": {\"mode\": \"adaptive\", \"threshold\": %.17g}", k->threshold);
+    fputc('}', f);
+}
+
 /* Writes cfg as config.json at path, with class names (cfg->num_classes
  * of them, or NULL) and the VAE directory (or NULL). DIT_E_IO when the file
  * cannot be written, DIT_E_INVAL when a string is not valid UTF-8. */
@@ -292,13 +311,12 @@ static int config_write(const char *path, const dit_config *c, const char *const
             "  \"mlp_ratio\": %.17g,\n  \"num_classes\": %d,\n  \"num_experts\": %d,\n"
             "  \"num_experts_per_tok\": %d,\n  \"n_shared_experts\": %d,\n"
             "  \"learn_sigma\": %s,\n  \"class_dropout_prob\": %.17g,\n"
-            "  \"prediction\": \"%s\",\n  \"sampling\": {\"sampler\": \"%s\", \"steps\": %d, "
-            "\"cfg_scale\": %.17g}", c->input_size, c->patch_size, c->in_channels,
+            "  \"prediction\": \"%s\"", c->input_size, c->patch_size, c->in_channels,
             c->hidden_size, c->depth, c->num_heads, c->mlp_ratio, c->num_classes,
             c->num_experts, c->num_experts_per_tok, c->n_shared_experts,
             c->learn_sigma ? "true" : "false", c->class_dropout_prob,
-            c->prediction == DIT_PRED_VELOCITY ? "velocity" : "epsilon",
-            dit_sampler_name(c->default_sampler), c->default_steps, c->default_cfg_scale);
+            c->prediction == DIT_PRED_VELOCITY ? "velocity" : "epsilon");
+    write_sampling(f, c);
     int bad = 0;
     if (c->latent_scale > 0)
         fprintf(f, ",\n  \"latent_scale\": %.17g", c->latent_scale);

@@ -141,6 +141,10 @@ int model_is_latent(const dit_model *m);
 int config_parse(dit_model *m, const char *text, size_t len,
                      const char *path, char *err, size_t errlen);
 
+/* Sets the sampling defaults: sampler, steps and guidance scale as given;
+ * spacing DEFAULT, guidance on every evaluation, no step cache. */
+void config_default_sampling(dit_config *c, int sampler, int steps, double cfg_scale);
+
 /* Fills the derived config fields and checks ranges. */
 int config_finish(dit_config *cfg, const char *path, char *err, size_t errlen);
 

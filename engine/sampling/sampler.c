@@ -88,12 +88,16 @@ void dit_sample_params_default(const dit_model *m, dit_sample_params *p)
     p->cfg_mode = DIT_CFG_UPSTREAM;
     p->rng = DIT_RNG_DEFAULT;
     p->noise = NULL;
-    p->spacing = DIT_SPACING_DEFAULT;
-    p->cfg_interval[0] = 0.0;
-    p->cfg_interval[1] = 1.0;
-    p->cache.mode = DIT_CACHE_OFF;
-    p->cache.interval = 2;
-    p->cache.threshold = 0.1;
+    p->spacing = cfg->default_spacing;
+    p->cfg_interval[0] = cfg->default_cfg_interval[0];
+    p->cfg_interval[1] = cfg->default_cfg_interval[1];
+    p->cache = cfg->default_cache;
+}
+
+int dit_model_default_spacing(const dit_model *m, int sampler)
+{
+    const dit_config *cfg = dit_model_config(m);
+    return sampler == cfg->default_sampler ? cfg->default_spacing : DIT_SPACING_DEFAULT;
 }
 
 /* "euler, heun" (the kinds that support prediction) into buf. */

@@ -98,6 +98,25 @@ typedef struct dit_cache_params {
 /* "off", "fixed", "adaptive" -> enum dit_cache_mode, or -1. */
 DIT_API int dit_cache_mode_parse(const char *name);
 
+/* The JSON spellings of the sampling options a model's config.json
+ * "sampling" and the server's request bodies share (one reader, so both
+ * accept the same values). Each reads value v (a dit_json, dit_json.h),
+ * writes what it says and returns DIT_OK, or returns DIT_E_INVAL and
+ * leaves the output alone, with err opening with the field's name
+ * ("cache.interval: ...") and saying what is allowed.
+ *   spacing       "default", "uniform", "logsnr" (case-insensitive)
+ *   cfg_interval  [lo, hi], two numbers with 0 <= lo <= hi <= 1
+ *   cache         "off", "fixed", "adaptive" (interval 2, threshold 0.1),
+ *                 or {"mode": ..., "interval": 2..100, "threshold": (0, 10]}
+ *                 ("mode" required); fills every member of *c. */
+struct dit_json;
+DIT_API int dit_spacing_from_json(const struct dit_json *v, int *spacing, char *err,
+                                  size_t errlen);
+DIT_API int dit_cfg_interval_from_json(const struct dit_json *v, double iv[2], char *err,
+                                       size_t errlen);
+DIT_API int dit_cache_from_json(const struct dit_json *v, dit_cache_params *c, char *err,
+                                size_t errlen);
+
 /* DEFAULT: a fast counter-based generator, one stream per image, so an
  * image does not depend on what it was batched with. TORCH: draws exactly
  * what torch.manual_seed(seed); torch.randn(...) draws on the CPU, in the
@@ -127,10 +146,18 @@ typedef struct dit_config {
     int num_tokens;          /* T = grid * grid */
     int expert_hidden;       /* mlp_ratio * D */
     int shared_hidden;       /* n_shared_experts * D */
-    /* sampling defaults: config.json "sampling" or the preset's upstream ones */
+    /* sampling defaults: config.json "sampling" or the preset's upstream
+     * ones; dit_sample_params_default hands them out */
     int default_sampler;     /* enum dit_sampler_kind */
     int default_steps;
     double default_cfg_scale;
+    int default_spacing;     /* enum dit_spacing, of default_sampler only: a run
+                              * of another sampler takes DEFAULT (see
+                              * dit_model_default_spacing); DEFAULT unless the
+                              * sampler takes a spacing */
+    double default_cfg_interval[2]; /* noise levels [lo, hi] where guidance runs;
+                              * {0, 1} when config.json says none */
+    dit_cache_params default_cache; /* mode OFF when config.json says none */
     /* latent models: the VAE that decodes them (NULL for pixel models) */
     const char *vae_dir;
     double latent_scale;     /* latents are divided by this before decoding */
@@ -311,18 +338,31 @@ typedef struct dit_sample_params {
     int cfg_mode;       /* enum dit_cfg_mode; default UPSTREAM */
     int rng;            /* enum dit_rng_kind; default DEFAULT */
     const float *noise; /* optional initial noise (num_images, C, H, W), copied */
-    int spacing;        /* enum dit_spacing; default DEFAULT */
+    int spacing;        /* enum dit_spacing; default: the model's (DEFAULT, the
+                         * solver's own, unless config.json says one) */
     /* Guidance runs only on evaluations whose noise level (as
      * dit_sampler_noise_level reports it: t for rectified flow,
      * sqrt(1 - alpha_bar) for epsilon models) lies in [lo, hi]; outside, the
      * null-class rows are not run at all and the conditional prediction is
-     * used as is. Default {0, 1}: every evaluation. */
+     * used as is. Default: the model's ({0, 1}, every evaluation, unless
+     * config.json says otherwise). */
     double cfg_interval[2];
-    dit_cache_params cache; /* default: off */
+    dit_cache_params cache; /* default: the model's (off unless config.json
+                             * says otherwise) */
 } dit_sample_params;
 
-/* Fills p with the model's defaults (class 0, one image, seed 0). */
+/* Fills p with the model's defaults (class 0, one image, seed 0; sampler,
+ * steps, cfg_scale, spacing, cfg_interval and cache from its dit_config). */
 DIT_API void dit_sample_params_default(const dit_model *m, dit_sample_params *p);
+
+/* The spacing a run of `sampler` on m takes when its caller names none:
+ * the model's default_spacing when sampler is its default_sampler, else
+ * DIT_SPACING_DEFAULT (the solver's own). A spacing is chosen for one
+ * solver (and euler, ddpm, ddim take none), so a caller that changes the
+ * sampler in dit_sample_params_default's p sets p.spacing from this. The
+ * guidance interval and the cache mean the same for every sampler, so
+ * they stay the model's. */
+DIT_API int dit_model_default_spacing(const dit_model *m, int sampler);
 
 /* Checks p against the model and makes a sampler: allocates all its state
  * now, nothing later. On error err names the field and the allowed range. */

@@ -131,6 +131,119 @@ static void test_bind_errors(arena *a)
     dit_model_free(NULL);
 }
 
+/* A model (config only) from CONFIG with `sampling` (an object's text,
+ * NULL: none) added; free it with dit_model_free. */
+static dit_model *with_sampling(const char *sampling, int *rc, char *err, size_t errlen)
+{
+    char text[1024];
+    dit_model *m = calloc(1, sizeof *m);
+    int n = (int)strlen(CONFIG) - 1; /* without the closing brace */
+    if (sampling)
+        snprintf(text, sizeof text, "%.*s, \"sampling\": %s}", n, CONFIG, sampling);
+    else
+        snprintf(text, sizeof text, "%s", CONFIG);
+    err[0] = 0;
+    *rc = config_parse(m, text, strlen(text), "c.json", err, errlen);
+    return m;
+}
+
+static const struct { const char *sampling, *want1, *want2; } BAD_SAMPLING[] = {
+    { "{\"spacin\": \"logsnr\"}", "sampling.spacin", "known:" },
+    { "{\"sampler\": \"dpm++9m\"}", "sampling.sampler must be one of", "dpm++2m" },
+    { "{\"spacing\": 2}", "sampling.spacing", "number" },
+    { "{\"spacing\": \"cosine\"}", "sampling.spacing", "cosine" },
+    { "{\"spacing\": \"logsnr\"}", "sampling.spacing \"logsnr\"", "\"ddpm\"" },
+    { "{\"sampler\": \"ddim\", \"spacing\": \"uniform\"}", "sampling.spacing", "ddim" },
+    { "{\"cfg_interval\": 0.5}", "sampling.cfg_interval", "[lo, hi]" },
+    { "{\"cfg_interval\": [0, 0.5, 1]}", "sampling.cfg_interval", "[lo, hi]" },
+    { "{\"cfg_interval\": [\"0\", 1]}", "sampling.cfg_interval", "[lo, hi]" },
+    { "{\"cfg_interval\": [0.8, 0.2]}", "sampling.cfg_interval", "0 <= lo <= hi <= 1" },
+    { "{\"cfg_interval\": [-0.1, 0.5]}", "sampling.cfg_interval", "out of range" },
+    { "{\"cfg_interval\": [0.2, 1.5]}", "sampling.cfg_interval", "out of range" },
+    { "{\"cache\": 2}", "sampling.cache", "\"mode\"" },
+    { "{\"cache\": \"sometimes\"}", "sampling.cache", "sometimes" },
+    { "{\"cache\": {\"interval\": 3}}", "sampling.cache", "\"mode\"" },
+    { "{\"cache\": {\"mode\": \"often\"}}", "sampling.cache.mode", "often" },
+    { "{\"cache\": {\"mode\": \"fixed\", \"interval\": 1}}", "sampling.cache.interval",
+      "[2, 100]" },
+    { "{\"cache\": {\"mode\": \"fixed\", \"interval\": 2.5}}", "sampling.cache.interval",
+      "[2, 100]" },
+    { "{\"cache\": {\"mode\": \"adaptive\", \"threshold\": 0}}", "sampling.cache.threshold",
+      "(0, 10]" },
+    { "{\"cache\": {\"mode\": \"fixed\", \"every\": 2}}", "sampling.cache", "every" },
+};
+
+/* config.json "sampling" refuses a wrong key, type or value of every
+ * option, naming the file and the field. */
+static void test_config_sampling_refused(void)
+{
+    char err[512];
+    int rc;
+    for (size_t i = 0; i < sizeof BAD_SAMPLING / sizeof BAD_SAMPLING[0]; i++) {
+        dit_model_free(with_sampling(BAD_SAMPLING[i].sampling, &rc, err, sizeof err));
+        CHECK(rc == DIT_E_FORMAT && !strncmp(err, "c.json: ", 8) &&
+                  strstr(err, BAD_SAMPLING[i].want1) && strstr(err, BAD_SAMPLING[i].want2),
+              "sampling %s refused naming the file and %s: %s", BAD_SAMPLING[i].sampling,
+              BAD_SAMPLING[i].want1, err);
+    }
+}
+
+/* config.json "sampling" carries every option a request sets; what it says
+ * lands in the config and in dit_sample_params_default. */
+static void test_config_sampling(void)
+{
+    char err[512];
+    int rc;
+    dit_sample_params p;
+    dit_model *m = with_sampling(NULL, &rc, err, sizeof err);
+    const dit_config *c = &m->cfg;
+    CHECK(rc == DIT_OK && c->default_sampler == DIT_SAMPLER_DDPM &&
+              c->default_spacing == DIT_SPACING_DEFAULT && c->default_cfg_interval[0] == 0 &&
+              c->default_cfg_interval[1] == 1 && c->default_cache.mode == DIT_CACHE_OFF,
+          "no sampling: ddpm, default spacing, interval [0, 1], no cache: %s", err);
+    dit_model_free(m);
+    m = with_sampling("{\"sampler\": \"dpm++2m\", \"steps\": 10, \"spacing\": \"logsnr\", "
+                      "\"cfg_scale\": 4, \"cfg_interval\": [0.2, 0.65], \"cache\": \"off\"}",
+                      &rc, err, sizeof err);
+    c = &m->cfg;
+    CHECK(rc == DIT_OK && c->default_sampler == DIT_SAMPLER_DPMPP_2M &&
+              c->default_steps == 10 && c->default_spacing == DIT_SPACING_LOGSNR &&
+              c->default_cfg_scale == 4 && c->default_cfg_interval[0] == 0.2 &&
+              c->default_cfg_interval[1] == 0.65 && c->default_cache.mode == DIT_CACHE_OFF,
+          "every sampling key: %s", err);
+    dit_sample_params_default(m, &p);
+    CHECK(p.sampler == DIT_SAMPLER_DPMPP_2M && p.steps == 10 && p.cfg_scale == 4 &&
+              p.spacing == DIT_SPACING_LOGSNR && p.cfg_interval[0] == 0.2 &&
+              p.cfg_interval[1] == 0.65 && p.cache.mode == DIT_CACHE_OFF,
+          "dit_sample_params_default hands out the config's defaults");
+    CHECK(dit_model_default_spacing(m, DIT_SAMPLER_DPMPP_2M) == DIT_SPACING_LOGSNR &&
+              dit_model_default_spacing(m, DIT_SAMPLER_DDIM) == DIT_SPACING_DEFAULT,
+          "the default spacing is the default sampler's only");
+    dit_model_free(m);
+    m = with_sampling("{\"sampler\": \"dpm++\", \"spacing\": \"LogSNR\", \"cfg_interval\": "
+                      "[0.3, 0.3], \"cache\": {\"mode\": \"fixed\", \"interval\": 3}}",
+                      &rc, err, sizeof err);
+    c = &m->cfg;
+    CHECK(rc == DIT_OK && c->default_spacing == DIT_SPACING_LOGSNR &&
+              c->default_cfg_interval[0] == 0.3 && c->default_cfg_interval[1] == 0.3 &&
+              c->default_cache.mode == DIT_CACHE_FIXED && c->default_cache.interval == 3,
+          "alias, case, lo == hi, a fixed cache: %s", err);
+    dit_model_free(m);
+    m = with_sampling("{\"sampler\": \"ddim\", \"spacing\": \"default\", \"cache\": "
+                      "{\"mode\": \"adaptive\", \"threshold\": 0.25}}", &rc, err, sizeof err);
+    c = &m->cfg;
+    CHECK(rc == DIT_OK && c->default_sampler == DIT_SAMPLER_DDIM &&
+              c->default_cache.mode == DIT_CACHE_ADAPTIVE &&
+              c->default_cache.threshold == 0.25 && c->default_cache.interval == 2,
+          "spacing default on ddim, an adaptive cache: %s", err);
+    dit_model_free(m);
+    m = with_sampling("{\"cache\": \"fixed\"}", &rc, err, sizeof err);
+    CHECK(rc == DIT_OK && m->cfg.default_cache.mode == DIT_CACHE_FIXED &&
+              m->cfg.default_cache.interval == 2, "cache \"fixed\": every 2nd: %s", err);
+    dit_model_free(m);
+    test_config_sampling_refused();
+}
+
 /* A packed model's forward against the BLAS one (out, routing rt), on 1
  * and 3 threads. */
 static void check_packed(const dit_model *m, const dit_ctx_settings *s3, const float *x,
@@ -286,6 +399,7 @@ int main(void)
     a.mem = malloc(a.cap * sizeof(float));
     rng_default_init(&a.rng, 1, 0);
     test_bind_errors(&a);
+    test_config_sampling();
     test_forward(&a);
     free(a.mem);
     printf("%s\n", check_failures ? "FAILED" : "all model tests passed");

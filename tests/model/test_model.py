@@ -64,6 +64,11 @@ def in_ranges(stats, widen=0.1):
     return bad
 
 
+# the reference loops guide every step and cache nothing, whatever the
+# model's config.json defaults say
+FULL_GUIDANCE = ["--cfg-interval", "0,1", "--cache", "off"]
+
+
 def run(cmd):
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
@@ -83,7 +88,7 @@ def case_sampling(ditmoe, tmp):
         np.save(zpath, noise)
         run([ditmoe, "generate", "--model", MODEL, "--class", str(label), "--num-images", "2",
              "--noise", zpath, "--steps", str(steps), "--sampler", "euler",
-             "--cfg-scale", str(cfg_scale), "--out-npy", out])
+             "--cfg-scale", str(cfg_scale), "--out-npy", out] + FULL_GUIDANCE)
         ours = np.load(out)
         ref = samplers_ref.sample_euler(model, torch.from_numpy(noise),
                                         torch.tensor([label, label]), steps, cfg_scale).numpy()
@@ -106,7 +111,7 @@ def case_ddpm(ditmoe, tmp):
         subprocess.run([os.path.abspath(ditmoe), "generate", "--model", DDPM_NAME, "--class",
                         str(label), "--num-images", "2", "--noise", zpath, "--seed", "5",
                         "--steps", str(steps), "--sampler", "ddpm", "--cfg-scale",
-                        str(cfg_scale), "--out-npy", out],
+                        str(cfg_scale), "--out-npy", out] + FULL_GUIDANCE,
                        check=True, stdout=subprocess.DEVNULL, cwd=tmp)
         ours = np.load(out)
         ref = samplers_ref.run(os.path.join(ROOT, "models", DDPM_NAME), steps, "ddpm",

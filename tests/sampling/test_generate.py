@@ -314,32 +314,68 @@ def case_refusals(ditmoe, tmp):
     expect_error(ditmoe, tmp, "a missing model", os.path.join(tmp, "nope"), [], "nope")
 
 
+def with_sampling(tmp, src, name, sampling):
+    """A copy of model directory src whose config.json says `sampling`."""
+    import shutil
+    path = os.path.join(tmp, name)
+    shutil.copytree(src, path)
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["sampling"] = sampling
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    return path
+
+
+def same_run(ditmoe, tmp, what, a_model, a_args, b_model, b_args):
+    """Two runs from the same noise give the same samples, bit for bit."""
+    noise = ["--noise", noise_file(tmp, 4, 1, 3)]
+    a = engine(ditmoe, tmp, a_model, noise + a_args)
+    b = engine(ditmoe, tmp, b_model, noise + b_args)
+    good = np.array_equal(a, b)
+    print(f"{'ok  ' if good else 'FAIL'} {what}")
+    if not good:
+        failures.append(what)
+    return a
+
+
 def case_config(ditmoe, tmp):
     """config.json "sampling" may name any sampler of the table that fits
-    the model: its default then runs; one that does not fit (or no
-    sampler) refuses to load, naming the field."""
-    import json
-    import shutil
+    the model, and every option a request sets (spacing, cfg_interval,
+    cache): generate without options runs them; a sampler other than the
+    model's gets its own spacing (uniform), the interval and cache stay.
+    A wrong sampler, spacing, interval or cache refuses to load, naming the
+    field."""
     eps = make_model(tmp, "eps_sigma")
-    for name, sampler, ok in (("dflt_dpm", "dpm++2m", True), ("dflt_heun", "heun", False),
-                              ("dflt_bad", "dpm++9m", False)):
-        path = os.path.join(tmp, name)
-        shutil.copytree(eps, path)
-        cfg = json.load(open(os.path.join(path, "config.json")))
-        cfg["sampling"] = {"sampler": sampler, "steps": 7, "cfg_scale": 2.0}
-        json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
-        if ok:
-            noise = ["--noise", noise_file(tmp, 4, 1, 3)]
-            a = engine(ditmoe, tmp, path, noise)
-            b = engine(ditmoe, tmp, eps, noise + ["--sampler", sampler, "--steps", 7,
-                                                  "--cfg-scale", 2.0])
-            good = np.array_equal(a, b)
-            print(f"{'ok  ' if good else 'FAIL'} config default {sampler} runs it")
-            if not good:
-                failures.append(f"config default {sampler}")
-        else:
-            expect_error(ditmoe, tmp, f"config sampling.sampler {sampler}", path, [],
-                         "sampling.sampler")
+    path = with_sampling(tmp, eps, "dflt_dpm", {"sampler": "dpm++2m", "steps": 7,
+                                               "cfg_scale": 2.0})
+    same_run(ditmoe, tmp, "config default dpm++2m runs it", path, [], eps,
+             ["--sampler", "dpm++2m", "--steps", 7, "--cfg-scale", 2.0])
+    full = {"sampler": "dpm++2m", "steps": 7, "cfg_scale": 2.0, "spacing": "logsnr",
+            "cfg_interval": [0.2, 0.65], "cache": {"mode": "fixed", "interval": 3}}
+    explicit = ["--steps", 7, "--cfg-scale", 2.0, "--cfg-interval", "0.2,0.65", "--cache",
+                "fixed:3"]
+    path = with_sampling(tmp, eps, "dflt_full", full)
+    a = same_run(ditmoe, tmp, "config spacing, interval and cache: left out = set", path, [],
+                 eps, explicit + ["--sampler", "dpm++2m", "--spacing", "logsnr"])
+    same_run(ditmoe, tmp, "config: the model's sampler named keeps its spacing", path,
+             ["--sampler", "dpm++"], path, [])
+    b = same_run(ditmoe, tmp, "config: another sampler gets its own spacing", path,
+                 ["--sampler", "ddim"], eps, explicit + ["--sampler", "ddim"])
+    c = same_run(ditmoe, tmp, "config: a spacing given overrides the model's", path,
+                 ["--spacing", "uniform"], eps, explicit + ["--sampler", "dpm++2m"])
+    if np.array_equal(a, c) or np.array_equal(a, b):
+        failures.append("config: spacing and sampler change the samples")
+    for name, sampling, needle in (
+            ("dflt_heun", {"sampler": "heun"}, "sampling.sampler"),
+            ("dflt_bad", {"sampler": "dpm++9m"}, "sampling.sampler"),
+            ("dflt_ddim_logsnr", {"sampler": "ddim", "spacing": "logsnr"}, "sampling.spacing"),
+            ("dflt_iv", {"cfg_interval": [0.7, 0.2]}, "sampling.cfg_interval"),
+            ("dflt_cache", {"cache": {"mode": "fixed", "interval": 1}},
+             "sampling.cache.interval"),
+            ("dflt_key", {"cfg_intervall": [0, 1]}, "sampling.cfg_intervall")):
+        expect_error(ditmoe, tmp, f"config {sampling}", with_sampling(tmp, eps, name, sampling),
+                     [], needle)
 
 
 def run_forward(ditmoe, tmp, model, x, t, y):
@@ -391,7 +427,7 @@ def case_batch(ditmoe, tmp):
 
 
 # cases that need no PyTorch (their models come from `ditmoe synth`)
-NO_TORCH = {"batch", "refusals"}
+NO_TORCH = {"batch", "refusals", "config"}
 CASES = {"forward": case_forward, "batch": case_batch, "euler": case_euler, "ddpm_sigma": case_ddpm_sigma, "ddpm_fixed": case_ddpm_fixed,
          "ddim": case_ddim, "torch": case_torch, "refusals": case_refusals,
          "dpmpp": case_dpmpp, "heun": case_heun, "interval": case_interval,

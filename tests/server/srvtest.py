@@ -68,12 +68,17 @@ CONFIGS = {
 CONFIGS["slow"] = dict(CONFIGS[None], input_size=32, hidden_size=128, depth=4, num_heads=4,
                        mlp_ratio=4.0, num_experts=8)
 CONFIGS["latent"] = dict(CONFIGS[None], input_size=8, patch_size=2, in_channels=4)
+# "defaults": config.json's "sampling" sets every option a request can
+# (tests/server test_defaults)
+CONFIGS["defaults"] = dict(CONFIGS[None], sampling={
+    "sampler": "dpm++2m", "steps": 6, "spacing": "logsnr", "cfg_scale": 3.0,
+    "cfg_interval": [0.2, 0.65], "cache": {"mode": "fixed", "interval": 3}})
 
 
 def make_model(cache, slow=False, kind=None):
     """A random-weight test model, made once per build dir: kind None (the
-    small pixel model) or "slow" by `ditmoe synth` (DITMOE_CLI, no PyTorch
-    needed), "latent" (with a VAE) by make_model.py (PyTorch)."""
+    small pixel model), "slow" or "defaults" by `ditmoe synth` (DITMOE_CLI,
+    no PyTorch needed), "latent" (with a VAE) by make_model.py (PyTorch)."""
     kind = kind or ("slow" if slow else None)
     path = os.path.join(cache, "server-test-model" + ("-" + kind if kind else ""))
     if os.path.exists(os.path.join(path, "config.json")):

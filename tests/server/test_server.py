@@ -10,6 +10,9 @@ small random-weight model (make_model.py) and checks one area:
   solvers    jobs of different solvers, guidance intervals and step caches
              share steps (rows changing per step) and equal their solo runs;
              /v1/model lists the sampler table
+  defaults   a model whose config.json "sampling" sets spacing, guidance
+             interval and cache: /v1/model reports them, a request leaving
+             them out runs them, another sampler gets its own spacing
   queue      queue-full 429, cancel frees a place, client disconnect cancels
   errors     bad input: each a 4xx JSON error naming the field, no 5xx
   static     the web root: content types, path traversal refused
@@ -103,8 +106,11 @@ def test_api():
         check(p["weight_bytes_by_dtype"] and sum(p["weight_bytes_by_dtype"].values())
               == p["weight_bytes"] and p["resident_bytes"] >= p["weight_bytes"] > 0,
               f"weight bytes by dtype sum to weight_bytes, resident set counted: {p}")
-        check(m["sampling_defaults"]["sampler"] == "euler" and m["sampling_defaults"]["steps"] == 8,
-              "sampling defaults")
+        d = m["sampling_defaults"]
+        check(d == {"sampler": "euler", "steps": 8, "cfg_scale": 1.5, "num_images": 1,
+                    "cfg_mode": "upstream", "rng": "default", "spacing": "default",
+                    "cfg_interval": [0, 1], "cache": {"mode": "off"}},
+              f"sampling defaults of a config.json with sampler, steps, cfg_scale only: {d}")
         check(m["limits"]["max_images"] == 16 and "queue_capacity" in m["limits"], "limits")
         # the model by its folder's name, never the server's filesystem path
         body = s.get("/v1/model").body.decode()
@@ -378,6 +384,58 @@ def test_solvers():
         # heun's job counts its forwards: 2 a step, the last step 1
         heun = s.get(f"/jobs/{ids[1]}").json()
         check(heun.get("steps") == 2 * 30 - 1, f"heun progress counts evaluations: {heun}")
+    finally:
+        s.close()
+
+
+# ---- a model's sampling defaults -------------------------------------------------
+
+DEFAULTS = {"sampler": "dpm++2m", "steps": 6, "cfg_scale": 3.0, "num_images": 1,
+            "cfg_mode": "upstream", "rng": "default", "spacing": "logsnr",
+            "cfg_interval": [0.2, 0.65], "cache": {"mode": "fixed", "interval": 3}}
+
+
+def defaults_params(s, body):
+    """A job's echoed params, and its image, for body (a /jobs request)."""
+    st = s.post("/jobs", body).json()
+    wait_for(lambda: s.get(f"/jobs/{st['id']}").json()["status"] in ("done", "failed"), 60,
+             f"job {body}")
+    return s.get(f"/jobs/{st['id']}").json().get("params", {}), s.get(f"/jobs/{st['id']}/image")
+
+
+def test_defaults():
+    s = Server(ARGS.server, make_model(ARGS.cache, kind="defaults"))
+    try:
+        d = s.get("/v1/model").json()["sampling_defaults"]
+        check(d == DEFAULTS, f"/v1/model reports config.json's sampling: {d}")
+        base = {"class_label": 3, "seed": 5}
+        omitted = s.post("/generate", base)
+        explicit = s.post("/generate", dict(base, **DEFAULTS))
+        check(omitted.status == 200 and omitted.body == explicit.body,
+              "a request that omits the defaults equals one that sets them")
+        for name, other in [("spacing", "uniform"), ("cfg_interval", [0, 1]),
+                            ("cache", "off"), ("steps", 7)]:
+            r = s.post("/generate", dict(base, **{name: other}))
+            check(r.status == 200 and r.body != omitted.body,
+                  f"{name} {other} changes the image (so the default {name} is in use)")
+        p, img = defaults_params(s, base)
+        check({k: p.get(k) for k in DEFAULTS} == DEFAULTS and img.body == omitted.body,
+              f"a job's params echo the defaults it ran: {p}")
+        # another sampler: the model's spacing was chosen for dpm++2m, so heun
+        # gets its own ("default"); interval and cache stay the model's
+        p, img = defaults_params(s, dict(base, sampler="heun"))
+        check(p.get("spacing") == "default" and p.get("cfg_interval") == [0.2, 0.65] and
+              p.get("cache") == DEFAULTS["cache"], f"heun: its own spacing: {p}")
+        r = s.post("/generate", dict(base, sampler="heun", spacing="default"))
+        check(img.body == r.body, "heun without a spacing equals heun with \"default\"")
+        r = s.post("/generate", dict(base, sampler="euler"))
+        check(r.status == 200, f"euler (which takes no spacing) runs: {r.status} {r.body[:200]}")
+        p, img = defaults_params(s, dict(base, sampler="dpm++"))
+        check(p.get("spacing") == "logsnr" and img.body == omitted.body,
+              f"the default sampler named (by an alias) keeps the model's spacing: {p}")
+        r = s.post(OPENAI, {"prompt": "Dress", "seed": 5})
+        check(r.status == 200 and base64.b64decode(r.json()["data"][0]["b64_json"]) ==
+              omitted.body, "the OpenAI route runs the same defaults")
     finally:
         s.close()
 
@@ -1797,7 +1855,7 @@ def test_install():
 
 
 GROUPS = {"api": test_api, "openai": test_openai, "batching": test_batching,
-          "solvers": test_solvers, "queue": test_queue,
+          "solvers": test_solvers, "defaults": test_defaults, "queue": test_queue,
           "errors": test_errors, "static": test_static, "auth": test_auth,
           "shutdown": test_shutdown, "limits": test_limits, "config": test_config,
           "soak": test_soak, "decode": test_decode, "decode_latent": test_decode_latent,

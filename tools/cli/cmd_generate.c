@@ -1,6 +1,7 @@
 /* cmd_generate.c: `ditmoe generate`: the whole sampling loop on one class.
  *
- * Parameters left out come from the model (config.json "sampling"); the
+ * Parameters left out come from the model (config.json "sampling"; its
+ * spacing only when the sampler is the model's: dit_model_default_spacing); the
  * samples go to a PNG (one image, or a grid of several, through dit_decode)
  * and/or to a .npy of the final samples (N, C, H, W), written first so a
  * latent model whose decoder is missing still yields its latents.
@@ -24,11 +25,14 @@ static const char generate_usage[] =
     "                    (default: the embedded model, fashion-mnist)\n"
     "  --class N|NAME    label or class name, 'null' for unconditional (default 0)\n"
     "  --seed S          (default 0)\n"
-    "  --steps, --cfg-scale, --sampler: default from the model (samplers below)\n"
-    "  --spacing         where dpm++2m/heun put their steps (default uniform)\n"
-    "  --cfg-interval    guidance only at noise levels in [LO, HI] (default 0,1)\n"
+    "  --steps, --cfg-scale, --sampler, --cfg-interval, --cache: default from the\n"
+    "                    model (config.json \"sampling\"; `ditmoe inspect` shows them)\n"
+    "  --spacing         where dpm++2m/heun put their steps (default: the model's\n"
+    "                    with the model's sampler; with another --sampler, uniform)\n"
+    "  --cfg-interval    guidance only at noise levels in [LO, HI] (0,1: always)\n"
     "  --cache           reuse the blocks' residual: every N-th evaluation runs\n"
-    "                    them (fixed:N) or when the input moved by T (adaptive:T)\n"
+    "                    them (fixed:N) or when the input moved by T (adaptive:T);\n"
+    "                    off: run them every time\n"
     "  --cfg-mode        guidance on upstream's first 3 channels or all (default upstream)\n"
     "  --rng             default (per-image streams) or torch (as upstream sample.py)\n"
     "  --num-images K    1..64 images of the class, a grid in the PNG (default 1)\n"
@@ -159,6 +163,8 @@ static int gen_params(const dit_model *m, const gen_args *a, dit_sample_params *
         rc = cli_double("cfg-scale", a->cfg, 0.0, 50.0, &p->cfg_scale);
     if (!rc && a->sampler && (p->sampler = dit_sampler_parse(a->sampler)) < 0)
         rc = gen_unknown_sampler(a->sampler);
+    if (!rc) /* the model's spacing goes with its own sampler only */
+        p->spacing = dit_model_default_spacing(m, p->sampler);
     if (!rc && a->spacing && (p->spacing = dit_spacing_parse(a->spacing)) < 0)
         rc = cli_fail("--spacing: '%s' is not one of default, uniform, logsnr", a->spacing);
     if (!rc && a->interval)

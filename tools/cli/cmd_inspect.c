@@ -11,6 +11,25 @@ static const char inspect_usage[] =
     "  --no-pack     weights as stored, BLAS path (default: packed for the kernel)\n"
     "  --kernels     only list the GEMM kernels this CPU runs, best first\n";
 
+
+/* The model's default sampling, as the options of `ditmoe generate` say it. */
+static void print_sampling(const dit_config *c)
+{
+    const dit_cache_params *k = &c->default_cache;
+    printf("sampling        %s, %d steps", dit_sampler_name(c->default_sampler),
+           c->default_steps);
+    if (c->default_spacing != DIT_SPACING_DEFAULT)
+        printf(", %s spacing", dit_spacing_name(c->default_spacing));
+    printf(", cfg scale %g", c->default_cfg_scale);
+    if (c->default_cfg_interval[0] != 0.0 || c->default_cfg_interval[1] != 1.0)
+        printf(" at noise levels %g..%g", c->default_cfg_interval[0], c->default_cfg_interval[1]);
+    if (k->mode == DIT_CACHE_FIXED)
+        printf(", cache fixed:%d", k->interval);
+    else if (k->mode == DIT_CACHE_ADAPTIVE)
+        printf(", cache adaptive:%g", k->threshold);
+    putchar('\n');
+}
+
 static void inspect_print(const char *name, const dit_model *m)
 {
     const dit_config *c = dit_model_config(m);
@@ -50,8 +69,7 @@ static void inspect_print(const char *name, const dit_model *m)
     if (c->vae_dir)
         printf("latents         decoded by %s (latents / %g)\n", c->vae_dir, c->latent_scale);
     printf("image           %d x %d, %d channel%s\n", w, h, ch, ch == 1 ? "" : "s");
-    printf("sampling        %s, %d steps, cfg scale %g\n", dit_sampler_name(c->default_sampler),
-           c->default_steps, c->default_cfg_scale);
+    print_sampling(c);
 }
 
 int cmd_inspect(int argc, char **argv)

@@ -2,8 +2,10 @@
  * level uses, for a checkpoint, without the server.
  *
  * Runs N images of every class through the sampler with the model's
- * default settings (sampler, steps, guidance), stepping as dit_generate
- * does: the rows of several samplers share each forward, and after each
+ * default settings (sampler, steps, spacing, guidance and its interval)
+ * but no step cache (an evaluation that reuses the blocks routes no
+ * tokens, which would leave holes in the table by noise level), stepping
+ * as dit_generate does: the rows of several samplers share each forward, and after each
  * forward the routing counts of its rows (dit_ctx_routing) are added to
  * one table by class and noise level, exactly as the server's scheduler
  * adds them (analytics/routing_info.h). Prints the report the server gives
@@ -104,9 +106,10 @@ static int run_group(rt_run *r, int n)
         r->forward_s += t1 - t0;
         r->forwards++;
         rows = 0;
-        for (int i = 0; i < n; i++) {
+        for (int i = 0; i < n; i++) { /* rows before the update: the next may differ */
+            int k = dit_sampler_rows(r->smp[i]);
             dit_sampler_update(r->smp[i], r->out + rows * out);
-            rows += dit_sampler_rows(r->smp[i]);
+            rows += k;
         }
     }
     return 0;
@@ -121,6 +124,7 @@ static int run_sampler(rt_run *r, int k, int images, dit_sampler **s)
     p.class_label = k;
     p.num_images = images;
     p.seed = r->seed++;
+    p.cache.mode = DIT_CACHE_OFF; /* every evaluation routes its tokens */
     int rc = dit_sampler_new(s, r->m, &p, err, sizeof err);
     return rc ? cli_fail("%s", err[0] ? err : dit_strerror(rc)) : 0;
 }
@@ -137,7 +141,7 @@ static int run_all(rt_run *r)
             int room = (r->batch - rows) / r->rows_per_image;
             int take = left < room ? left : room;
             rc = run_sampler(r, k, take, &r->smp[n]);
-            rows += rc ? 0 : dit_sampler_rows(r->smp[n++]);
+            rows += rc ? 0 : dit_sampler_max_rows(r->smp[n++]);
             if ((left -= take) == 0)
                 k++, left = r->images;
         }
@@ -231,8 +235,10 @@ static void print_text(const rt_run *r, const char *name, const int *sizes)
     dit_sample_params_default(r->m, &p);
     printf("model       %s: %d MoE layers x %d experts (top-%d), %d classes\n", name, c->depth,
            c->num_experts, c->num_experts_per_tok, c->num_classes);
-    printf("sampling    %s, %d steps, guidance %g (the model's defaults); %d images per "
-           "class\n", dit_sampler_name(p.sampler), p.steps, p.cfg_scale, r->images);
+    printf("sampling    %s, %d steps, %s spacing, guidance %g at noise levels %g..%g (the "
+           "model's defaults, no step cache); %d images per class\n",
+           dit_sampler_name(p.sampler), p.steps, dit_spacing_name(p.spacing), p.cfg_scale,
+           p.cfg_interval[0], p.cfg_interval[1], r->images);
     printf("counted     %llu routing assignments per layer (tokens x top-%d) from conditional "
            "rows, %llu from unconditional rows\n",
            (unsigned long long)rt_counts_layer_tokens(t, 0, 0), c->num_experts_per_tok,
@@ -257,6 +263,11 @@ static int print_json(const rt_run *r, const char *name)
     cJSON_AddStringToObject(smp, "sampler", dit_sampler_name(p.sampler));
     cJSON_AddNumberToObject(smp, "steps", p.steps);
     cJSON_AddNumberToObject(smp, "cfg_scale", p.cfg_scale);
+    cJSON_AddStringToObject(smp, "spacing", dit_spacing_name(p.spacing));
+    cJSON *iv = cJSON_AddArrayToObject(smp, "cfg_interval");
+    cJSON_AddItemToArray(iv, cJSON_CreateNumber(p.cfg_interval[0]));
+    cJSON_AddItemToArray(iv, cJSON_CreateNumber(p.cfg_interval[1]));
+    cJSON_AddStringToObject(smp, "cache", "off");
     cJSON_AddNumberToObject(o, "images_per_class", r->images);
     cJSON *cost = cJSON_AddObjectToObject(o, "cost");
     cJSON_AddNumberToObject(cost, "forwards", (double)r->forwards);
@@ -277,7 +288,8 @@ static int routing_run(rt_run *r, const char *name, int threads, int json)
     int rc = run_init(r, threads);
     int *sizes = NULL;
     if (!rc && (rc = run_sampler(r, 0, 1, &r->smp[0])) == 0) {
-        r->rows_per_image = dit_sampler_rows(r->smp[0]);
+        /* the most rows: a guidance interval leaves the null rows out of some */
+        r->rows_per_image = dit_sampler_max_rows(r->smp[0]);
         r->seed--; /* the probe's seed is used again by the first real sampler */
         dit_sampler_free(r->smp[0]);
         r->smp[0] = NULL;
