@@ -192,6 +192,19 @@ def export(state, args, scorer):
     return row
 
 
+def write_weights(state, args):
+    """--export-now --write-weights raw|ema: the checkpoint's weights to
+    --out without scoring them (score with the C engine instead, e.g.
+    bench/solvers.py, which is much faster than sampling in PyTorch)."""
+    model = state[args.write_weights]
+    sampling = {"sampler": args.sampler, "steps": args.sample_steps, "cfg_scale": args.cfg_scale}
+    R.write_model_dir(model, export_config(model.cfg, sampling), args.out, "F32",
+                      extra={"step": state["step"], "weights": args.write_weights,
+                             "score": "unscored", "scorer": "none"})
+    print(f"wrote the {args.write_weights} weights of step {state['step']} to {args.out}",
+          flush=True)
+
+
 def new_state(args):
     cfg = R.full_config(dict(
         input_size=28, patch_size=args.patch, in_channels=1, hidden_size=args.hidden,
@@ -330,6 +343,8 @@ def parse_args():
                     help="with no checkpoint yet: start from this exported model's weights")
     ap.add_argument("--export-now", action="store_true",
                     help="load the checkpoint, export (if better) and exit")
+    ap.add_argument("--write-weights", choices=["raw", "ema"],
+                    help="with --export-now: write these weights to --out, unscored")
     ap.add_argument("--force-export", action="store_true",
                     help="with --export-now: write even if not better than the best so far")
     args = ap.parse_args()
@@ -365,6 +380,9 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
+    if args.export_now and args.write_weights:
+        write_weights(state, args)
+        return 0
     if args.export_now:
         if args.force_export:
             state["best_export"] = -math.inf
