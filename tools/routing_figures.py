@@ -8,7 +8,9 @@ it the noise-level-by-expert one (one row per noise bucket, pure noise on
 top, labelled by the bucket's lower edge), each cell coloured by the
 expert's share of the row's routing assignments on the demo page's
 viridis ramp (web/heatmap.js), 0 to the largest share in the picture; a
-colour bar with that share, and the even split 1/E marked, underneath.
+colour bar with that share, and the even split 1/E marked, underneath. A
+row with no assignments (a noise bucket the sampler's grid never visits)
+is drawn light grey, not as shares of 0.
 Drawn with numpy and zlib only (tools/train/figures.py's PNG writer and
 digit font), as the project has no plotting dependency.
 """
@@ -25,6 +27,7 @@ RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253
                 dtype=np.float64)
 CELL, GAP, PANEL_GAP, MARGIN, LABEL = 12, 1, 18, 10, 26
 INK = (40, 40, 40)
+EMPTY = (225, 225, 225)  # a row without assignments: no shares to colour
 
 
 def colour(v):
@@ -35,16 +38,17 @@ def colour(v):
 
 
 def shares(rows):
+    """Each row's shares; NaN for a row without assignments."""
     a = np.asarray(rows, dtype=np.float64)
     s = a.sum(1, keepdims=True)
-    return np.divide(a, s, out=np.zeros_like(a), where=s > 0)
+    return np.divide(a, s, out=np.full_like(a, np.nan), where=s > 0)
 
 
 def panel(img, x, y, sh, vmax):
     for r, row in enumerate(sh):
         for e, v in enumerate(row):
             yy, xx = y + r * (CELL + GAP), x + e * (CELL + GAP)
-            img[yy:yy + CELL, xx:xx + CELL] = colour(v / vmax)
+            img[yy:yy + CELL, xx:xx + CELL] = EMPTY if np.isnan(v) else colour(v / vmax)
 
 
 def legend(img, x, y, w, vmax, E):
@@ -70,7 +74,7 @@ def main():
     labels = [c["class"] for c in rep["classes"]]
     cls = [shares(lay["class_counts"]) for lay in rep["layers"]]
     noise = [shares(lay["noise_counts"])[::-1] for lay in rep["layers"]]  # pure noise on top
-    vmax = max(float(m.max()) for m in cls + noise) or 1.0
+    vmax = max(float(np.nanmax(m, initial=0.0)) for m in cls + noise) or 1.0
     pw, ph_c, ph_n = E * (CELL + GAP), len(labels) * (CELL + GAP), buckets * (CELL + GAP)
     w = MARGIN + LABEL + L * pw + (L - 1) * PANEL_GAP + MARGIN
     h = MARGIN + 14 + ph_c + PANEL_GAP + ph_n + 50
