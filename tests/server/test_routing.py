@@ -55,12 +55,14 @@ def check_empty(s):
         p = d[period]
         check(p["tokens"] == 0 and p["classes"] == [] and p["unconditional"] is None,
               f"{period} before any job: no tokens, no classes")
-        check(all(l["mi_class_bits"] is None and l["entropy_bits"] is None for l in p["layers"]),
+        check(all(l["mi_class_bits"] is None and l["mi_noise_bits"] is None and
+                  l["entropy_bits"] is None for l in p["layers"]),
               f"{period} before any job: measures are null")
-    nan = [l for l in s.get("/metrics").body.decode().splitlines()
-           if l.startswith("ditmoe_routing_class_information_bits{")]
-    check(len(nan) == 2 * L and all(l.endswith(" NaN") for l in nan),
-          f"gauges are NaN before any job: {nan}")
+    metrics = s.get("/metrics").body.decode().splitlines()
+    for gauge in ("class", "noise"):
+        nan = [l for l in metrics if l.startswith(f"ditmoe_routing_{gauge}_information_bits{{")]
+        check(len(nan) == 2 * L and all(l.endswith(" NaN") for l in nan),
+              f"{gauge} gauges are NaN before any job: {nan}")
 
 
 def run_jobs(s):
