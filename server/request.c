@@ -10,7 +10,7 @@
  * state, so requests parse concurrently without a lock). A NUL in the body
  * is refused before parsing: C strings would cut a key such as
  * "class_label\u0000junk" at it and take it for another. Quoted client
- * text is cut on a UTF-8 character boundary (utf8_prefix).
+ * text is cut on a UTF-8 character boundary (dit_json_quote_len).
  */
 #include "request.h"
 
@@ -18,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <ditmoe/dit.h>
 #include <ditmoe/dit_json.h>
@@ -60,16 +59,6 @@ static void allowed_fields(int dialect, char *buf, size_t len)
             size_t l = strlen(buf);
             snprintf(buf + l, len - l, "%s%s", l ? ", " : "", FIELDS[k].name);
         }
-}
-
-/* Bytes of s to quote so that at most max are shown and no UTF-8
- * character is cut in two: use as "%.*s", utf8_prefix(s, max), s. */
-static int utf8_prefix(const char *s, int max)
-{
-    int n = (int)strnlen(s, (size_t)max);
-    while (n == max && n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
-        n--;
-    return n;
 }
 
 /* Offset of a NUL in body[0..len): a raw byte, or \u0000 inside a string
@@ -145,7 +134,7 @@ static int get_class(const dit_json *v, const char *name, const srv_limits *lim,
         }
         snprintf(err, errlen, "%s: unknown class '%.*s': must be an integer in [0, %d] "
                  "or a class name (GET /v1/model lists them)", name,
-                 utf8_prefix(str, 64), str, lim->num_classes - 1);
+                 dit_json_quote_len(str, 64), str, lim->num_classes - 1);
         return -1;
     }
     if (is_num(v)) {
@@ -156,28 +145,6 @@ static int get_class(const dit_json *v, const char *name, const srv_limits *lim,
     }
     snprintf(err, errlen, "%s: must be an integer in [0, %d] or a class name, got %s", name,
              lim->num_classes - 1, type_of(v));
-    return -1;
-}
-
-/* A string naming one of `names` (NULL-terminated); its index in *out. */
-static int get_enum(const dit_json *v, const char *name, const char *const *names, int *out,
-                    char *err, size_t errlen)
-{
-    char allowed[128] = "";
-    const char *str = dit_json_str(v);
-    for (int i = 0; names[i]; i++) {
-        if (str && !strcasecmp(str, names[i])) {
-            *out = i;
-            return 0;
-        }
-        size_t l = strlen(allowed);
-        snprintf(allowed + l, sizeof allowed - l, "%s\"%s\"", i ? ", " : "", names[i]);
-    }
-    if (str)
-        snprintf(err, errlen, "%s: unknown value '%.*s': must be one of %s", name,
-                 utf8_prefix(str, 32), str, allowed);
-    else
-        snprintf(err, errlen, "%s: must be one of %s, got %s", name, allowed, type_of(v));
     return -1;
 }
 
@@ -200,7 +167,7 @@ static int get_sampler(const dit_json *v, int *out, char *err, size_t errlen)
         sampler_names(names, sizeof names);
         if (str)
             snprintf(err, errlen, "sampler: unknown sampler '%.*s': must be one of %s "
-                     "(GET /v1/model lists them)", utf8_prefix(str, 32), str, names);
+                     "(GET /v1/model lists them)", dit_json_quote_len(str, 32), str, names);
         else
             snprintf(err, errlen, "sampler: must be one of %s, got %s", names, type_of(v));
         return -1;
@@ -219,7 +186,7 @@ static int get_size(const dit_json *v, const srv_limits *lim, char *err, size_t 
         return 0;
     if (str)
         snprintf(err, errlen, "size: '%.*s' is not a size this model makes: must be \"%s\"",
-                 utf8_prefix(str, 32), str, want);
+                 dit_json_quote_len(str, 32), str, want);
     else
         snprintf(err, errlen, "size: must be the string \"%s\", got %s", want, type_of(v));
     return -1;
@@ -267,10 +234,10 @@ static int apply_field(const struct field *f, const dit_json *v, const srv_limit
         if (get_int(v, f->name, 1, lim->max_images, &d, err, errlen)) return -1;
         r->num_images = (int)d;
         return 0;
-    case F_CFG_MODE: return get_enum(v, "cfg_mode", CFG_MODES, &r->cfg_mode, err, errlen);
-    case F_RNG: return get_enum(v, "rng", RNGS, &r->rng, err, errlen);
+    case F_CFG_MODE: return dit_json_enum(v, "cfg_mode", CFG_MODES, &r->cfg_mode, err, errlen);
+    case F_RNG: return dit_json_enum(v, "rng", RNGS, &r->rng, err, errlen);
     case F_SIZE: return get_size(v, lim, err, errlen);
-    case F_FORMAT: return get_enum(v, "response_format", FORMATS, &ignored, err, errlen);
+    case F_FORMAT: return dit_json_enum(v, "response_format", FORMATS, &ignored, err, errlen);
     /* the readers config.json's "sampling" shares (engine/sampling/params_json.c) */
     case F_SPACING: return dit_spacing_from_json(v, &r->spacing, err, errlen) ? -1 : 0;
     case F_INTERVAL: return dit_cfg_interval_from_json(v, r->cfg_interval, err, errlen) ? -1 : 0;
@@ -299,7 +266,7 @@ static int parse_fields(const dit_json *root, const srv_limits *lim, int dialect
             char allowed[256];
             allowed_fields(dialect, allowed, sizeof allowed);
             snprintf(err, errlen, "%.*s: unknown field: allowed fields are %s",
-                     utf8_prefix(key, 48), key, allowed);
+                     dit_json_quote_len(key, 48), key, allowed);
             return -1;
         }
         if (apply_field(&FIELDS[k], it, lim, r, err, errlen))

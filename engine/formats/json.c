@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define SMALL_OBJECT 8
 
@@ -729,4 +730,34 @@ const char *dit_json_str(const dit_json *v)
 int dit_json_bool(const dit_json *v)
 {
     return v && v->type == DIT_JSON_BOOL ? v->boolean : -1;
+}
+
+int dit_json_quote_len(const char *s, int max)
+{
+    int n = (int)strnlen(s, (size_t)max);
+    while (n == max && n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+        n--;
+    return n;
+}
+
+int dit_json_enum(const dit_json *v, const char *field, const char *const *names, int *out,
+                  char *err, size_t errlen)
+{
+    char allowed[128] = "";
+    const char *str = dit_json_str(v);
+    for (int i = 0; names[i]; i++) {
+        if (str && !strcasecmp(str, names[i])) {
+            *out = i;
+            return 0;
+        }
+        size_t l = strlen(allowed);
+        snprintf(allowed + l, sizeof allowed - l, "%s\"%s\"", i ? ", " : "", names[i]);
+    }
+    if (str)
+        snprintf(err, errlen, "%s: unknown value '%.*s': must be one of %s", field,
+                 dit_json_quote_len(str, 32), str, allowed);
+    else
+        snprintf(err, errlen, "%s: must be one of %s, got %s", field, allowed,
+                 dit_json_type_name(dit_json_type(v)));
+    return -1;
 }

@@ -14,50 +14,16 @@
 #include <ditmoe/dit.h>
 #include <ditmoe/dit_json.h>
 
-/* Bytes of s to quote so that at most max are shown and no UTF-8
- * character is cut in two: use as "%.*s", pj_prefix(s, max), s. */
-static int pj_prefix(const char *s, int max)
-{
-    int n = (int)strnlen(s, (size_t)max);
-    while (n == max && n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
-        n--;
-    return n;
-}
-
 /* What v is, for "got %s" ("array"; as config.c's messages say it). */
 static const char *pj_type(const dit_json *v)
 {
     return dit_json_type_name(dit_json_type(v));
 }
 
-/* A string naming one of `names` (NULL-terminated, ASCII case-insensitive
- * through parse); its index in *out. */
-static int pj_enum(const dit_json *v, const char *field, const char *const *names,
-                   int (*parse)(const char *), int *out, char *err, size_t errlen)
-{
-    char allowed[128] = "";
-    const char *str = dit_json_str(v);
-    int k = str ? parse(str) : -1;
-    if (k >= 0) {
-        *out = k;
-        return DIT_OK;
-    }
-    for (int i = 0; names[i]; i++) {
-        size_t l = strlen(allowed);
-        snprintf(allowed + l, sizeof allowed - l, "%s\"%s\"", i ? ", " : "", names[i]);
-    }
-    if (str)
-        snprintf(err, errlen, "%s: unknown value '%.*s': must be one of %s", field,
-                 pj_prefix(str, 32), str, allowed);
-    else
-        snprintf(err, errlen, "%s: must be one of %s, got %s", field, allowed, pj_type(v));
-    return DIT_E_INVAL;
-}
-
 int dit_spacing_from_json(const struct dit_json *v, int *spacing, char *err, size_t errlen)
 {
     static const char *const names[] = { "default", "uniform", "logsnr", NULL };
-    return pj_enum(v, "spacing", names, dit_spacing_parse, spacing, err, errlen);
+    return dit_json_enum(v, "spacing", names, spacing, err, errlen) ? DIT_E_INVAL : DIT_OK;
 }
 
 int dit_cfg_interval_from_json(const struct dit_json *v, double iv[2], char *err,
@@ -90,8 +56,8 @@ static int pj_cache_member(const char *k, const dit_json *v, dit_cache_params *c
     int64_t i;
     double d = dit_json_num(v);
     if (!strcmp(k, "mode"))
-        return pj_enum(v, "cache.mode", cache_modes, dit_cache_mode_parse, &c->mode, err,
-                       errlen);
+        return dit_json_enum(v, "cache.mode", cache_modes, &c->mode, err, errlen)
+                   ? DIT_E_INVAL : DIT_OK;
     if (!strcmp(k, "interval")) {
         if (dit_json_int(v, &i) && i >= 2 && i <= 100) {
             c->interval = (int)i;
@@ -114,7 +80,7 @@ static int pj_cache_member(const char *k, const dit_json *v, dit_cache_params *c
         return DIT_E_INVAL;
     }
     snprintf(err, errlen, "cache: unknown member '%.*s': allowed are mode, interval, "
-             "threshold", pj_prefix(k, 32), k);
+             "threshold", dit_json_quote_len(k, 32), k);
     return DIT_E_INVAL;
 }
 
@@ -124,7 +90,8 @@ int dit_cache_from_json(const struct dit_json *v, dit_cache_params *c, char *err
     dit_cache_params p = { DIT_CACHE_OFF, 2, 0.1 }; /* what a bare mode name means */
     int rc = DIT_OK;
     if (dit_json_type(v) == DIT_JSON_STRING) {
-        rc = pj_enum(v, "cache", cache_modes, dit_cache_mode_parse, &p.mode, err, errlen);
+        rc = dit_json_enum(v, "cache", cache_modes, &p.mode, err, errlen) ? DIT_E_INVAL
+                                                                            : DIT_OK;
     } else if (dit_json_type(v) != DIT_JSON_OBJECT || !dit_json_get(v, "mode")) {
         snprintf(err, errlen, "cache: must be \"off\", \"fixed\", \"adaptive\" or an object "
                  "with \"mode\" (and \"interval\" 2..100 or \"threshold\" (0, 10]), got %s",

@@ -92,6 +92,17 @@ DIT_API const char *dit_json_str(const dit_json *v);
 /* 1 for true, 0 for false, -1 when v is not a boolean. */
 DIT_API int dit_json_bool(const dit_json *v);
 
+/* For messages that quote text from a document: the bytes of s to show so
+ * that at most max are shown and no UTF-8 character is cut in two; use as
+ * "%.*s", dit_json_quote_len(s, max), s. */
+DIT_API int dit_json_quote_len(const char *s, int max);
+/* v, a string naming one of `names` (NULL-terminated, ASCII
+ * case-insensitive): stores its index in *out and returns 0. Otherwise
+ * returns -1, leaves *out alone and writes to err "FIELD: unknown value
+ * '...': must be one of "a", "b"" (or "..., got TYPE" for a non-string). */
+DIT_API int dit_json_enum(const dit_json *v, const char *field, const char *const *names,
+                          int *out, char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif
