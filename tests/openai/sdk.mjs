@@ -139,9 +139,17 @@ async function main() {
   const busy = new OpenAI({ baseURL: `${small}/v1`, apiKey: 'unused', maxRetries: 0 });
   const job = { method: 'POST', headers: { 'Content-Type': 'application/json' },
     body: JSON.stringify({ class_label: 1, steps: 1000, num_images: 16 }) };
+  // Jobs until /jobs itself answers 429, so the queue is full right before
+  // the SDK's call (two jobs were not always enough: the running one could
+  // end first and let the queued one start). If the running job still ends
+  // in that millisecond, the SDK's call is served: fill again, at most 3 times.
   const ids = [];
-  for (let i = 0; i < 2; i++) ids.push((await (await fetch(`${small}/jobs`, job)).json()).id);
-  e = await failure(() => busy.images.generate({ prompt: 'Trouser' }));
+  for (let attempt = 0; attempt < 3; attempt++) {
+    for (let n = 0, r = await fetch(`${small}/jobs`, job); r.status !== 429 && n < 10;
+      n++, r = await fetch(`${small}/jobs`, job)) ids.push((await r.json()).id);
+    e = await failure(() => busy.images.generate({ prompt: 'Trouser' }));
+    if (e) break;
+  }
   check(e instanceof OpenAI.RateLimitError && e.type === 'rate_limit_error' &&
     e.code === 'queue_full', `full queue: RateLimitError: ${e?.constructor?.name} ${e?.type} ${e?.code}`);
   for (const id of ids) await fetch(`${small}/jobs/${id}`, { method: 'DELETE' });
